@@ -1,0 +1,159 @@
+"""The audio front end: loading and checking waveforms, and Whisper's log-mel spectrogram."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_SECONDS = 30
+N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480000 samples: one 30 s window
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames, 50 encoder positions per second
+
+AudioLike = Union[str, Path, np.ndarray, torch.Tensor]
+
+
+def load_audio(audio: AudioLike, sample_rate: int | None = None) -> Float[torch.Tensor, " samples"]:
+    """Return ``audio`` as a float32 mono waveform at 16 kHz.
+
+    ``audio`` is a path to a sound file (wav, flac, ogg, mp3: anything libsndfile reads) or an
+    array of samples. For a file the rate is read from its header; for an array it is
+    ``sample_rate``, which must then be given. Other rates are resampled with torchaudio. Stereo
+    (or any multi-channel) input is averaged to mono; integer PCM is scaled to [-1, 1].
+    An array may be ``[samples]`` or ``[samples, channels]``/``[channels, samples]`` (the shorter
+    axis is taken as channels).
+    """
+    if isinstance(audio, (str, Path)):
+        waveform, file_rate = _read_file(Path(audio))
+        if sample_rate is not None and sample_rate != file_rate:
+            raise ValueError(
+                f"{audio} says its sample rate is {file_rate} Hz but sample_rate={sample_rate} was "
+                "passed; leave sample_rate out for files, the header is used"
+            )
+        sample_rate = file_rate
+    elif isinstance(audio, (np.ndarray, torch.Tensor)):
+        if sample_rate is None:
+            raise ValueError(
+                "an array of samples needs its sample rate: pass sample_rate=<Hz> (Whisper runs at "
+                f"{SAMPLE_RATE} Hz; other rates are resampled)"
+            )
+        waveform = _to_float_mono(torch.as_tensor(audio))
+    else:
+        raise TypeError(f"audio must be a path, a numpy array or a torch tensor, not {type(audio).__name__}")
+
+    if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
+    check_waveform(waveform)
+    if sample_rate != SAMPLE_RATE:
+        import torchaudio.functional
+
+        waveform = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE)
+    return waveform.contiguous()
+
+
+def _read_file(path: Path) -> tuple[torch.Tensor, int]:
+    import soundfile
+
+    if not path.exists():
+        raise FileNotFoundError(f"no audio file at {path}")
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for unreadable files
+        raise ValueError(f"could not read {path} as audio ({err}); use wav, flac, ogg or mp3") from err
+    return torch.from_numpy(data.mean(axis=1)), int(rate)
+
+
+def _to_float_mono(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype in (torch.int16, torch.int32, torch.int8, torch.uint8):
+        bits = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.int32: 32}[x.dtype]
+        offset = 128.0 if x.dtype == torch.uint8 else 0.0  # 8-bit WAV is unsigned
+        x = (x.double() - offset) / 2 ** (bits - 1)
+    elif not x.is_floating_point():
+        raise TypeError(f"unsupported sample type {x.dtype}: use float or integer PCM")
+    x = x.float()
+    if x.ndim == 2:
+        channel_axis = 0 if x.shape[0] <= x.shape[1] else 1
+        x = x.mean(dim=channel_axis)
+    elif x.ndim != 1:
+        raise ValueError(f"a waveform is [samples] or [channels, samples]; got shape {tuple(x.shape)}")
+    return x
+
+
+def check_waveform(waveform: torch.Tensor) -> None:
+    """Refuse what cannot be transcribed; warn about digital silence, a known hallucination trigger."""
+    if waveform.numel() == 0:
+        raise ValueError("the audio is empty (0 samples)")
+    if not torch.isfinite(waveform).all():
+        raise ValueError("the audio contains NaN or infinite samples")
+    if not waveform.abs().max() > 0:
+        warnings.warn(
+            "the audio is digital silence (all samples are 0); Whisper tends to hallucinate text on it",
+            stacklevel=3,
+        )
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int, device: str = "cpu") -> Float[torch.Tensor, "n_freqs n_mels"]:
+    """Slaney-scale, Slaney-normalised triangular filters over the 201 STFT bins up to 8 kHz.
+
+    Built in float64 then cast, like the reference feature extractor.
+    """
+    n_freqs = N_FFT // 2 + 1
+    fft_freqs = np.linspace(0, SAMPLE_RATE / 2, n_freqs)
+
+    def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+        # Slaney: linear below 1 kHz, logarithmic above.
+        min_log_hz, min_log_mel, logstep = 1000.0, 15.0, 27.0 / math.log(6.4)
+        mel = 3.0 * hz / 200.0
+        return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) * logstep, mel)
+
+    def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+        min_log_hz, min_log_mel, logstep = 1000.0, 15.0, math.log(6.4) / 27.0
+        hz = 200.0 * mel / 3.0
+        return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), hz)
+
+    mel_edges = np.linspace(hz_to_mel(np.array(0.0)), hz_to_mel(np.array(SAMPLE_RATE / 2)), n_mels + 2)
+    hz_edges = mel_to_hz(mel_edges)
+    widths = np.diff(hz_edges)
+    slopes = hz_edges[None, :] - fft_freqs[:, None]  # [n_freqs, n_mels + 2]
+    down = -slopes[:, :-2] / widths[:-1]
+    up = slopes[:, 2:] / widths[1:]
+    filters = np.maximum(0, np.minimum(down, up))
+    filters *= 2.0 / (hz_edges[2 : n_mels + 2] - hz_edges[:n_mels])  # equal area per filter
+    return torch.from_numpy(filters).float().to(device)
+
+
+def pad_or_trim(waveform: torch.Tensor, length: int = N_SAMPLES) -> torch.Tensor:
+    """Zero-pad (or cut) the last axis to ``length`` samples."""
+    n = waveform.shape[-1]
+    if n > length:
+        return waveform[..., :length]
+    return torch.nn.functional.pad(waveform, (0, length - n))
+
+
+def log_mel_spectrogram(
+    waveform: Float[torch.Tensor, "*batch samples"], n_mels: int = 80
+) -> Float[torch.Tensor, "*batch n_mels frames"]:
+    """Whisper's features for waveforms already padded to the window (``pad_or_trim``).
+
+    STFT (400-point Hann window, hop 160, reflect-padded centre), power, mel filters, log10
+    floored at 1e-10, dynamic range cut to 8 (80 dB) below each example's peak, then scaled to
+    roughly [-1, 1]. The last STFT frame is dropped so 30 s give exactly 3000 frames.
+    """
+    window = torch.hann_window(N_FFT, device=waveform.device)
+    stft = torch.stft(waveform, N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    power = (stft[..., :-1].abs() ** 2).contiguous()
+    mel = mel_filters(n_mels, str(waveform.device)).T @ power
+    log_spec = mel.clamp(min=1e-10).log10()
+    peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - 8.0)
+    return (log_spec + 4.0) / 4.0

@@ -1,0 +1,153 @@
+"""The activation cache, with one TransformerLens-style view per stack.
+
+TransformerLens' cache methods (``accumulated_resid``, ``decompose_resid``,
+``stack_head_results``, ``apply_ln_to_stack``) expect ``blocks.{l}`` names and a model with one
+stack. ``cache.encoder`` and ``cache.decoder`` present each stack that way, sharing the same
+tensors: ``cache.decoder["blocks.3.hook_resid_post"]`` is ``cache["decoder_blocks.3.hook_resid_post"]``.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from transformer_lens import ActivationCache
+from transformer_lens.utilities import Slice
+
+if TYPE_CHECKING:
+    from hooked_whisper.model import HookedWhisper
+
+
+class _StackModel:
+    """What TransformerLens' cache methods read from a model, for one of Whisper's two stacks."""
+
+    def __init__(self, model: HookedWhisper, side: Literal["encoder", "decoder"]):
+        cfg = model.cfg
+        n_layers = cfg.n_encoder_layers if side == "encoder" else cfg.n_decoder_layers
+        self.cfg = SimpleNamespace(
+            n_layers=n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model, d_head=cfg.d_head,
+            d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, normalization_type="LN", attn_only=False, final_rms=False,
+        )
+        self.blocks = model.encoder_blocks if side == "encoder" else model.decoder_blocks
+        self.ln_final = model.encoder_ln_final if side == "encoder" else model.decoder_ln_final
+        if side == "decoder":
+            self.W_U = model.W_U
+            self.tokens_to_residual_directions = lambda tokens: model.W_U[:, tokens].T
+            self.to_single_token = lambda text: _single_token(model, text)
+
+
+def _single_token(model: HookedWhisper, text: str) -> int:
+    ids = model.tokenizer.encode(text)
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} is {len(ids)} tokens, not one")
+    return ids[0]
+
+
+def _view(cache_dict: dict[str, torch.Tensor], side: str) -> dict[str, torch.Tensor]:
+    renames = [(rf"^{side}_blocks\.", "blocks."), (rf"^{side}_ln_final\.", "ln_final.")]
+    if side == "encoder":
+        # The encoder's "embedding" is the conv stem's output, before positions are added.
+        renames += [(r"^encoder_embed\.hook_conv2$", "hook_embed"), (r"^encoder_embed\.hook_pos_embed$", "hook_pos_embed")]
+    other = "decoder" if side == "encoder" else "encoder"
+    out = {}
+    for name, tensor in cache_dict.items():
+        if name.startswith((f"{other}_", "hook_mel")) or (side == "decoder" and name.startswith("hook_encoder_out")):
+            continue
+        if side == "encoder" and name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+            continue
+        for pattern, repl in renames:
+            name = re.sub(pattern, repl, name)
+        out[name] = tensor
+    return out
+
+
+class WhisperActivationCache(ActivationCache):
+    """Every cached activation under its HookedWhisper name, plus ``.encoder``/``.decoder`` views."""
+
+    model: Any
+
+    @property
+    def encoder(self) -> ActivationCache:
+        return ActivationCache(_view(self.cache_dict, "encoder"), _StackModel(self.model, "encoder"), self.has_batch_dim)
+
+    @property
+    def decoder(self) -> DecoderStackCache:
+        return DecoderStackCache(_view(self.cache_dict, "decoder"), _StackModel(self.model, "decoder"), self.has_batch_dim)
+
+
+class DecoderStackCache(ActivationCache):
+    """The decoder view. Each block writes three times into the residual stream (self-attention,
+    cross-attention, MLP), so the decompositions list cross-attention terms too, and the MLP's
+    LayerNorm is ``ln3``."""
+
+    def decompose_resid(  # type: ignore[override]
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: Literal["all", "mlp", "attn"] = "all",
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ):
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        n_layers = self.model.cfg.n_layers
+        layer = n_layers if layer is None or layer == -1 else layer
+        names, labels = [], []
+        if incl_embeds:
+            names += ["hook_embed", "hook_pos_embed"]
+            labels += ["embed", "pos_embed"]
+        for l in range(layer):
+            parts = (["attn_out", "cross_attn_out"] if mode != "mlp" else []) + (["mlp_out"] if mode != "attn" else [])
+            names += [f"blocks.{l}.hook_{p}" for p in parts]
+            labels += [f"{l}_{p}" for p in parts]
+        if mlp_input and mode != "mlp" and layer < n_layers:
+            names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_cross_attn_out"]
+            labels += [f"{layer}_attn_out", f"{layer}_cross_attn_out"]
+        components = torch.stack([pos_slice.apply(self[n], dim=-2) for n in names])
+        if apply_ln:
+            components = self.apply_ln_to_stack(components, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+        return (components, labels) if return_labels else components
+
+    def stack_head_results(  # type: ignore[override]
+        self,
+        layer: int = -1,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        pos_slice: Any = None,
+        apply_ln: bool = False,
+        incl_cross: bool = True,
+    ):
+        """Every head's write to the residual stream: self-attention heads ``DL{l}H{h}`` and,
+        unless ``incl_cross=False``, cross-attention heads ``XL{l}H{h}``, layer by layer."""
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        n_layers = self.model.cfg.n_layers
+        layer = n_layers if layer is None or layer == -1 else layer
+        heads, labels = [], []
+        for l in range(layer):
+            block = self.model.blocks[l]
+            for kind, attn, tag in [("attn", block.attn, "DL"), ("cross_attn", block.cross_attn, "XL")]:
+                if kind == "cross_attn" and not incl_cross:
+                    continue
+                result = self.cache_dict.get(f"blocks.{l}.{kind}.hook_result")
+                if result is None:
+                    z = self[f"blocks.{l}.{kind}.hook_z"]
+                    result = torch.einsum("...hd,hdm->...hm", z, attn.W_O.to(z.dtype))
+                heads.append(pos_slice.apply(result, dim=-3).movedim(-2, 0))
+                labels += [f"{tag}{l}H{h}" for h in range(self.model.cfg.n_heads)]
+        components = torch.cat(heads) if heads else torch.zeros(0, *self["hook_embed"].shape)
+        if incl_remainder:
+            remainder = pos_slice.apply(self[f"blocks.{layer - 1}.hook_resid_post"], dim=-2) - components.sum(0)
+            components = torch.cat([components, remainder[None]])
+            labels.append("remainder")
+        if apply_ln:
+            components = self.apply_ln_to_stack(components, layer, pos_slice=pos_slice)
+        return (components, labels) if return_labels else components
+
+    def _get_cached_ln_scale(self, layer, mlp_input, pos_slice, batch_slice=None):
+        if mlp_input and layer is not None and layer < self.model.cfg.n_layers:
+            scale = pos_slice.apply(self[f"blocks.{layer}.ln3.hook_scale"], dim=-2)
+            return batch_slice.apply(scale) if batch_slice is not None and self.has_batch_dim else scale
+        return super()._get_cached_ln_scale(layer, mlp_input, pos_slice, batch_slice)

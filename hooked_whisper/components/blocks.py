@@ -1,0 +1,105 @@
+"""Encoder and decoder blocks: pre-LayerNorm residual blocks with hooks between every step."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+
+from hooked_whisper.components.attention import Attention, KeyValue
+from hooked_whisper.components.layer_norm import LayerNorm
+from hooked_whisper.components.mlp import MLP
+from hooked_whisper.config import HookedWhisperConfig
+
+
+def per_head(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[batch, pos, d_model] -> [batch, pos, head, d_model]: one copy of the input per head."""
+    return x.unsqueeze(-2).expand(-1, -1, n_heads, -1)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: HookedWhisperConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg)
+        self.ln2 = LayerNorm(cfg)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
+        self.hook_k_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        resid = self.hook_resid_pre(resid)
+        if self.cfg.use_split_qkv_input:
+            # Each head reads its own copy, so a patch can reach one head's q, k or v alone.
+            x = per_head(resid, self.cfg.n_heads)
+            q_in, k_in, v_in = (self.ln1(h(x)) for h in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+        else:
+            q_in = k_in = v_in = self.ln1(resid)
+        attn_out, _ = self.attn(q_in, k_in, v_in)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
+        resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+        return resid
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention (ln1), cross-attention to the encoder output (ln2), MLP (ln3)."""
+
+    def __init__(self, cfg: HookedWhisperConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg, causal=True)
+        self.ln2 = LayerNorm(cfg)
+        self.cross_attn = Attention(cfg)
+        self.ln3 = LayerNorm(cfg)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
+        self.hook_k_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_cross_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_cross_kv_input
+        self.hook_cross_k_input = HookPoint()  # [batch, audio_pos, head, d_model]
+        self.hook_cross_v_input = HookPoint()  # [batch, audio_pos, head, d_model]
+        self.hook_cross_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid_cross = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def cross_kv(self, encoder_out: Float[torch.Tensor, "batch audio_pos d_model"]) -> KeyValue:
+        """Cross-attention keys and values: computed once per audio, reused at every step."""
+        if self.cfg.use_cross_kv_input:
+            x = per_head(encoder_out, self.cfg.n_heads)
+            return self.cross_attn.compute_kv(self.hook_cross_k_input(x), self.hook_cross_v_input(x))
+        return self.cross_attn.compute_kv(encoder_out, encoder_out)
+
+    def forward(
+        self,
+        resid: Float[torch.Tensor, "batch pos d_model"],
+        cross_kv: KeyValue,
+        past_kv: KeyValue | None = None,
+    ) -> tuple[Float[torch.Tensor, "batch pos d_model"], KeyValue]:
+        resid = self.hook_resid_pre(resid)
+        if self.cfg.use_split_qkv_input:
+            x = per_head(resid, self.cfg.n_heads)
+            q_in, k_in, v_in = (self.ln1(h(x)) for h in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+        else:
+            q_in = k_in = v_in = self.ln1(resid)
+        attn_out, self_kv = self.attn(q_in, k_in, v_in, past_kv=past_kv)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
+
+        cross_q_in = self.hook_cross_q_input(per_head(resid, self.cfg.n_heads)) if self.cfg.use_cross_kv_input else resid
+        cross_out, _ = self.cross_attn(self.ln2(cross_q_in), kv=cross_kv)
+        resid = self.hook_resid_mid_cross(resid + self.hook_cross_attn_out(cross_out))
+
+        resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln3(resid))))
+        return resid, self_kv

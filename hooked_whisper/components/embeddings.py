@@ -1,0 +1,71 @@
+"""What enters the two residual streams: the audio stem (two convolutions plus fixed sinusoidal
+positions) for the encoder, token plus learned position embeddings for the decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+
+from hooked_whisper.config import HookedWhisperConfig
+
+
+def sinusoids(n_positions: int, d_model: int) -> Float[torch.Tensor, "pos d_model"]:
+    """Whisper's encoder position table: sines then cosines, geometric timescales up to 10000."""
+    inv_timescales = torch.exp(
+        -torch.log(torch.tensor(10000.0)) / (d_model // 2 - 1) * torch.arange(d_model // 2)
+    )
+    t = torch.arange(n_positions)[:, None] * inv_timescales[None, :]
+    return torch.cat([t.sin(), t.cos()], dim=1)
+
+
+class AudioEmbed(nn.Module):
+    """Conv1d(k=3) -> GELU -> Conv1d(k=3, stride 2) -> GELU, plus positions.
+
+    The conv hooks use the residual layout ``[batch, frames, d_model]`` like every other hook,
+    so slicing by position works the same way everywhere.
+    """
+
+    def __init__(self, cfg: HookedWhisperConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.W_conv1 = nn.Parameter(torch.empty(d, cfg.n_mels, 3))
+        self.b_conv1 = nn.Parameter(torch.zeros(d))
+        self.W_conv2 = nn.Parameter(torch.empty(d, d, 3))
+        self.b_conv2 = nn.Parameter(torch.zeros(d))
+        # Stored, not recomputed: checkpoints carry the table (rounded to fp16 in the originals).
+        self.W_pos = nn.Parameter(sinusoids(cfg.n_audio_ctx, d))
+        self.hook_conv1 = HookPoint()  # [batch, 2 * n_audio_ctx, d_model], after GELU
+        self.hook_conv2 = HookPoint()  # [batch, n_audio_ctx, d_model], after GELU
+        self.hook_pos_embed = HookPoint()  # [batch, n_audio_ctx, d_model]
+
+    def forward(self, mel: Float[torch.Tensor, "batch n_mels frames"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        x = self.hook_conv1(F.gelu(F.conv1d(mel, self.W_conv1, self.b_conv1, padding=1)).transpose(1, 2))
+        x = F.gelu(F.conv1d(x.transpose(1, 2), self.W_conv2, self.b_conv2, stride=2, padding=1))
+        x = self.hook_conv2(x.transpose(1, 2))
+        return x + self.hook_pos_embed(self.W_pos.expand(x.shape[0], -1, -1))
+
+
+class TokenEmbed(nn.Module):
+    def __init__(self, cfg: HookedWhisperConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+
+    def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        return F.embedding(tokens, self.W_E)
+
+
+class PosEmbed(nn.Module):
+    def __init__(self, cfg: HookedWhisperConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_text_ctx, cfg.d_model))
+
+    def forward(self, tokens: Int[torch.Tensor, "batch pos"], offset: int = 0) -> Float[torch.Tensor, "batch pos d_model"]:
+        n_positions = tokens.shape[1]
+        if offset + n_positions > self.W_pos.shape[0]:
+            raise ValueError(
+                f"the decoder holds at most {self.W_pos.shape[0]} text positions; got {offset + n_positions}"
+            )
+        return self.W_pos[offset : offset + n_positions].expand(tokens.shape[0], -1, -1)

@@ -1,0 +1,136 @@
+"""The shape of a Whisper model, read from any of the checkpoint formats we load."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class HookedWhisperConfig:
+    """Architecture hyper-parameters plus the switches for the opt-in hooks.
+
+    Every official Whisper shares ``d_head = 64``, an MLP four times ``d_model``, 1500 audio
+    positions (30 s after the stride-2 convolution) and 448 text positions; the variants differ
+    in width, depth (encoder and decoder depths may differ: large-v3-turbo is 32/4, distil
+    models 32/2), mel bins (80, or 128 from large-v3 on) and vocabulary size.
+    """
+
+    d_model: int
+    n_heads: int
+    n_encoder_layers: int
+    n_decoder_layers: int
+    n_mels: int = 80
+    d_vocab: int = 51865
+    d_head: int = 64
+    d_mlp: int | None = None
+    n_audio_ctx: int = 1500
+    n_text_ctx: int = 448
+    layer_norm_eps: float = 1e-5
+    # Opt-in hooks, as in TransformerLens: they cost memory and time, so they are off by default.
+    use_attn_result: bool = False  # attn.hook_result: each head's output in d_model space
+    use_split_qkv_input: bool = False  # hook_{q,k,v}_input: a copy of the block input per head
+    use_cross_kv_input: bool = False  # hook_cross_{q,k,v}_input: same, for cross-attention
+
+    def __post_init__(self) -> None:
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        if self.n_heads * self.d_head != self.d_model:
+            raise ValueError(
+                f"n_heads * d_head must equal d_model, got {self.n_heads} * {self.d_head} != "
+                f"{self.d_model}"
+            )
+
+    @property
+    def n_frames(self) -> int:
+        """Mel frames the encoder takes: two per audio position (conv2 has stride 2)."""
+        return 2 * self.n_audio_ctx
+
+    @property
+    def is_multilingual(self) -> bool:
+        # English-only checkpoints have the GPT-2 vocabulary plus specials: 51864 entries.
+        return self.d_vocab >= 51865
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any], **overrides: Any) -> HookedWhisperConfig:
+        """From a Hugging Face ``config.json`` (``WhisperConfig``)."""
+        enc_heads, dec_heads = cfg["encoder_attention_heads"], cfg["decoder_attention_heads"]
+        if enc_heads != dec_heads:
+            raise ValueError(
+                f"encoder and decoder head counts differ ({enc_heads} vs {dec_heads}); no official "
+                "Whisper does this and HookedWhisper assumes one head count"
+            )
+        if cfg.get("encoder_ffn_dim", 4 * cfg["d_model"]) != cfg.get("decoder_ffn_dim", 4 * cfg["d_model"]):
+            raise ValueError("encoder_ffn_dim and decoder_ffn_dim differ; HookedWhisper assumes one d_mlp")
+        if cfg.get("scale_embedding", False):
+            raise ValueError("scale_embedding=True is not a Whisper setting; refusing to guess its meaning")
+        return cls(
+            d_model=cfg["d_model"],
+            n_heads=enc_heads,
+            n_encoder_layers=cfg["encoder_layers"],
+            n_decoder_layers=cfg["decoder_layers"],
+            n_mels=cfg["num_mel_bins"],
+            d_vocab=cfg["vocab_size"],
+            d_head=cfg["d_model"] // enc_heads,
+            d_mlp=cfg.get("encoder_ffn_dim", 4 * cfg["d_model"]),
+            n_audio_ctx=cfg.get("max_source_positions", 1500),
+            n_text_ctx=cfg.get("max_target_positions", 448),
+            **overrides,
+        )
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The ``config.json`` a Hugging Face ``WhisperForConditionalGeneration`` needs."""
+        return {
+            "architectures": ["WhisperForConditionalGeneration"],
+            "model_type": "whisper",
+            "d_model": self.d_model,
+            "encoder_attention_heads": self.n_heads,
+            "decoder_attention_heads": self.n_heads,
+            "encoder_layers": self.n_encoder_layers,
+            "decoder_layers": self.n_decoder_layers,
+            "num_hidden_layers": self.n_encoder_layers,
+            "encoder_ffn_dim": self.d_mlp,
+            "decoder_ffn_dim": self.d_mlp,
+            "num_mel_bins": self.n_mels,
+            "vocab_size": self.d_vocab,
+            "max_source_positions": self.n_audio_ctx,
+            "max_target_positions": self.n_text_ctx,
+            "activation_function": "gelu",
+            "scale_embedding": False,
+            "tie_word_embeddings": True,
+        }
+
+    @classmethod
+    def from_openai_dims(cls, dims: dict[str, int], **overrides: Any) -> HookedWhisperConfig:
+        """From the ``dims`` dict of an openai-whisper ``.pt`` checkpoint."""
+        if dims["n_audio_state"] != dims["n_text_state"] or dims["n_audio_head"] != dims["n_text_head"]:
+            raise ValueError(f"encoder and decoder widths or head counts differ in dims {dims}")
+        return cls(
+            d_model=dims["n_audio_state"],
+            n_heads=dims["n_audio_head"],
+            n_encoder_layers=dims["n_audio_layer"],
+            n_decoder_layers=dims["n_text_layer"],
+            n_mels=dims["n_mels"],
+            d_vocab=dims["n_vocab"],
+            d_head=dims["n_audio_state"] // dims["n_audio_head"],
+            n_audio_ctx=dims["n_audio_ctx"],
+            n_text_ctx=dims["n_text_ctx"],
+            **overrides,
+        )
+
+    def to_openai_dims(self) -> dict[str, int]:
+        return {
+            "n_mels": self.n_mels,
+            "n_audio_ctx": self.n_audio_ctx,
+            "n_audio_state": self.d_model,
+            "n_audio_head": self.n_heads,
+            "n_audio_layer": self.n_encoder_layers,
+            "n_vocab": self.d_vocab,
+            "n_text_ctx": self.n_text_ctx,
+            "n_text_state": self.d_model,
+            "n_text_head": self.n_heads,
+            "n_text_layer": self.n_decoder_layers,
+        }

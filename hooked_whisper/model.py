@@ -1,0 +1,333 @@
+"""HookedWhisper: Whisper as a TransformerLens ``HookedRootModule``.
+
+The architecture in one page: log-mel [batch, n_mels, 3000] -> two convolutions + sinusoidal
+positions -> encoder blocks -> LayerNorm -> ``hook_encoder_out`` [batch, 1500, d_model]. The
+decoder embeds tokens plus learned positions, runs blocks of causal self-attention,
+cross-attention to the encoder output and an MLP, applies a LayerNorm and reads logits through
+the (tied) token embedding.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from hooked_whisper.audio import N_SAMPLES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
+from hooked_whisper.cache import WhisperActivationCache
+from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
+from hooked_whisper.components.attention import KeyValue
+from hooked_whisper.config import HookedWhisperConfig
+from hooked_whisper.decoding.generation_config import GenerationConfig
+from hooked_whisper.tokenizer import WhisperTokenizer
+
+AudioInput = Union[str, Path, np.ndarray, torch.Tensor, Sequence[Union[str, Path, np.ndarray, torch.Tensor]]]
+TokensInput = Union[torch.Tensor, Sequence[int], Sequence[Sequence[int]], str]
+
+
+@dataclass
+class DecoderCache:
+    """What the decoder keeps between generation steps: per layer, the cross-attention keys and
+    values (computed once from the encoder output) and the self-attention keys and values of
+    every position decoded so far."""
+
+    cross_kv: list[KeyValue]
+    self_kv: list[KeyValue | None]
+
+    @property
+    def position(self) -> int:
+        first = self.self_kv[0]
+        return 0 if first is None else first[0].shape[1]
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only batch rows ``index`` (in that order), e.g. for beam search reordering."""
+        self.cross_kv = [(k[index], v[index]) for k, v in self.cross_kv]
+        self.self_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv]
+
+
+class HookedWhisper(HookedRootModule):
+    def __init__(
+        self,
+        cfg: HookedWhisperConfig,
+        tokenizer: WhisperTokenizer | None = None,
+        generation_config: GenerationConfig | None = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer or WhisperTokenizer(None, cfg.d_vocab)
+        self.generation_config = generation_config or GenerationConfig()
+
+        self.hook_mel = HookPoint()  # [batch, n_mels, 3000]
+        self.encoder_embed = AudioEmbed(cfg)
+        self.encoder_blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_encoder_layers)])
+        self.encoder_ln_final = LayerNorm(cfg)
+        self.hook_encoder_out = HookPoint()  # [batch, audio_pos, d_model]: what cross-attention reads
+
+        self.hook_tokens = HookPoint()  # [batch, pos]
+        self.embed = TokenEmbed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.decoder_blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_decoder_layers)])
+        self.decoder_ln_final = LayerNorm(cfg)
+
+        self.init_weights()
+        self.setup()
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random weights for a model built from a config alone (checkpoints overwrite them)."""
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.startswith("W_") and leaf != "W_pos":
+                nn.init.normal_(p, std=std)
+        nn.init.normal_(self.pos_embed.W_pos, std=std)
+
+    # ------------------------------------------------------------------ weights, TransformerLens style
+    @property
+    def W_E(self) -> Float[torch.Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
+        """The unembedding, tied to the token embedding (a view, not a copy)."""
+        return self.embed.W_E.T
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.W_E.dtype
+
+    # ------------------------------------------------------------------ tokens and text
+    @property
+    def special(self):
+        """Special-token ids: ``model.special.eot``, ``.sot``, ``.no_timestamps``, ``.languages``..."""
+        return self.tokenizer.special
+
+    def to_tokens(self, text: str, prepend_prompt: bool = True, language: str | None = None) -> Int[torch.Tensor, "1 pos"]:
+        """Tokens of ``text``, after the default transcription prompt unless ``prepend_prompt=False``."""
+        ids = self.tokenizer.encode(text)
+        if prepend_prompt:
+            ids = self.prompt(language) + ids
+        return torch.tensor([ids], device=self.device)
+
+    def to_string(self, tokens: torch.Tensor | Sequence[int], skip_special: bool = True) -> str | list[str]:
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return [self.tokenizer.decode(row, skip_special) for row in tokens]
+        return self.tokenizer.decode(tokens, skip_special)
+
+    def to_str_tokens(self, tokens: torch.Tensor | Sequence[int]) -> list[str]:
+        return [self.tokenizer.token_text(int(t)) for t in torch.as_tensor(tokens).flatten()]
+
+    def prompt(self, language: str | None = None, task: str = "transcribe", timestamps: bool = False) -> list[int]:
+        """The decoder prompt: ``[sot, language, task, notimestamps]`` (English-only: ``[sot, notimestamps]``)."""
+        s = self.special
+        ids = [s.sot]
+        if self.cfg.is_multilingual:
+            if language is None:
+                raise ValueError(
+                    "a multilingual model needs a language for its prompt: pass language='en' (or "
+                    "another code), or let transcribe() detect it"
+                )
+            if language not in s.languages:
+                raise ValueError(f"unknown language {language!r}; known: {', '.join(sorted(s.languages))}")
+            if task not in ("transcribe", "translate"):
+                raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
+            ids += [s.languages[language], s.transcribe if task == "transcribe" else s.translate]
+        elif language not in (None, "en") or task != "transcribe":
+            raise ValueError("this English-only model only transcribes English (language='en', task='transcribe')")
+        if not timestamps:
+            ids.append(s.no_timestamps)
+        return ids
+
+    # ------------------------------------------------------------------ audio in
+    def to_mel(self, audio: AudioInput, sample_rate: int = SAMPLE_RATE) -> Float[torch.Tensor, "batch n_mels frames"]:
+        """Log-mel features ``[batch, n_mels, 3000]`` of one 30 s window per clip.
+
+        ``audio`` is a path, a list of paths or waveforms, a waveform ``[samples]``, a batch
+        ``[batch, samples]`` (zero-padded to equal length), or a ready mel ``[batch, n_mels, 3000]``.
+        Waveforms are taken to be at ``sample_rate`` (16 kHz unless told) and zero-padded to 30 s
+        in the audio domain; longer clips are refused, never cut.
+        """
+        if isinstance(audio, torch.Tensor) and tuple(audio.shape[-2:]) == (self.cfg.n_mels, self.cfg.n_frames):
+            mel = audio if audio.ndim == 3 else audio.unsqueeze(0)
+            return mel.to(self.device, self.dtype)
+        if isinstance(audio, (str, Path)):
+            waveforms = [load_audio(audio)]
+        elif isinstance(audio, (np.ndarray, torch.Tensor)):
+            audio = torch.as_tensor(audio)
+            if audio.ndim not in (1, 2):
+                raise ValueError(
+                    f"expected a waveform [samples], a batch [batch, samples] or a mel "
+                    f"[batch, {self.cfg.n_mels}, {self.cfg.n_frames}]; got shape {tuple(audio.shape)}"
+                )
+            waveforms = [load_audio(w, sample_rate) for w in (audio if audio.ndim == 2 else [audio])]
+        elif isinstance(audio, Sequence) and len(audio) > 0:
+            waveforms = [load_audio(a) if isinstance(a, (str, Path)) else load_audio(a, sample_rate) for a in audio]
+        else:
+            raise TypeError(f"cannot read audio from {type(audio).__name__}")
+        for i, w in enumerate(waveforms):
+            if w.shape[-1] > N_SAMPLES:
+                raise ValueError(
+                    f"clip {i} lasts {w.shape[-1] / SAMPLE_RATE:.2f} s, over the 30 s window one "
+                    "forward pass sees; cut it into 30 s pieces (nothing is truncated silently)"
+                )
+        batch = torch.stack([pad_or_trim(w) for w in waveforms]).to(self.device)
+        return log_mel_spectrogram(batch, self.cfg.n_mels).to(self.dtype)
+
+    # ------------------------------------------------------------------ the forward pass
+    def encode(self, audio: AudioInput) -> Float[torch.Tensor, "batch audio_pos d_model"]:
+        mel = self.hook_mel(self.to_mel(audio))
+        resid = self.encoder_embed(mel)
+        for block in self.encoder_blocks:
+            resid = block(resid)
+        return self.hook_encoder_out(self.encoder_ln_final(resid))
+
+    def new_decoder_cache(self, encoder_out: Float[torch.Tensor, "batch audio_pos d_model"]) -> DecoderCache:
+        """Cross-attention K/V of every decoder layer (their hooks fire now), and an empty KV cache."""
+        return DecoderCache(
+            cross_kv=[block.cross_kv(encoder_out) for block in self.decoder_blocks],
+            self_kv=[None] * self.cfg.n_decoder_layers,
+        )
+
+    def decode(
+        self,
+        tokens: Int[torch.Tensor, "batch pos"],
+        encoder_out: Float[torch.Tensor, "batch audio_pos d_model"] | None = None,
+        cache: DecoderCache | None = None,
+    ) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        """Decoder logits. With ``cache`` (from ``new_decoder_cache``), ``tokens`` continue the
+        positions already in it and the cache is extended in place."""
+        if cache is None:
+            if encoder_out is None:
+                raise ValueError("decode needs the encoder output, or a DecoderCache built from it")
+            cache = self.new_decoder_cache(encoder_out)
+        tokens = self.hook_tokens(tokens)
+        resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens, cache.position))
+        for i, block in enumerate(self.decoder_blocks):
+            resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i])
+        return nn.functional.linear(self.decoder_ln_final(resid), self.embed.W_E)
+
+    def forward(self, audio: AudioInput, tokens: TokensInput | None = None) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        """Logits ``[batch, pos, d_vocab]`` of ``tokens`` given ``audio``. Without tokens, the
+        decoder reads the prompt plus the model's own greedy transcript."""
+        mel = self.to_mel(audio)
+        token_batch = self._tokens_for(mel, tokens)
+        return self.decode(token_batch, self.encode(mel))
+
+    def _tokens_for(self, mel: torch.Tensor, tokens: TokensInput | None) -> torch.Tensor:
+        if tokens is None:
+            from hooked_whisper.decoding.greedy import greedy_generate
+
+            with torch.no_grad():
+                return greedy_generate(self, mel, include_eot=False).tokens
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens)
+        tokens = torch.as_tensor(tokens, device=self.device)
+        if tokens.ndim == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+        if tokens.shape[0] == 1 and mel.shape[0] > 1:
+            tokens = tokens.expand(mel.shape[0], -1)
+        if tokens.shape[0] != mel.shape[0]:
+            raise ValueError(f"{mel.shape[0]} clips but {tokens.shape[0]} token sequences")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}); got {tokens.min()}..{tokens.max()}")
+        return tokens
+
+    # ------------------------------------------------------------------ hooks
+    def _check_hook_name(self, name: str) -> None:
+        if name not in self.hook_dict:
+            close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
+            hint = f"; closest valid names: {', '.join(close)}" if close else ""
+            raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
+
+    def _enable_hook_with_name(self, name: str, hook: Callable, dir: Any):  # noqa: A002 (TransformerLens' signature)
+        self._check_hook_name(name)
+        super()._enable_hook_with_name(name, hook, dir)
+
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:  # noqa: A002
+        if isinstance(name, str):
+            self._check_hook_name(name)
+        super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def run_with_cache(  # type: ignore[override]
+        self,
+        audio: AudioInput,
+        tokens: TokensInput | None = None,
+        names_filter: str | list[str] | Callable[[str], bool] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Float[torch.Tensor, "batch pos d_vocab"], WhisperActivationCache]:
+        """Logits and a cache of every hooked activation (or those ``names_filter`` selects).
+
+        With ``tokens=None`` the decoder runs on the prompt plus the greedy transcript (without
+        the final end-of-text, so the last position predicts it); ``cache["hook_tokens"]`` has
+        the tokens used. ``cache.encoder`` and ``cache.decoder`` are TransformerLens-style views
+        (``blocks.{l}`` names) for ``accumulated_resid``, ``decompose_resid`` and friends.
+        """
+        if isinstance(names_filter, (str, list)):
+            for name in [names_filter] if isinstance(names_filter, str) else names_filter:
+                self._check_hook_name(name)
+        mel = self.to_mel(audio)
+        token_batch = self._tokens_for(mel, tokens)
+        logits, cache_dict = super().run_with_cache(mel, token_batch, names_filter=names_filter, **kwargs)
+        return logits, WhisperActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+
+    # ------------------------------------------------------------------ transcription
+    @torch.no_grad()
+    def transcribe(self, audio: AudioInput, language: str | None = None, task: str = "transcribe", max_new_tokens: int | None = None):
+        """Greedy short-form transcription, token for token what Hugging Face ``generate`` writes.
+
+        Returns a ``Transcript`` (``.text``, ``.tokens``, ``.language``) for one clip, a list for a batch.
+        """
+        from hooked_whisper.decoding.greedy import greedy_generate
+
+        mel = self.to_mel(audio)
+        out = greedy_generate(self, mel, language=language, task=task, max_new_tokens=max_new_tokens)
+        results = out.transcripts(self)
+        return results[0] if _is_single_clip(audio, (self.cfg.n_mels, self.cfg.n_frames)) else results
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        tokenizer: str | Path | None = None,
+        **cfg_overrides: Any,
+    ) -> HookedWhisper:
+        """Load real weights: a bundled model name (``"tiny.en"``, ``"base"``), a Hugging Face
+        repo id (``"openai/whisper-small"``) or a local path to a Hugging Face folder, an openai
+        ``.pt`` file or a CTranslate2 folder. ``cfg_overrides`` sets the opt-in hook flags,
+        e.g. ``use_attn_result=True``."""
+        from weights_conversion import load_checkpoint
+
+        ckpt = load_checkpoint(name_or_path, tokenizer=tokenizer)
+        cfg = HookedWhisperConfig(**{**ckpt.config.to_dict(), **cfg_overrides})
+        with torch.device("meta"):
+            model = cls(cfg, ckpt.tokenizer, ckpt.generation_config)
+        model.load_state_dict(ckpt.state_dict, assign=True, strict=True)
+        model.name_or_path = str(name_or_path)
+        return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+
+
+def _is_single_clip(audio: AudioInput, mel_shape: tuple[int, int]) -> bool:
+    """A path, a 1-D waveform or a 2-D mel is one clip; lists and batched arrays are batches."""
+    if isinstance(audio, (str, Path)):
+        return True
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        return audio.ndim == 1 or tuple(audio.shape) == mel_shape
+    return False

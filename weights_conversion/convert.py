@@ -1,0 +1,194 @@
+"""Checkpoints in, HookedWhisper state dicts out (and back).
+
+Every route goes through Hugging Face names: an openai ``.pt`` is renamed, a CTranslate2
+``model.bin`` is renamed and its fused projections split, and the Hugging Face dict is then
+reshaped to per-head weights by the table in ``keys.py``. Export runs the table backwards, so
+a round trip returns the same tensors bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from hooked_whisper.config import HookedWhisperConfig
+from hooked_whisper.decoding.generation_config import GenerationConfig
+from hooked_whisper.tokenizer import WhisperTokenizer
+from weights_conversion.ctranslate2 import ctranslate2_to_hf, model_bin_parts, read_ctranslate2_config, read_model_bin
+from weights_conversion.keys import tensor_specs
+
+Naming = Literal["hf", "openai", "hooked"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the Whisper shape it claims."""
+
+
+def _list(keys: list[str], limit: int = 40) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], cfg: HookedWhisperConfig, src: Naming, dst: Naming, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Rename and reshape a full Whisper state dict between namings.
+
+    Hugging Face keys may carry the ``model.`` prefix and the tied ``proj_out.weight``; both are
+    accepted on input. Every missing and unexpected key is listed, and a shape mismatch names
+    the tensor and both shapes.
+    """
+    sd = dict(state_dict)
+    if src == "hf":
+        sd = {k.removeprefix("model."): v for k, v in sd.items()}
+        proj = sd.pop("proj_out.weight", None)
+        embed = sd.get("decoder.embed_tokens.weight")
+        if proj is not None and embed is not None and not torch.equal(proj, embed):
+            raise CheckpointError(f"{source}: proj_out.weight differs from the token embedding; Whisper ties them")
+    specs = tensor_specs(cfg)
+    expected = {getattr(s, src): s for s in specs}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        lines = [f"{source} does not match a Whisper of this shape ({cfg.d_model} wide, "
+                 f"{cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers, {cfg.n_mels} mels):"]
+        if missing:
+            lines.append(f"  {len(missing)} missing keys: {_list(missing)}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected keys: {_list(unexpected)}")
+        raise CheckpointError("\n".join(lines))
+    out = {}
+    for key, spec in expected.items():
+        tensor = sd[key]
+        want = spec.hf_shape if src != "hooked" else tuple(spec.to_hooked(torch.empty(spec.hf_shape, device="meta")).shape)
+        if tuple(tensor.shape) != want:
+            raise CheckpointError(f"{source}: tensor {key} has shape {tuple(tensor.shape)}, expected {want}")
+        if src != "hooked" and dst == "hooked":
+            tensor = spec.to_hooked(tensor)
+        elif src == "hooked" and dst != "hooked":
+            tensor = spec.to_hf(tensor)
+        out[getattr(spec, dst)] = tensor
+    if dst == "hf":
+        out = {f"model.{k}": v for k, v in out.items()}
+    return out
+
+
+@dataclass
+class Checkpoint:
+    config: HookedWhisperConfig
+    state_dict: dict[str, torch.Tensor]  # HookedWhisper names
+    tokenizer: WhisperTokenizer
+    generation_config: GenerationConfig
+    source: str
+
+
+def _tokenizer_for(folder: Path | None, explicit: str | Path | None, d_vocab: int) -> WhisperTokenizer:
+    path = Path(explicit) if explicit is not None else (folder / "tokenizer.json" if folder else None)
+    if explicit is not None and not path.is_file():  # type: ignore[union-attr]
+        raise FileNotFoundError(f"no tokenizer file at {explicit}")
+    return WhisperTokenizer(path if path is not None and path.is_file() else None, d_vocab)
+
+
+def load_hf_folder(folder: Path, tokenizer: str | Path | None = None) -> Checkpoint:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json, so it is not a Hugging Face checkpoint")
+    cfg = HookedWhisperConfig.from_hf_config(json.loads(config_path.read_text()))
+    sd = _read_hf_weights(folder)
+    gen_path = folder / "generation_config.json"
+    gen = GenerationConfig.from_dict(json.loads(gen_path.read_text())) if gen_path.is_file() else GenerationConfig()
+    return Checkpoint(cfg, convert_state_dict(sd, cfg, "hf", "hooked", str(folder)),
+                      _tokenizer_for(folder, tokenizer, cfg.d_vocab), gen, str(folder))
+
+
+def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        sd: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            sd.update(load_file(str(folder / shard)))
+        return sd
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{folder} has no model.safetensors, sharded safetensors or pytorch_model.bin")
+
+
+def load_openai_checkpoint(path: Path, tokenizer: str | Path | None = None) -> Checkpoint:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"could not read {path} as an openai-whisper checkpoint: {err}") from err
+    if not isinstance(raw, dict) or "dims" not in raw or "model_state_dict" not in raw:
+        raise CheckpointError(f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')")
+    cfg = HookedWhisperConfig.from_openai_dims(raw["dims"])
+    gen_path = path.parent / "generation_config.json"
+    gen = GenerationConfig.from_dict(json.loads(gen_path.read_text())) if gen_path.is_file() else GenerationConfig()
+    sd = convert_state_dict(raw["model_state_dict"], cfg, "openai", "hooked", str(path))
+    return Checkpoint(cfg, sd, _tokenizer_for(path.parent, tokenizer, cfg.d_vocab), gen, str(path))
+
+
+def load_ctranslate2_folder(folder: Path, parts: list[Path] | None = None, tokenizer: str | Path | None = None) -> Checkpoint:
+    parts = parts or model_bin_parts(folder)
+    variables = read_model_bin(parts)
+    hf = ctranslate2_to_hf(variables)
+    conv1 = hf["model.encoder.conv1.weight"]
+    d_model = conv1.shape[0]
+    n_heads = int(variables["encoder/num_heads"].item()) if "encoder/num_heads" in variables else d_model // 64
+    cfg = HookedWhisperConfig(
+        d_model=d_model,
+        n_heads=n_heads,
+        n_encoder_layers=sum(1 for k in hf if k.endswith("self_attn_layer_norm.weight") and ".encoder." in k),
+        n_decoder_layers=sum(1 for k in hf if k.endswith("self_attn_layer_norm.weight") and ".decoder." in k),
+        n_mels=conv1.shape[1],
+        d_vocab=hf["model.decoder.embed_tokens.weight"].shape[0],
+        d_head=d_model // n_heads,
+        d_mlp=hf["model.encoder.layers.0.fc1.weight"].shape[0],
+        n_audio_ctx=hf["model.encoder.embed_positions.weight"].shape[0],
+        n_text_ctx=hf["model.decoder.embed_positions.weight"].shape[0],
+    )
+    gen = GenerationConfig.from_dict(read_ctranslate2_config(folder))
+    sd = convert_state_dict(hf, cfg, "hf", "hooked", str(folder))
+    return Checkpoint(cfg, sd, _tokenizer_for(folder, tokenizer, cfg.d_vocab), gen, str(folder))
+
+
+def save_hf_folder(ckpt_or_model, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a Hugging Face folder (``model.safetensors``, ``config.json``,
+    ``generation_config.json``, ``tokenizer.json``) from a ``Checkpoint`` or a ``HookedWhisper``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = ckpt_or_model.config if isinstance(ckpt_or_model, Checkpoint) else ckpt_or_model.cfg
+    hooked_sd = ckpt_or_model.state_dict if isinstance(ckpt_or_model, Checkpoint) else ckpt_or_model.state_dict()
+    tokenizer: WhisperTokenizer = ckpt_or_model.tokenizer
+    gen: GenerationConfig = ckpt_or_model.generation_config
+    hf = convert_state_dict(hooked_sd, cfg, "hooked", "hf")
+    save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in hf.items()}, str(out / "model.safetensors"))
+    special = tokenizer.special
+    config = {**cfg.to_hf_config(), "torch_dtype": str(dtype).removeprefix("torch."),
+              "decoder_start_token_id": special.sot, "bos_token_id": special.eot, "eos_token_id": special.eot,
+              "pad_token_id": special.eot, "begin_suppress_tokens": gen.begin_suppress_tokens,
+              "suppress_tokens": gen.suppress_tokens}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(gen.to_hf_dict(special, cfg.is_multilingual), indent=2))
+    if tokenizer.path is not None:
+        shutil.copyfile(tokenizer.path, out / "tokenizer.json")
+    return out
+
+
+def save_openai_checkpoint(model, path: str | Path) -> Path:
+    """Write an openai-whisper ``.pt`` (``{"dims", "model_state_dict"}``) from a HookedWhisper."""
+    sd = convert_state_dict(model.state_dict(), model.cfg, "hooked", "openai")
+    torch.save({"dims": model.cfg.to_openai_dims(), "model_state_dict": {k: v.detach().cpu() for k, v in sd.items()}}, path)
+    return Path(path)

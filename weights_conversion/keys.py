@@ -1,0 +1,107 @@
+"""The one table behind every conversion: each Whisper tensor's Hugging Face name, openai-whisper
+name, HookedWhisper name and the reshape between the Hugging Face layout and the per-head one.
+
+Hugging Face is the hub format: openai and CTranslate2 checkpoints are first renamed to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from hooked_whisper.config import HookedWhisperConfig
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    hf: str  # without the "model." prefix
+    openai: str
+    hooked: str
+    hf_shape: tuple[int, ...]
+    to_hooked: Transform
+    to_hf: Transform
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def tensor_specs(cfg: HookedWhisperConfig) -> list[TensorSpec]:
+    d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    assert m is not None
+
+    # nn.Linear stores [out, in]; TransformerLens-style weights are [in, out], split per head.
+    def qkv_in(w: torch.Tensor) -> torch.Tensor:  # [h*dh, d] -> [h, d, dh]
+        return w.T.reshape(d, h, dh).permute(1, 0, 2).contiguous()
+
+    def qkv_out(w: torch.Tensor) -> torch.Tensor:
+        return w.permute(1, 0, 2).reshape(d, h * dh).T.contiguous()
+
+    def heads_in(b: torch.Tensor) -> torch.Tensor:  # [h*dh] -> [h, dh]
+        return b.reshape(h, dh).contiguous()
+
+    def heads_out(b: torch.Tensor) -> torch.Tensor:
+        return b.reshape(h * dh).contiguous()
+
+    def o_in(w: torch.Tensor) -> torch.Tensor:  # [d, h*dh] -> [h, dh, d]
+        return w.T.reshape(h, dh, d).contiguous()
+
+    def o_out(w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(h * dh, d).T.contiguous()
+
+    def transpose(w: torch.Tensor) -> torch.Tensor:
+        return w.T.contiguous()
+
+    specs: list[TensorSpec] = []
+
+    def add(hf: str, openai: str, hooked: str, shape: tuple[int, ...], fwd: Transform = _same, back: Transform = _same):
+        specs.append(TensorSpec(hf, openai, hooked, shape, fwd, back))
+
+    def norm(hf: str, openai: str, hooked: str) -> None:
+        add(f"{hf}.weight", f"{openai}.weight", f"{hooked}.w", (d,))
+        add(f"{hf}.bias", f"{openai}.bias", f"{hooked}.b", (d,))
+
+    def attention(hf: str, openai: str, hooked: str) -> None:
+        add(f"{hf}.q_proj.weight", f"{openai}.query.weight", f"{hooked}.W_Q", (h * dh, d), qkv_in, qkv_out)
+        add(f"{hf}.q_proj.bias", f"{openai}.query.bias", f"{hooked}.b_Q", (h * dh,), heads_in, heads_out)
+        add(f"{hf}.k_proj.weight", f"{openai}.key.weight", f"{hooked}.W_K", (h * dh, d), qkv_in, qkv_out)
+        add(f"{hf}.v_proj.weight", f"{openai}.value.weight", f"{hooked}.W_V", (h * dh, d), qkv_in, qkv_out)
+        add(f"{hf}.v_proj.bias", f"{openai}.value.bias", f"{hooked}.b_V", (h * dh,), heads_in, heads_out)
+        add(f"{hf}.out_proj.weight", f"{openai}.out.weight", f"{hooked}.W_O", (d, h * dh), o_in, o_out)
+        add(f"{hf}.out_proj.bias", f"{openai}.out.bias", f"{hooked}.b_O", (d,))
+
+    def mlp(hf: str, openai: str, hooked: str) -> None:
+        add(f"{hf}.fc1.weight", f"{openai}.mlp.0.weight", f"{hooked}.W_in", (m, d), transpose, transpose)
+        add(f"{hf}.fc1.bias", f"{openai}.mlp.0.bias", f"{hooked}.b_in", (m,))
+        add(f"{hf}.fc2.weight", f"{openai}.mlp.2.weight", f"{hooked}.W_out", (d, m), transpose, transpose)
+        add(f"{hf}.fc2.bias", f"{openai}.mlp.2.bias", f"{hooked}.b_out", (d,))
+
+    add("encoder.conv1.weight", "encoder.conv1.weight", "encoder_embed.W_conv1", (d, cfg.n_mels, 3))
+    add("encoder.conv1.bias", "encoder.conv1.bias", "encoder_embed.b_conv1", (d,))
+    add("encoder.conv2.weight", "encoder.conv2.weight", "encoder_embed.W_conv2", (d, d, 3))
+    add("encoder.conv2.bias", "encoder.conv2.bias", "encoder_embed.b_conv2", (d,))
+    add("encoder.embed_positions.weight", "encoder.positional_embedding", "encoder_embed.W_pos", (cfg.n_audio_ctx, d))
+    for i in range(cfg.n_encoder_layers):
+        hf, oa, hk = f"encoder.layers.{i}", f"encoder.blocks.{i}", f"encoder_blocks.{i}"
+        norm(f"{hf}.self_attn_layer_norm", f"{oa}.attn_ln", f"{hk}.ln1")
+        attention(f"{hf}.self_attn", f"{oa}.attn", f"{hk}.attn")
+        norm(f"{hf}.final_layer_norm", f"{oa}.mlp_ln", f"{hk}.ln2")
+        mlp(hf, oa, f"{hk}.mlp")
+    norm("encoder.layer_norm", "encoder.ln_post", "encoder_ln_final")
+
+    add("decoder.embed_tokens.weight", "decoder.token_embedding.weight", "embed.W_E", (cfg.d_vocab, d))
+    add("decoder.embed_positions.weight", "decoder.positional_embedding", "pos_embed.W_pos", (cfg.n_text_ctx, d))
+    for i in range(cfg.n_decoder_layers):
+        hf, oa, hk = f"decoder.layers.{i}", f"decoder.blocks.{i}", f"decoder_blocks.{i}"
+        norm(f"{hf}.self_attn_layer_norm", f"{oa}.attn_ln", f"{hk}.ln1")
+        attention(f"{hf}.self_attn", f"{oa}.attn", f"{hk}.attn")
+        norm(f"{hf}.encoder_attn_layer_norm", f"{oa}.cross_attn_ln", f"{hk}.ln2")
+        attention(f"{hf}.encoder_attn", f"{oa}.cross_attn", f"{hk}.cross_attn")
+        norm(f"{hf}.final_layer_norm", f"{oa}.mlp_ln", f"{hk}.ln3")
+        mlp(hf, oa, f"{hk}.mlp")
+    norm("decoder.layer_norm", "decoder.ln", "decoder_ln_final")
+    return specs
