@@ -1,0 +1,93 @@
+"""Shared fixtures: random-init Hugging Face references, the real bundled checkpoints exported
+to Hugging Face format, and the speech clips in tests/data."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from hooked_whisper import HookedWhisper, HookedWhisperConfig
+from weights_conversion import convert_state_dict, save_hf_folder
+
+DATA = Path(__file__).parent / "data"
+
+warnings.filterwarnings("ignore", message=".*forced_decoder_ids.*")
+
+
+def pytest_configure(config):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the reference's deprecation chatter is not ours to fix
+
+
+def read_transcripts() -> dict[str, str]:
+    with open(DATA / "transcripts.tsv") as f:
+        return {row["file"]: row["transcript"] for row in csv.DictReader(f, delimiter="\t")}
+
+
+CLIPS = sorted(read_transcripts())
+
+
+def hf_random_pair(seed: int = 0, **kwargs) -> tuple[torch.nn.Module, HookedWhisper]:
+    """A random-init Hugging Face Whisper (eager attention) and the HookedWhisper converted from it."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(seed)
+    d_model = kwargs.pop("d_model", 128)
+    hf_cfg = WhisperConfig(d_model=d_model, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, **kwargs)
+    hf = WhisperForConditionalGeneration(hf_cfg).eval()
+    hf.config._attn_implementation = "eager"
+    # Random init leaves biases at zero and LayerNorms at identity; perturb them so every
+    # parameter takes part in the comparison.
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "layer_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    cfg = HookedWhisperConfig.from_hf_config(hf_cfg.to_dict())
+    model = HookedWhisper(cfg)
+    model.load_state_dict(convert_state_dict(hf.state_dict(), cfg, "hf", "hooked"))
+    return hf, model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_en() -> HookedWhisper:
+    return HookedWhisper.from_pretrained("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base() -> HookedWhisper:
+    return HookedWhisper.from_pretrained("base")
+
+
+@pytest.fixture(scope="session")
+def hf_export(tmp_path_factory):
+    """Hugging Face folders written from the bundled checkpoints, keyed by model name."""
+    cache: dict[str, Path] = {}
+
+    def export(model: HookedWhisper, name: str) -> Path:
+        if name not in cache:
+            cache[name] = save_hf_folder(model, tmp_path_factory.mktemp(name.replace(".", "_")))
+        return cache[name]
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def hf_reference(hf_export):
+    """The Hugging Face model (eager attention) loaded from a HookedWhisper's export."""
+    models: dict[str, torch.nn.Module] = {}
+
+    def load(model: HookedWhisper, name: str):
+        from transformers import WhisperForConditionalGeneration
+
+        if name not in models:
+            models[name] = WhisperForConditionalGeneration.from_pretrained(
+                hf_export(model, name), attn_implementation="eager"
+            ).eval()
+        return models[name]
+
+    return load
