@@ -6,7 +6,6 @@ import math
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ CHUNK_SECONDS = 30
 N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480000 samples: one 30 s window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames, 50 encoder positions per second
 
-AudioLike = Union[str, Path, np.ndarray, torch.Tensor]
+AudioLike = str | Path | np.ndarray | torch.Tensor
 
 
 def load_audio(audio: AudioLike, sample_rate: int | None = None) -> Float[torch.Tensor, " samples"]:

@@ -27,8 +27,15 @@ class _StackModel:
         cfg = model.cfg
         n_layers = cfg.n_encoder_layers if side == "encoder" else cfg.n_decoder_layers
         self.cfg = SimpleNamespace(
-            n_layers=n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model, d_head=cfg.d_head,
-            d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, normalization_type="LN", attn_only=False, final_rms=False,
+            n_layers=n_layers,
+            n_heads=cfg.n_heads,
+            d_model=cfg.d_model,
+            d_head=cfg.d_head,
+            d_mlp=cfg.d_mlp,
+            d_vocab=cfg.d_vocab,
+            normalization_type="LN",
+            attn_only=False,
+            final_rms=False,
         )
         self.blocks = model.encoder_blocks if side == "encoder" else model.decoder_blocks
         self.ln_final = model.encoder_ln_final if side == "encoder" else model.decoder_ln_final
@@ -49,7 +56,10 @@ def _view(cache_dict: dict[str, torch.Tensor], side: str) -> dict[str, torch.Ten
     renames = [(rf"^{side}_blocks\.", "blocks."), (rf"^{side}_ln_final\.", "ln_final.")]
     if side == "encoder":
         # The encoder's "embedding" is the conv stem's output, before positions are added.
-        renames += [(r"^encoder_embed\.hook_conv2$", "hook_embed"), (r"^encoder_embed\.hook_pos_embed$", "hook_pos_embed")]
+        renames += [
+            (r"^encoder_embed\.hook_conv2$", "hook_embed"),
+            (r"^encoder_embed\.hook_pos_embed$", "hook_pos_embed"),
+        ]
     other = "decoder" if side == "encoder" else "encoder"
     out = {}
     for name, tensor in cache_dict.items():
@@ -70,11 +80,15 @@ class WhisperActivationCache(ActivationCache):
 
     @property
     def encoder(self) -> ActivationCache:
-        return ActivationCache(_view(self.cache_dict, "encoder"), _StackModel(self.model, "encoder"), self.has_batch_dim)
+        return ActivationCache(
+            _view(self.cache_dict, "encoder"), _StackModel(self.model, "encoder"), self.has_batch_dim
+        )
 
     @property
     def decoder(self) -> DecoderStackCache:
-        return DecoderStackCache(_view(self.cache_dict, "decoder"), _StackModel(self.model, "decoder"), self.has_batch_dim)
+        return DecoderStackCache(
+            _view(self.cache_dict, "decoder"), _StackModel(self.model, "decoder"), self.has_batch_dim
+        )
 
 
 class DecoderStackCache(ActivationCache):

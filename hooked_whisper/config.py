@@ -37,8 +37,7 @@ class HookedWhisperConfig:
             self.d_mlp = 4 * self.d_model
         if self.n_heads * self.d_head != self.d_model:
             raise ValueError(
-                f"n_heads * d_head must equal d_model, got {self.n_heads} * {self.d_head} != "
-                f"{self.d_model}"
+                f"n_heads * d_head must equal d_model, got {self.n_heads} * {self.d_head} != {self.d_model}"
             )
 
     @property

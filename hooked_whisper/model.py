@@ -10,9 +10,10 @@ the (tied) token embedding.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,8 @@ from hooked_whisper.config import HookedWhisperConfig
 from hooked_whisper.decoding.generation_config import GenerationConfig
 from hooked_whisper.tokenizer import WhisperTokenizer
 
-AudioInput = Union[str, Path, np.ndarray, torch.Tensor, Sequence[Union[str, Path, np.ndarray, torch.Tensor]]]
-TokensInput = Union[torch.Tensor, Sequence[int], Sequence[Sequence[int]], str]
+AudioInput = str | Path | np.ndarray | torch.Tensor | Sequence[str | Path | np.ndarray | torch.Tensor]
+TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
 
 
 @dataclass
@@ -114,7 +115,9 @@ class HookedWhisper(HookedRootModule):
         """Special-token ids: ``model.special.eot``, ``.sot``, ``.no_timestamps``, ``.languages``..."""
         return self.tokenizer.special
 
-    def to_tokens(self, text: str, prepend_prompt: bool = True, language: str | None = None) -> Int[torch.Tensor, "1 pos"]:
+    def to_tokens(
+        self, text: str, prepend_prompt: bool = True, language: str | None = None
+    ) -> Int[torch.Tensor, "1 pos"]:
         """Tokens of ``text``, after the default transcription prompt unless ``prepend_prompt=False``."""
         ids = self.tokenizer.encode(text)
         if prepend_prompt:
@@ -287,7 +290,13 @@ class HookedWhisper(HookedRootModule):
 
     # ------------------------------------------------------------------ transcription
     @torch.no_grad()
-    def transcribe(self, audio: AudioInput, language: str | None = None, task: str = "transcribe", max_new_tokens: int | None = None):
+    def transcribe(
+        self,
+        audio: AudioInput,
+        language: str | None = None,
+        task: str = "transcribe",
+        max_new_tokens: int | None = None,
+    ):
         """Greedy short-form transcription, token for token what Hugging Face ``generate`` writes.
 
         Returns a ``Transcript`` (``.text``, ``.tokens``, ``.language``) for one clip, a list for a batch.

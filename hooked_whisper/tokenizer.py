@@ -8,9 +8,9 @@ model's vocabulary runs on through 1501 timestamps (0.00 s to 30.00 s in 0.02 s 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -39,14 +39,28 @@ class SpecialTokens:
     def for_vocab_size(cls, d_vocab: int) -> SpecialTokens:
         """The standard layout of each official vocabulary (language codes unnamed)."""
         if d_vocab == 51864:  # English-only
-            return cls(eot=50256, sot=50257, translate=50357, transcribe=50358, sot_prev=50360,
-                       no_speech=50361, no_timestamps=50362)
+            return cls(
+                eot=50256,
+                sot=50257,
+                translate=50357,
+                transcribe=50358,
+                sot_prev=50360,
+                no_speech=50361,
+                no_timestamps=50362,
+            )
         if d_vocab in (51865, 51866):  # multilingual; v3 adds one language (yue), shifting the rest
             shift = d_vocab - 51865
             langs = {f"lang{i}": 50259 + i for i in range(99 + shift)}
-            return cls(eot=50257, sot=50258, translate=50358 + shift, transcribe=50359 + shift,
-                       sot_prev=50361 + shift, no_speech=50362 + shift, no_timestamps=50363 + shift,
-                       languages=langs)
+            return cls(
+                eot=50257,
+                sot=50258,
+                translate=50358 + shift,
+                transcribe=50359 + shift,
+                sot_prev=50361 + shift,
+                no_speech=50362 + shift,
+                no_timestamps=50363 + shift,
+                languages=langs,
+            )
         raise ValueError(f"unknown Whisper vocabulary size {d_vocab}: expected 51864, 51865 or 51866")
 
 

@@ -11,12 +11,33 @@ import torch.nn.functional as F
 from tests.conftest import hf_random_pair
 
 CONFIGS = {
-    "english_80mel_2enc_1dec_2heads": dict(vocab_size=51864, num_mel_bins=80, encoder_layers=2, decoder_layers=1,
-                                             encoder_attention_heads=2, decoder_attention_heads=2, d_model=128),
-    "multilingual_80mel_1enc_3dec_3heads": dict(vocab_size=51865, num_mel_bins=80, encoder_layers=1, decoder_layers=3,
-                                                  encoder_attention_heads=3, decoder_attention_heads=3, d_model=192),
-    "v3_128mel_3enc_2dec_4heads": dict(vocab_size=51866, num_mel_bins=128, encoder_layers=3, decoder_layers=2,
-                                        encoder_attention_heads=4, decoder_attention_heads=4, d_model=256),
+    "english_80mel_2enc_1dec_2heads": dict(
+        vocab_size=51864,
+        num_mel_bins=80,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        d_model=128,
+    ),
+    "multilingual_80mel_1enc_3dec_3heads": dict(
+        vocab_size=51865,
+        num_mel_bins=80,
+        encoder_layers=1,
+        decoder_layers=3,
+        encoder_attention_heads=3,
+        decoder_attention_heads=3,
+        d_model=192,
+    ),
+    "v3_128mel_3enc_2dec_4heads": dict(
+        vocab_size=51866,
+        num_mel_bins=128,
+        encoder_layers=3,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        d_model=256,
+    ),
 }
 
 
@@ -76,8 +97,10 @@ def test_sites_hf_does_not_expose(run):
     from the cached inputs of each sub-layer."""
     hf, model, *_, cache = run
     h = model.cfg.n_heads
-    sides = [("encoder", hf.model.encoder.layers, model.cfg.n_encoder_layers),
-             ("decoder", hf.model.decoder.layers, model.cfg.n_decoder_layers)]
+    sides = [
+        ("encoder", hf.model.encoder.layers, model.cfg.n_encoder_layers),
+        ("decoder", hf.model.decoder.layers, model.cfg.n_decoder_layers),
+    ]
     with torch.no_grad():
         for side, layers, n in sides:
             for l in range(n):

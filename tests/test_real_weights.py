@@ -22,7 +22,9 @@ def test_logits_match_hf_on_real_clips(pair):
     name, model, hf = pair
     clips = [DATA / c for c in CLIPS[:3]] + [DATA / CLIPS[-1]]
     mel = model.to_mel(clips)
-    tokens = torch.tensor([model.prompt("en") + model.tokenizer.encode(" he was not an ill disposed young man")] * len(clips))
+    tokens = torch.tensor(
+        [model.prompt("en") + model.tokenizer.encode(" he was not an ill disposed young man")] * len(clips)
+    )
     with torch.no_grad():
         ref = hf(input_features=mel, decoder_input_ids=tokens).logits
         ours = model(mel, tokens)
@@ -36,7 +38,9 @@ def test_mel_matches_hf_feature_extractor(pair):
 
     _, model, _ = pair
     audio = load_audio(DATA / CLIPS[0])
-    ref = WhisperFeatureExtractor(feature_size=model.cfg.n_mels)(audio.numpy(), sampling_rate=16000, return_tensors="pt")
+    ref = WhisperFeatureExtractor(feature_size=model.cfg.n_mels)(
+        audio.numpy(), sampling_rate=16000, return_tensors="pt"
+    )
     assert (model.to_mel(audio) - ref.input_features).abs().max() < 1e-5
 
 

@@ -55,8 +55,10 @@ def convert_state_dict(
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
-        lines = [f"{source} does not match a Whisper of this shape ({cfg.d_model} wide, "
-                 f"{cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers, {cfg.n_mels} mels):"]
+        lines = [
+            f"{source} does not match a Whisper of this shape ({cfg.d_model} wide, "
+            f"{cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers, {cfg.n_mels} mels):"
+        ]
         if missing:
             lines.append(f"  {len(missing)} missing keys: {_list(missing)}")
         if unexpected:
@@ -65,7 +67,9 @@ def convert_state_dict(
     out = {}
     for key, spec in expected.items():
         tensor = sd[key]
-        want = spec.hf_shape if src != "hooked" else tuple(spec.to_hooked(torch.empty(spec.hf_shape, device="meta")).shape)
+        want = (
+            spec.hf_shape if src != "hooked" else tuple(spec.to_hooked(torch.empty(spec.hf_shape, device="meta")).shape)
+        )
         if tuple(tensor.shape) != want:
             raise CheckpointError(f"{source}: tensor {key} has shape {tuple(tensor.shape)}, expected {want}")
         if src != "hooked" and dst == "hooked":
@@ -102,8 +106,13 @@ def load_hf_folder(folder: Path, tokenizer: str | Path | None = None) -> Checkpo
     sd = _read_hf_weights(folder)
     gen_path = folder / "generation_config.json"
     gen = GenerationConfig.from_dict(json.loads(gen_path.read_text())) if gen_path.is_file() else GenerationConfig()
-    return Checkpoint(cfg, convert_state_dict(sd, cfg, "hf", "hooked", str(folder)),
-                      _tokenizer_for(folder, tokenizer, cfg.d_vocab), gen, str(folder))
+    return Checkpoint(
+        cfg,
+        convert_state_dict(sd, cfg, "hf", "hooked", str(folder)),
+        _tokenizer_for(folder, tokenizer, cfg.d_vocab),
+        gen,
+        str(folder),
+    )
 
 
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -130,7 +139,9 @@ def load_openai_checkpoint(path: Path, tokenizer: str | Path | None = None) -> C
     except Exception as err:
         raise CheckpointError(f"could not read {path} as an openai-whisper checkpoint: {err}") from err
     if not isinstance(raw, dict) or "dims" not in raw or "model_state_dict" not in raw:
-        raise CheckpointError(f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')")
+        raise CheckpointError(
+            f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')"
+        )
     cfg = HookedWhisperConfig.from_openai_dims(raw["dims"])
     gen_path = path.parent / "generation_config.json"
     gen = GenerationConfig.from_dict(json.loads(gen_path.read_text())) if gen_path.is_file() else GenerationConfig()
@@ -138,7 +149,9 @@ def load_openai_checkpoint(path: Path, tokenizer: str | Path | None = None) -> C
     return Checkpoint(cfg, sd, _tokenizer_for(path.parent, tokenizer, cfg.d_vocab), gen, str(path))
 
 
-def load_ctranslate2_folder(folder: Path, parts: list[Path] | None = None, tokenizer: str | Path | None = None) -> Checkpoint:
+def load_ctranslate2_folder(
+    folder: Path, parts: list[Path] | None = None, tokenizer: str | Path | None = None
+) -> Checkpoint:
     parts = parts or model_bin_parts(folder)
     variables = read_model_bin(parts)
     hf = ctranslate2_to_hf(variables)
@@ -176,10 +189,16 @@ def save_hf_folder(ckpt_or_model, out_dir: str | Path, dtype: torch.dtype = torc
     hf = convert_state_dict(hooked_sd, cfg, "hooked", "hf")
     save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in hf.items()}, str(out / "model.safetensors"))
     special = tokenizer.special
-    config = {**cfg.to_hf_config(), "torch_dtype": str(dtype).removeprefix("torch."),
-              "decoder_start_token_id": special.sot, "bos_token_id": special.eot, "eos_token_id": special.eot,
-              "pad_token_id": special.eot, "begin_suppress_tokens": gen.begin_suppress_tokens,
-              "suppress_tokens": gen.suppress_tokens}
+    config = {
+        **cfg.to_hf_config(),
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "decoder_start_token_id": special.sot,
+        "bos_token_id": special.eot,
+        "eos_token_id": special.eot,
+        "pad_token_id": special.eot,
+        "begin_suppress_tokens": gen.begin_suppress_tokens,
+        "suppress_tokens": gen.suppress_tokens,
+    }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(gen.to_hf_dict(special, cfg.is_multilingual), indent=2))
     if tokenizer.path is not None:
@@ -190,5 +209,7 @@ def save_hf_folder(ckpt_or_model, out_dir: str | Path, dtype: torch.dtype = torc
 def save_openai_checkpoint(model, path: str | Path) -> Path:
     """Write an openai-whisper ``.pt`` (``{"dims", "model_state_dict"}``) from a HookedWhisper."""
     sd = convert_state_dict(model.state_dict(), model.cfg, "hooked", "openai")
-    torch.save({"dims": model.cfg.to_openai_dims(), "model_state_dict": {k: v.detach().cpu() for k, v in sd.items()}}, path)
+    torch.save(
+        {"dims": model.cfg.to_openai_dims(), "model_state_dict": {k: v.detach().cpu() for k, v in sd.items()}}, path
+    )
     return Path(path)

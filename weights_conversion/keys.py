@@ -6,8 +6,8 @@ Hugging Face is the hub format: openai and CTranslate2 checkpoints are first ren
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

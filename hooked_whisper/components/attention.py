@@ -81,7 +81,8 @@ class Attention(nn.Module):
 
     def forward(
         self,
-        query_input: Float[torch.Tensor, "batch query_pos d_model"] | Float[torch.Tensor, "batch query_pos head d_model"],
+        query_input: Float[torch.Tensor, "batch query_pos d_model"]
+        | Float[torch.Tensor, "batch query_pos head d_model"],
         key_input: torch.Tensor | None = None,
         value_input: torch.Tensor | None = None,
         *,
@@ -126,7 +127,5 @@ class Attention(nn.Module):
             result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))
             out = result.sum(dim=-2) + self.b_O
         else:
-            out = torch.addmm(self.b_O, z.flatten(2).flatten(0, 1), self.W_O.flatten(0, 1)).view(
-                z.shape[0], q_len, -1
-            )
+            out = torch.addmm(self.b_O, z.flatten(2).flatten(0, 1), self.W_O.flatten(0, 1)).view(z.shape[0], q_len, -1)
         return out, (k, v)

@@ -97,7 +97,9 @@ class DecoderBlock(nn.Module):
         attn_out, self_kv = self.attn(q_in, k_in, v_in, past_kv=past_kv)
         resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
 
-        cross_q_in = self.hook_cross_q_input(per_head(resid, self.cfg.n_heads)) if self.cfg.use_cross_kv_input else resid
+        cross_q_in = (
+            self.hook_cross_q_input(per_head(resid, self.cfg.n_heads)) if self.cfg.use_cross_kv_input else resid
+        )
         cross_out, _ = self.cross_attn(self.ln2(cross_q_in), kv=cross_kv)
         resid = self.hook_resid_mid_cross(resid + self.hook_cross_attn_out(cross_out))
 

@@ -14,9 +14,7 @@ from hooked_whisper.config import HookedWhisperConfig
 
 def sinusoids(n_positions: int, d_model: int) -> Float[torch.Tensor, "pos d_model"]:
     """Whisper's encoder position table: sines then cosines, geometric timescales up to 10000."""
-    inv_timescales = torch.exp(
-        -torch.log(torch.tensor(10000.0)) / (d_model // 2 - 1) * torch.arange(d_model // 2)
-    )
+    inv_timescales = torch.exp(-torch.log(torch.tensor(10000.0)) / (d_model // 2 - 1) * torch.arange(d_model // 2))
     t = torch.arange(n_positions)[:, None] * inv_timescales[None, :]
     return torch.cat([t.sin(), t.cos()], dim=1)
 
@@ -62,7 +60,9 @@ class PosEmbed(nn.Module):
         super().__init__()
         self.W_pos = nn.Parameter(torch.empty(cfg.n_text_ctx, cfg.d_model))
 
-    def forward(self, tokens: Int[torch.Tensor, "batch pos"], offset: int = 0) -> Float[torch.Tensor, "batch pos d_model"]:
+    def forward(
+        self, tokens: Int[torch.Tensor, "batch pos"], offset: int = 0
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
         n_positions = tokens.shape[1]
         if offset + n_positions > self.W_pos.shape[0]:
             raise ValueError(

@@ -37,8 +37,14 @@ class GreedyOutput:
             generated = row[self.prompt_length :]
             if eot in generated:
                 generated = generated[: generated.index(eot)]
-            out.append(Transcript(model.tokenizer.decode(generated).strip() if model.tokenizer.has_text_vocabulary else "",
-                                  generated, lang, row[: self.prompt_length]))
+            out.append(
+                Transcript(
+                    model.tokenizer.decode(generated).strip() if model.tokenizer.has_text_vocabulary else "",
+                    generated,
+                    lang,
+                    row[: self.prompt_length],
+                )
+            )
         return out
 
 

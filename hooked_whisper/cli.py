@@ -1,0 +1,92 @@
+"""Command line: ``hooked-whisper inspect CLIP`` and ``hooked-whisper transcribe FILE...``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from pathlib import Path
+
+import torch
+
+from hooked_whisper import HookedWhisper
+from hooked_whisper.lens import logit_lens
+from hooked_whisper.metrics import word_error_rate
+
+
+def reference_transcript(clip: Path) -> str | None:
+    """The transcript of ``clip`` from a ``transcripts.tsv`` beside it, if there is one."""
+    table = clip.parent / "transcripts.tsv"
+    if not table.is_file():
+        return None
+    with open(table) as f:
+        return {row["file"]: row["transcript"] for row in csv.DictReader(f, delimiter="\t")}.get(clip.name)
+
+
+def summarize_cache(cache) -> list[str]:
+    """One line per kind of hook (layer indices folded into {l}) with its shape."""
+    kinds: dict[str, tuple[tuple[int, ...], int]] = {}
+    for name, tensor in cache.items():
+        kind = re.sub(r"_blocks\.\d+\.", "_blocks.{l}.", name)
+        shape, count = kinds.get(kind, (tuple(tensor.shape), 0))
+        kinds[kind] = (shape, count + 1)
+    width = max(len(k) for k in kinds)
+    return [
+        f"  {kind:<{width}}  {list(shape)}" + (f"  x{count} layers" if count > 1 else "")
+        for kind, (shape, count) in kinds.items()
+    ]
+
+
+def inspect(args: argparse.Namespace) -> None:
+    model = HookedWhisper.from_pretrained(args.model)
+    clip = Path(args.clip)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(clip)
+    tokens = cache["hook_tokens"][0]
+    n_prompt = len(model.prompt("en" if model.cfg.is_multilingual else None))
+    text = model.to_string(tokens[n_prompt:])
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    cfg = model.cfg
+    print(
+        f"model:      {args.model} ({cfg.d_model} wide, {cfg.n_encoder_layers} encoder + "
+        f"{cfg.n_decoder_layers} decoder layers, {n_params:.1f}M parameters)"
+    )
+    print(f"clip:       {clip}")
+    print(f"transcript: {text.strip()}")
+    reference = reference_transcript(clip)
+    if reference is not None:
+        print(f"reference:  {reference}   (WER {word_error_rate(reference, text):.2f})")
+    size = sum(t.numel() * t.element_size() for t in cache.values()) / 2**20
+    print(f"\ncache: {len(cache)} activations, {size:.0f} MiB; logits {list(logits.shape)}")
+    print("\n".join(summarize_cache(cache)))
+    lens = logit_lens(model, cache)
+    print("\ndecoder logit lens (top-1 token at each position; the last row is the model's prediction):")
+    print("\n".join("  " + line for line in lens.table(model)))
+    print("  saturation layer per position: " + " ".join(str(int(s)) for s in lens.saturation_layer[0]))
+
+
+def transcribe(args: argparse.Namespace) -> None:
+    model = HookedWhisper.from_pretrained(args.model)
+    for f in args.files:
+        result = model.transcribe(Path(f), language=args.language)
+        print(f"{f}\t{result.text}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hooked-whisper", description="Whisper with hooks everywhere")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="transcribe a clip and summarise the activation cache")
+    p.add_argument("clip")
+    p.add_argument("--model", default="tiny.en", help="bundled name, Hub repo id or checkpoint path")
+    p.set_defaults(run=inspect)
+    p = sub.add_parser("transcribe", help="greedy transcription of audio files")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--language", default=None)
+    p.set_defaults(run=transcribe)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The README's main job: ``hooked-whisper inspect`` on a real checkpoint and a real clip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import DATA
+
+
+def test_inspect_prints_transcript_reference_cache_and_lens():
+    done = subprocess.run(
+        [sys.executable, "-m", "hooked_whisper.cli", "inspect", str(DATA / "librivox_0880.wav")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = done.stdout
+    assert "transcript: He was not an" in out
+    assert "reference:  he was not an ill disposed young man" in out
+    assert "decoder_blocks.{l}.cross_attn.hook_pattern" in out and "[1, 6, 13, 1500]" in out
+    lens_rows = [line for line in out.splitlines() if line.strip().startswith(("embed |", "block "))]
+    assert len(lens_rows) == 5  # embedding + 4 decoder blocks of tiny.en
+    assert "young" in lens_rows[-1]
+
+
+def test_inspect_missing_file_is_a_clear_error(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "hooked_whisper.cli", "inspect", str(tmp_path / "nope.wav")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "no audio file at" in done.stderr

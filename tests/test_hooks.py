@@ -1,0 +1,198 @@
+"""Hook machinery: patches reach what is downstream and nothing else, hooks never outlive a
+failure, caching filters, backward hooks, the fused-attention fast path, opt-in hooks, the
+stack views of the cache, and hooks staying live in KV-cached decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooked_whisper import HookedWhisper
+from tests.conftest import DATA, hf_random_pair
+
+CLIP = DATA / "librivox_0880.wav"
+
+
+@pytest.fixture(scope="module")
+def clean(tiny_en):
+    with torch.no_grad():
+        logits, cache = tiny_en.run_with_cache(CLIP)
+    return logits, cache
+
+
+def no_hooks_left(model: HookedWhisper) -> bool:
+    return not any(hp.has_hooks() for hp in model.hook_dict.values())
+
+
+def test_patch_changes_only_downstream(tiny_en, clean):
+    _, cache = clean
+    tokens = cache["hook_tokens"]
+    pos = 4
+    direction = torch.randn(tiny_en.cfg.d_model, generator=torch.Generator().manual_seed(0))
+
+    def bump(x, hook):
+        x = x.clone()
+        x[:, pos] += 5.0 * direction  # not a constant shift, which LayerNorm would remove
+        return x
+
+    with torch.no_grad(), tiny_en.hooks(fwd_hooks=[("decoder_blocks.1.hook_resid_mid", bump)]):
+        _, patched = tiny_en.run_with_cache(CLIP, tokens)
+    assert no_hooks_left(tiny_en)
+    assert torch.equal(patched["hook_encoder_out"], cache["hook_encoder_out"])
+    assert torch.equal(patched["decoder_blocks.0.hook_resid_post"], cache["decoder_blocks.0.hook_resid_post"])
+    assert torch.equal(patched["decoder_blocks.1.hook_attn_out"], cache["decoder_blocks.1.hook_attn_out"])
+    after = patched["decoder_blocks.3.hook_resid_post"]
+    before = cache["decoder_blocks.3.hook_resid_post"]
+    assert torch.allclose(after[:, :pos], before[:, :pos], atol=1e-5)  # causal: earlier positions untouched
+    assert (after[:, pos:] - before[:, pos:]).abs().amax(dim=-1).min() > 1e-3
+
+
+def test_hooks_removed_after_exception(tiny_en):
+    def broken(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny_en.run_with_hooks(CLIP, [tiny_en.special.sot], fwd_hooks=[("encoder_blocks.2.mlp.hook_post", broken)])
+    assert no_hooks_left(tiny_en)
+    with pytest.raises(RuntimeError, match="boom"), tiny_en.hooks(fwd_hooks=[("hook_embed", broken)]):
+        tiny_en(CLIP, [tiny_en.special.sot])
+    assert no_hooks_left(tiny_en)
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny_en.run_with_hooks(CLIP, fwd_hooks=[("decoder_blocks.0.cross_attn.hook_k", broken)])  # during generation
+    assert no_hooks_left(tiny_en)
+
+
+def test_unknown_hook_name_suggests_close_ones(tiny_en):
+    with pytest.raises(
+        ValueError, match=r"no hook named 'decoder_blocks.0.hook_attn_output'.*decoder_blocks.0.hook_attn_out"
+    ):
+        tiny_en.run_with_hooks(CLIP, [50257], fwd_hooks=[("decoder_blocks.0.hook_attn_output", lambda x, hook: x)])
+    with pytest.raises(ValueError, match="encoder_blocks.1.attn.hook_pattern"):
+        tiny_en.run_with_cache(CLIP, [50257], names_filter=["encoder_blocks.1.attn.hook_patern"])
+    assert no_hooks_left(tiny_en)
+
+
+def test_names_filter(tiny_en):
+    names = ["decoder_blocks.2.hook_resid_post", "encoder_blocks.0.attn.hook_pattern"]
+    _, cache = tiny_en.run_with_cache(CLIP, [50257, 50362], names_filter=names)
+    assert sorted(cache.keys()) == sorted(names)
+    _, cache = tiny_en.run_with_cache(CLIP, [50257, 50362], names_filter=lambda n: n.endswith("hook_mlp_out"))
+    assert len(cache) == tiny_en.cfg.n_encoder_layers + tiny_en.cfg.n_decoder_layers
+
+
+def test_fused_attention_path_matches_pattern_path(tiny_en, clean):
+    """Without a hook on the scores or pattern, attention runs through the fused kernel; the
+    activations both paths share must agree."""
+    _, full = clean
+    tokens = full["hook_tokens"]
+    shared = [n for n in full.keys() if "hook_pattern" not in n and "hook_attn_scores" not in n]
+    logits, fused = tiny_en.run_with_cache(CLIP, tokens, names_filter=shared)
+    assert not any("pattern" in n for n in fused.keys())
+    for name in shared:  # relative to each activation's scale: late encoder layers reach hundreds
+        scale = full[name].abs().max().clamp(min=1.0)
+        assert (fused[name] - full[name]).abs().max() <= 1e-5 * scale, name
+
+
+def test_backward_hooks(tiny_en):
+    grads = {}
+
+    def save_grad(g, hook):
+        grads[hook.name] = g.detach().clone()
+
+    name = "decoder_blocks.1.hook_resid_post"
+    tiny_en.add_hook(name, save_grad, dir="bwd")
+    try:
+        acts = {}
+        tiny_en.add_hook(name, lambda x, hook: acts.setdefault("x", x))
+        logits = tiny_en(CLIP, [50257, 50362, 679])
+        loss = logits[0, -1].log_softmax(-1)[373]
+        expected = torch.autograd.grad(loss, acts["x"], retain_graph=True)[0]
+        loss.backward()
+    finally:
+        tiny_en.reset_hooks()
+        tiny_en.zero_grad(set_to_none=True)
+    assert torch.allclose(grads[name], expected)
+    assert no_hooks_left(tiny_en)
+
+
+def test_layer_norm_paths_agree(tiny_en, clean):
+    _, cache = clean
+    ln = tiny_en.decoder_blocks[2].ln3
+    x = cache["decoder_blocks.2.hook_resid_mid_cross"]
+    fused = ln(x)
+    with tiny_en.hooks(fwd_hooks=[("decoder_blocks.2.ln3.hook_scale", lambda s, hook: None)]):
+        explicit = ln(x)
+    assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def test_opt_in_hooks_keep_the_function():
+    _, plain = hf_random_pair(
+        vocab_size=51865, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2
+    )
+    cfg = plain.cfg
+    rich = HookedWhisper(
+        type(cfg)(**{**cfg.to_dict(), "use_attn_result": True, "use_split_qkv_input": True, "use_cross_kv_input": True})
+    )
+    rich.load_state_dict(plain.state_dict())
+    mel, tokens = torch.randn(1, 80, 3000), torch.tensor([[50258, 50259, 50359, 50363, 400]])
+    with torch.no_grad():
+        ref = plain(mel, tokens)
+        logits, cache = rich.run_with_cache(mel, tokens)
+    assert torch.allclose(logits, ref, atol=1e-4)
+    h, d = cfg.n_heads, cfg.d_model
+    assert cache["decoder_blocks.1.hook_cross_k_input"].shape == (1, 1500, h, d)
+    assert cache["encoder_blocks.0.hook_q_input"].shape == (1, 1500, h, d)
+    result = cache["decoder_blocks.1.cross_attn.hook_result"]
+    out = result.sum(-2) + rich.decoder_blocks[1].cross_attn.b_O
+    assert torch.allclose(out, cache["decoder_blocks.1.hook_cross_attn_out"], atol=1e-5)
+
+
+def test_kv_cached_decoding_equals_full_forward_with_hooks(tiny_en, clean):
+    """A hook changes every decoding step the same way it changes a teacher-forced forward."""
+    _, cache = clean
+    tokens = cache["hook_tokens"]
+    steer = torch.randn(tiny_en.cfg.d_model) * 2
+
+    def add(x, hook):
+        return x + steer
+
+    hooks = [("decoder_blocks.1.hook_mlp_out", add), ("decoder_blocks.0.cross_attn.hook_v", lambda v, hook: v * 0.5)]
+    with torch.no_grad(), tiny_en.hooks(fwd_hooks=hooks):
+        enc = tiny_en.encode(CLIP)
+        full = tiny_en.decode(tokens, enc)
+        kv = tiny_en.new_decoder_cache(enc)
+        steps = [tiny_en.decode(tokens[:, :3], cache=kv)]
+        steps += [tiny_en.decode(tokens[:, i : i + 1], cache=kv) for i in range(3, tokens.shape[1])]
+    stepped = torch.cat(steps, dim=1)
+    assert torch.allclose(stepped, full, atol=1e-4)
+    with torch.no_grad():
+        unhooked = tiny_en.decode(tokens, tiny_en.encode(CLIP))
+    assert (unhooked - full).abs().max() > 1e-2
+
+
+def test_hooks_steer_transcription(tiny_en):
+    plain = tiny_en.transcribe(CLIP)
+    ablate = [(f"decoder_blocks.{l}.hook_cross_attn_out", lambda x, hook: torch.zeros_like(x)) for l in range(4)]
+    with tiny_en.hooks(fwd_hooks=ablate):
+        deaf = tiny_en.transcribe(CLIP)
+    assert deaf.tokens != plain.tokens
+    assert tiny_en.transcribe(CLIP).tokens == plain.tokens
+
+
+def test_stack_views(tiny_en, clean):
+    _, cache = clean
+    dec, enc = cache.decoder, cache.encoder
+    final = cache["decoder_blocks.3.hook_resid_post"]
+    parts, labels = dec.decompose_resid(return_labels=True)
+    assert labels[:4] == ["embed", "pos_embed", "0_attn_out", "0_cross_attn_out"]
+    assert torch.allclose(parts.sum(0), final, atol=1e-4)
+    heads, head_labels = dec.stack_head_results(return_labels=True, incl_remainder=True)
+    assert head_labels[0] == "DL0H0" and "XL3H5" in head_labels
+    assert torch.allclose(heads.sum(0), final, atol=1e-4)
+    resid, res_labels = dec.accumulated_resid(return_labels=True, apply_ln=True)
+    assert resid.shape[0] == tiny_en.cfg.n_decoder_layers + 1 and res_labels[-1] == "final_post"
+    logits = resid[-1] @ tiny_en.W_U
+    assert torch.allclose(logits, clean[0], atol=1e-3)
+    enc_parts = enc.decompose_resid()
+    assert torch.allclose(enc_parts.sum(0), cache["encoder_blocks.3.hook_resid_post"], atol=1e-3)
+    assert enc.accumulated_resid().shape == (5, 1, 1500, tiny_en.cfg.d_model)
