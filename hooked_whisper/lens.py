@@ -1,4 +1,4 @@
-"""Reading tools on the residual stream: the decoder logit lens."""
+"""Reading tools: the decoder logit lens, the encoder lens and direct logit attribution."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from hooked_whisper.decoding.repetition import LoopReport
+from hooked_whisper.metrics import word_error_rate
 
 if TYPE_CHECKING:
     from hooked_whisper.cache import WhisperActivationCache
@@ -54,3 +57,117 @@ def logit_lens(model: HookedWhisper, cache: WhisperActivationCache, k: int = 5) 
     n_blocks = len(labels) - 1  # entries: the embedding, then the output of each block
     names = ["embed"] + [f"block {l}" for l in range(n_blocks)]
     return LogitLens(names, top_tokens, top_probs, final_token, final_prob, final_rank, saturation)
+
+
+@dataclass
+class EncoderLensRow:
+    layer: int  # the encoder block whose output the decoder read
+    text: str
+    tokens: list[int]
+    wer_vs_final: float
+    wer_vs_reference: float | None
+    loop: LoopReport
+
+
+def encoder_lens(
+    model: HookedWhisper,
+    audio,
+    layers: list[int] | None = None,
+    reference: str | None = None,
+    apply_ln: bool = True,
+    max_new_tokens: int = 128,
+) -> list[EncoderLensRow]:
+    """Transcribe one clip from each encoder layer's output, through the unchanged decoder.
+
+    As in the seed paper, layer ``l``'s residual stream goes through ``encoder_ln_final`` (or
+    nothing, with ``apply_ln=False``) into the cross-attention of the decoder in place of the
+    final encoder output. Early layers often make the decoder loop: generation stops once a
+    loop is detected (or at ``max_new_tokens``), and each row says whether it looped.
+    """
+    from hooked_whisper.decoding.greedy import greedy_generate
+
+    n_layers = model.cfg.n_encoder_layers
+    layers = list(range(n_layers)) if layers is None else layers
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"encoder layer {layer} out of range: this model has layers 0..{n_layers - 1}")
+    mel = model.to_mel(audio)
+    if mel.shape[0] != 1:
+        raise ValueError("encoder_lens reads one clip at a time")
+    states: dict[int, torch.Tensor] = {}
+
+    def keep(x: torch.Tensor, hook) -> None:
+        states[hook.layer()] = x
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(lambda n: n.startswith("encoder_blocks.") and n.endswith("hook_resid_post"), keep)]):
+        final_out = model.encode(mel)
+    with torch.no_grad():
+        final = greedy_generate(model, final_out, max_new_tokens=max_new_tokens).transcripts(model)[0]
+        rows = []
+        for layer in layers:
+            encoder_out = model.encoder_ln_final(states[layer]) if apply_ln else states[layer]
+            out = greedy_generate(model, encoder_out, language=final.language, max_new_tokens=max_new_tokens,
+                                  stop_on_loop=True).transcripts(model)[0]
+            rows.append(EncoderLensRow(
+                layer, out.text, out.tokens, word_error_rate(final.text, out.text),
+                None if reference is None else word_error_rate(reference, out.text),
+                LoopReport.of(out.tokens, out.text),
+            ))
+    return rows
+
+
+@dataclass
+class LogitAttribution:
+    """Direct contributions to one logit (or a logit difference) at one decoder position.
+
+    ``values`` sum to ``total``, the logit itself: each component is centred and divided by the
+    final LayerNorm's scale for this position (frozen, as in TransformerLens), so the only term
+    outside the residual stream is the LayerNorm bias, listed as its own component."""
+
+    labels: list[str]
+    values: torch.Tensor
+    total: float
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        order = self.values.abs().argsort(descending=True)[:k]
+        return [(self.labels[i], float(self.values[i])) for i in order]
+
+
+def logit_attribution(
+    model: HookedWhisper,
+    cache: WhisperActivationCache,
+    token: int,
+    position: int = -1,
+    incorrect_token: int | None = None,
+    batch_index: int = 0,
+) -> LogitAttribution:
+    """Split the logit of ``token`` (minus that of ``incorrect_token``, if given) at decoder
+    ``position`` into embedding, positional embedding, every self- and cross-attention head,
+    every MLP, the attention output biases and the final LayerNorm bias."""
+    for t in [token] + ([incorrect_token] if incorrect_token is not None else []):
+        if not 0 <= t < model.cfg.d_vocab:
+            raise ValueError(f"token {t} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
+    dec = cache.decoder
+    n_layers = model.cfg.n_decoder_layers
+
+    def at(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, ...] -> this example and position
+        return x[batch_index, position] if cache.has_batch_dim else x[position]
+
+    heads, head_labels = dec.stack_head_results(return_labels=True)  # [component, batch, pos, d_model]
+    parts = [at(dec["hook_embed"])[None], at(dec["hook_pos_embed"])[None], heads[:, batch_index, position] if
+             cache.has_batch_dim else heads[:, position]]
+    parts.append(torch.stack([at(dec[f"blocks.{l}.hook_mlp_out"]) for l in range(n_layers)]))
+    biases = sum(model.decoder_blocks[l].attn.b_O + model.decoder_blocks[l].cross_attn.b_O for l in range(n_layers))
+    parts.append(torch.as_tensor(biases)[None])
+    components = torch.cat(parts)  # [n_components, d_model]
+    labels = ["embed", "pos_embed", *head_labels, *[f"mlp {l}" for l in range(n_layers)], "attention biases"]
+
+    resid = at(dec[f"blocks.{n_layers - 1}.hook_resid_post"])
+    ln = model.decoder_ln_final
+    scale = ((resid - resid.mean()).pow(2).mean() + ln.eps).sqrt()
+    direction = model.W_U[:, token] - (model.W_U[:, incorrect_token] if incorrect_token is not None else 0)
+    with torch.no_grad():
+        values = ((components - components.mean(-1, keepdim=True)) / scale * ln.w) @ direction
+        values = torch.cat([values, (ln.b @ direction)[None]])
+    labels.append("final LayerNorm bias")
+    return LogitAttribution(labels, values.detach(), float(values.sum()))

@@ -234,7 +234,7 @@ class HookedWhisper(HookedRootModule):
             from hooked_whisper.decoding.greedy import greedy_generate
 
             with torch.no_grad():
-                return greedy_generate(self, mel, include_eot=False).tokens
+                return greedy_generate(self, self.encode(mel), include_eot=False).tokens
         if isinstance(tokens, str):
             tokens = self.to_tokens(tokens)
         tokens = torch.as_tensor(tokens, device=self.device)
@@ -304,7 +304,7 @@ class HookedWhisper(HookedRootModule):
         from hooked_whisper.decoding.greedy import greedy_generate
 
         mel = self.to_mel(audio)
-        out = greedy_generate(self, mel, language=language, task=task, max_new_tokens=max_new_tokens)
+        out = greedy_generate(self, self.encode(mel), language=language, task=task, max_new_tokens=max_new_tokens)
         results = out.transcripts(self)
         return results[0] if _is_single_clip(audio, (self.cfg.n_mels, self.cfg.n_frames)) else results
 

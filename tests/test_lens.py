@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hooked_whisper.lens import logit_lens
@@ -22,3 +23,48 @@ def test_last_layer_of_the_lens_is_the_model(tiny_en):
         assert (lens.top_tokens[layer:, 0, pos, 0] == lens.final_token[0, pos]).all()
         if layer > 0:
             assert lens.top_tokens[layer - 1, 0, pos, 0] != lens.final_token[0, pos]
+
+
+def test_encoder_lens_last_layer_is_the_transcript(tiny_en):
+    from hooked_whisper.lens import encoder_lens
+
+    clip = DATA / "goforward.wav"
+    rows = encoder_lens(tiny_en, clip, layers=[1, 3], reference="go forward ten meters")
+    assert [r.layer for r in rows] == [1, 3]
+    assert rows[-1].tokens == tiny_en.transcribe(clip).tokens
+    assert rows[-1].wer_vs_final == 0.0 and rows[-1].wer_vs_reference is not None
+    assert rows[0].wer_vs_final > 0  # an early layer does not read as the final transcript
+    no_ln = encoder_lens(tiny_en, clip, layers=[3], apply_ln=False)
+    assert no_ln[0].tokens != rows[-1].tokens  # without the LayerNorm the decoder is off-distribution
+    with pytest.raises(ValueError, match="encoder layer 4 out of range: this model has layers 0..3"):
+        encoder_lens(tiny_en, clip, layers=[4])
+
+
+def test_logit_attribution_sums_to_the_logit(base):
+    from hooked_whisper.lens import logit_attribution
+
+    with torch.no_grad():
+        logits, cache = base.run_with_cache(DATA / "librivox_0880.wav")
+    for position in (-1, 5):
+        token = int(logits[0, position].argmax())
+        attr = logit_attribution(base, cache, token, position=position)
+        assert abs(attr.total - float(logits[0, position, token])) < 1e-4
+        n = base.cfg.n_decoder_layers * base.cfg.n_heads
+        assert len(attr.labels) == len(attr.values) == 2 + 2 * n + base.cfg.n_decoder_layers + 2
+        assert "XL5H7" in attr.labels and "mlp 5" in attr.labels
+    other = int(logits[0, 5].topk(2).indices[1])
+    diff = logit_attribution(base, cache, token, position=5, incorrect_token=other)
+    assert abs(diff.total - float(logits[0, 5, token] - logits[0, 5, other])) < 1e-4
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        logit_attribution(base, cache, 10**6)
+
+
+def test_plots_are_written(tiny_en, tmp_path):
+    pytest.importorskip("matplotlib")
+    from hooked_whisper.lens import encoder_lens
+    from hooked_whisper.plots import plot_encoder_lens, plot_logit_lens
+
+    _, cache = tiny_en.run_with_cache(DATA / "cards_001.wav")
+    plot_logit_lens(logit_lens(tiny_en, cache), tiny_en, tmp_path / "lens.png")
+    plot_encoder_lens(encoder_lens(tiny_en, DATA / "cards_001.wav", reference="ten of clubs"), tmp_path / "enc.png")
+    assert (tmp_path / "lens.png").stat().st_size > 10_000 and (tmp_path / "enc.png").stat().st_size > 10_000

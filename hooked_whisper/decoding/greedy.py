@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hooked_whisper.decoding.repetition import is_looping
+
 if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper
 
@@ -65,17 +67,19 @@ def detect_language(model: HookedWhisper, cache) -> list[str]:
 
 def greedy_generate(
     model: HookedWhisper,
-    mel: torch.Tensor,
+    encoder_out: torch.Tensor,
     language: str | None = None,
     task: str = "transcribe",
     max_new_tokens: int | None = None,
     include_eot: bool = True,
+    stop_on_loop: bool = False,
 ) -> GreedyOutput:
-    """Greedy tokens for a batch of mels. Rows that finish early are padded with end-of-text;
-    with ``include_eot=False`` the result stops before the last row's end-of-text."""
+    """Greedy tokens for a batch of encoder outputs ``[batch, 1500, d_model]``. Rows that finish
+    early are padded with end-of-text; with ``include_eot=False`` the result stops before the
+    last row's end-of-text. ``stop_on_loop`` ends a row once ``is_looping`` flags its tokens."""
     s, gen = model.special, model.generation_config
-    cache = model.new_decoder_cache(model.encode(mel))
-    batch = mel.shape[0]
+    cache = model.new_decoder_cache(encoder_out)
+    batch = encoder_out.shape[0]
     if model.cfg.is_multilingual and language is None:
         languages: list[str | None] = list(detect_language(model, cache))
     else:
@@ -100,6 +104,9 @@ def greedy_generate(
         next_token = torch.where(done, s.eot, logits.argmax(dim=-1))
         generated.append(next_token)
         done |= next_token == s.eot
+        if stop_on_loop:
+            rows = torch.stack(generated, dim=1).tolist()
+            done |= torch.tensor([is_looping(r) for r in rows], device=done.device)
         if done.all():
             break
         step_input = next_token[:, None]

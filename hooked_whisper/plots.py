@@ -1,0 +1,92 @@
+"""Figures for the lens and probing results (matplotlib: ``pip install "hooked-whisper[plots]"``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hooked_whisper.lens import EncoderLensRow, LogitLens
+    from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.probing import ProbeReport
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError('plots need matplotlib: pip install "hooked-whisper[plots]"') from err
+    return plt
+
+
+def _save(fig, path: str | Path | None):
+    if path is not None:
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+    return fig
+
+
+def plot_logit_lens(lens: LogitLens, model: HookedWhisper, path: str | Path | None = None, batch_index: int = 0):
+    """Heatmap, layer x position: the probability of the model's final prediction, with each
+    layer's top-1 token written in its cell."""
+    plt = _pyplot()
+    probs = lens.final_prob[:, batch_index].cpu().numpy()
+    n_layers, n_pos = probs.shape
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * n_pos), 0.6 * n_layers + 1.5))
+    image = ax.imshow(probs, aspect="auto", cmap="Blues", vmin=0, vmax=1)
+    for layer in range(n_layers):
+        for pos, text in enumerate(model.to_str_tokens(lens.top_tokens[layer, batch_index, :, 0])):
+            ax.text(pos, layer, text.strip()[:8], ha="center", va="center", fontsize=7,
+                    color="white" if probs[layer, pos] > 0.6 else "black")
+    final = model.to_str_tokens(lens.final_token[batch_index])
+    ax.set_xticks(range(n_pos), [t.strip()[:8] for t in final], rotation=60, fontsize=7)
+    ax.set_yticks(range(n_layers), lens.labels)
+    ax.set_xlabel("position (labelled with the model's final prediction there)")
+    ax.set_title("decoder logit lens: top-1 token per layer; colour = p(final prediction)")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    return _save(fig, path)
+
+
+def plot_encoder_lens(rows: list[EncoderLensRow], path: str | Path | None = None, title: str = "encoder lens"):
+    """WER by encoder layer (against the final transcript, and the reference when known), with
+    each layer's transcript beside its point and loops marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    layers = [r.layer for r in rows]
+    ax.plot([min(r.wer_vs_final, 1.5) for r in rows], layers, "o-", label="WER vs final transcript")
+    if all(r.wer_vs_reference is not None for r in rows):
+        ax.plot([min(r.wer_vs_reference, 1.5) for r in rows], layers, "s--", label="WER vs reference")
+    for r in rows:
+        note = ("[loop] " if r.loop.looping else "") + (r.text[:60] or "(empty)")
+        ax.annotate(note, (min(r.wer_vs_final, 1.5), r.layer), xytext=(8, 0), textcoords="offset points",
+                    fontsize=7, va="center")
+    ax.set_xlim(-0.05, 3.2)
+    ax.set_yticks(layers)
+    ax.invert_yaxis()
+    ax.set_xlabel("word error rate (capped at 1.5)")
+    ax.set_ylabel("encoder layer read by the decoder")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_probes(reports: dict[str, ProbeReport], path: str | Path | None = None, title: str = "linear probes"):
+    """Probe accuracy by layer, one line per report, with majority and shuffled-label controls."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, report) in enumerate(reports.items()):
+        rows = [r for r in report.results if r.layer is not None]
+        layers = [r.layer for r in rows]
+        color = f"C{i}"
+        ax.errorbar(layers, [r.accuracy for r in rows], yerr=[r.accuracy_std for r in rows], color=color,
+                    marker="o", capsize=2, label=f"{name}")
+        ax.plot(layers, [r.shuffled for r in rows], color=color, linestyle=":", alpha=0.7)
+        ax.plot(layers, [r.majority for r in rows], color=color, linestyle="--", alpha=0.4)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title + "  (dotted: shuffled labels, dashed: majority class)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,268 @@
+"""Linear probes over layers: extract pooled activations for a set of clips, then fit a probe per
+hook with cross-validation, next to a majority-class baseline and a shuffled-label control."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from hooked_whisper.audio import SAMPLE_RATE, load_audio
+
+if TYPE_CHECKING:
+    from hooked_whisper.model import HookedWhisper
+
+SAMPLES_PER_ENCODER_FRAME = 320  # 16 kHz audio, 50 encoder positions per second
+ENCODER_POOLINGS = ("mean_audio", "mean", "none")
+DECODER_POOLINGS = ("last", "prompt_end", "mean", "none")
+
+
+def _is_encoder_hook(name: str) -> bool:
+    return name.startswith(("encoder", "hook_encoder_out"))
+
+
+class ActivationStore:
+    """Pooled activations per hook, in memory or as safetensors shards on disk (one per batch),
+    so a large dataset never has to fit in memory at once."""
+
+    def __init__(self, hooks: list[str], out_dir: str | Path | None = None):
+        self.hooks = hooks
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self._memory: dict[str, list[torch.Tensor | list[torch.Tensor]]] = {h: [] for h in hooks}
+        self._shards: list[Path] = []
+        self.n = 0
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def append(self, batch: dict[str, list[torch.Tensor]]) -> None:
+        """Add one batch: for each hook, one tensor per clip (shapes may differ with pooling='none')."""
+        size = len(next(iter(batch.values())))
+        if self.out_dir is None:
+            for hook, rows in batch.items():
+                self._memory[hook].extend(rows)
+        else:
+            from safetensors.torch import save_file
+
+            path = self.out_dir / f"shard_{len(self._shards):05d}.safetensors"
+            save_file({f"{hook}/{i}": row.contiguous() for hook, rows in batch.items() for i, row in enumerate(rows)},
+                      str(path))
+            self._shards.append(path)
+        self.n += size
+
+    def rows(self, hook: str) -> list[torch.Tensor]:
+        if hook not in self.hooks:
+            raise KeyError(f"{hook!r} was not extracted; this store has {self.hooks}")
+        if self.out_dir is None:
+            return list(self._memory[hook])  # type: ignore[arg-type]
+        from safetensors import safe_open
+
+        out = []
+        for path in self._shards:
+            with safe_open(str(path), "pt") as f:
+                keys = sorted((k for k in f.keys() if k.rsplit("/", 1)[0] == hook), key=lambda k: int(k.rsplit("/", 1)[1]))
+                out += [f.get_tensor(k) for k in keys]
+        return out
+
+    def __getitem__(self, hook: str) -> torch.Tensor:
+        """``[n_clips, ...]`` for pooled activations (pooling='none' rows differ in length: use ``rows``)."""
+        return torch.stack(self.rows(hook))
+
+
+def extract_activations(
+    model: HookedWhisper,
+    clips: Sequence,
+    hooks: Sequence[str],
+    pooling: str | int = "mean_audio",
+    decoder_pooling: str | int = "last",
+    batch_size: int = 8,
+    out_dir: str | Path | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    progress: bool = True,
+) -> ActivationStore:
+    """Activations at ``hooks`` for every clip (paths or waveforms at ``sample_rate``), pooled.
+
+    Encoder hooks use ``pooling``: ``"mean_audio"`` averages the frames that hold real audio
+    (50 per second; the zero padding up to 30 s is left out), ``"mean"`` all 1500, ``"none"``
+    keeps every audio frame. Decoder hooks run on the prompt plus the greedy transcript and use
+    ``decoder_pooling``: ``"last"`` (the last transcript token, the position that predicts
+    end-of-text), ``"prompt_end"`` (the last prompt token, which predicts the first word), an
+    int position, ``"mean"`` over real tokens, or ``"none"``.
+    """
+    if len(clips) == 0:
+        raise ValueError("no clips given: the dataset is empty")
+    hooks = list(hooks)
+    for name in hooks:
+        model._check_hook_name(name)
+    if pooling not in ENCODER_POOLINGS:
+        raise ValueError(f"encoder pooling must be one of {ENCODER_POOLINGS}, not {pooling!r}")
+    if decoder_pooling not in DECODER_POOLINGS and not isinstance(decoder_pooling, int):
+        raise ValueError(f"decoder pooling must be one of {DECODER_POOLINGS} or a position, not {decoder_pooling!r}")
+    needs_decoder = any(not _is_encoder_hook(h) for h in hooks)
+    store = ActivationStore(hooks, out_dir)
+    starts = range(0, len(clips), batch_size)
+    for start in tqdm(starts, desc="extracting activations", disable=not progress, unit="batch"):
+        waveforms = [load_audio(c) if isinstance(c, (str, Path)) else load_audio(c, sample_rate)
+                     for c in clips[start : start + batch_size]]
+        frames = [min(math.ceil(w.shape[0] / SAMPLES_PER_ENCODER_FRAME), model.cfg.n_audio_ctx) for w in waveforms]
+        mel = model.to_mel(waveforms)
+        with torch.no_grad():
+            if needs_decoder:
+                _, cache = model.run_with_cache(mel, names_filter=[*hooks, "hook_tokens"])
+                tokens = cache["hook_tokens"]
+            else:
+                cache, tokens = {}, None
+                with model.hooks(fwd_hooks=[(h, lambda x, hook: cache.__setitem__(hook.name, x)) for h in hooks]):
+                    model.encode(mel)
+        batch: dict[str, list[torch.Tensor]] = {}
+        for hook in hooks:
+            acts = cache[hook]
+            if _is_encoder_hook(hook):
+                batch[hook] = [_pool_encoder(acts[i], frames[i], pooling) for i in range(len(waveforms))]
+            else:
+                batch[hook] = [_pool_decoder(model, acts[i], tokens[i], decoder_pooling) for i in range(len(waveforms))]
+        store.append({k: [r.detach().float().cpu() for r in v] for k, v in batch.items()})
+    return store
+
+
+def _pool_encoder(x: torch.Tensor, n_frames: int, pooling: str | int) -> torch.Tensor:
+    if x.ndim < 2 or x.shape[0] not in (1500, 3000):
+        raise ValueError(f"cannot pool an activation of shape {tuple(x.shape)} over positions; use a per-position hook")
+    if x.shape[0] == 3000:  # the first convolution runs at mel-frame rate: twice as many positions
+        n_frames *= 2
+    if pooling == "mean_audio":
+        return x[:n_frames].mean(0)
+    if pooling == "mean":
+        return x.mean(0)
+    return x[:n_frames]
+
+
+def _pool_decoder(model: HookedWhisper, x: torch.Tensor, tokens: torch.Tensor, pooling: str | int) -> torch.Tensor:
+    real = (tokens != model.special.eot).nonzero()
+    last = int(real.max()) if len(real) else 0
+    if pooling == "last":
+        return x[last]
+    if pooling == "prompt_end":
+        prompt_length = int(((tokens > model.special.eot) & (tokens < model.special.timestamp_begin)).sum())
+        return x[prompt_length - 1]
+    if pooling == "mean":
+        return x[: last + 1].mean(0)
+    if pooling == "none":
+        return x[: last + 1]
+    if not -x.shape[0] <= int(pooling) < x.shape[0]:
+        raise ValueError(f"decoder position {pooling} is outside this clip's {x.shape[0]} positions")
+    return x[int(pooling)]
+
+
+@dataclass
+class ProbeResult:
+    hook: str
+    layer: int | None
+    accuracy: float  # mean over folds
+    accuracy_std: float
+    majority: float  # always predicting the training folds' most common class
+    shuffled: float  # the same probe trained on shuffled labels: chance for this dataset
+
+
+@dataclass
+class ProbeReport:
+    results: list[ProbeResult]
+    classes: list
+    n: int
+    method: str
+    folds: int
+
+    def table(self) -> str:
+        lines = ["| hook | accuracy | majority baseline | shuffled labels |", "|---|---|---|---|"]
+        lines += [f"| {r.hook} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.majority:.3f} | {r.shuffled:.3f} |"
+                  for r in self.results]
+        return "\n".join(lines)
+
+    def best(self) -> ProbeResult:
+        return max(self.results, key=lambda r: r.accuracy)
+
+
+def _fit_predict(x_train, y_train, x_test, n_classes: int, method: str, l2: float) -> torch.Tensor:
+    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    if method == "ridge":  # one-hot least squares, closed form
+        targets = torch.nn.functional.one_hot(y_train, n_classes).float()
+        x1 = torch.cat([x_train, torch.ones(len(x_train), 1, device=x_train.device)], 1)
+        eye = torch.eye(x1.shape[1], device=x1.device) * l2
+        w = torch.linalg.solve(x1.T @ x1 + eye, x1.T @ targets)
+        return (torch.cat([x_test, torch.ones(len(x_test), 1, device=x_test.device)], 1) @ w).argmax(1)
+    w = torch.zeros(x_train.shape[1], n_classes, device=x_train.device, requires_grad=True)
+    b = torch.zeros(n_classes, device=x_train.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x_train @ w + b, y_train) + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return (x_test @ w + b).argmax(1)
+
+
+def _cross_validate(x, y, n_classes, folds, seed, method, l2) -> tuple[list[float], list[float]]:
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(x.device)
+    accs, majority = [], []
+    for fold in range(folds):
+        test = order[fold::folds]
+        train_mask = torch.ones(len(y), dtype=torch.bool, device=x.device)
+        train_mask[test] = False
+        pred = _fit_predict(x[train_mask], y[train_mask], x[test], n_classes, method, l2)
+        accs.append(float((pred == y[test]).float().mean()))
+        common = torch.bincount(y[train_mask], minlength=n_classes).argmax()
+        majority.append(float((y[test] == common).float().mean()))
+    return accs, majority
+
+
+def train_probes(
+    activations: ActivationStore | dict[str, torch.Tensor],
+    labels: Sequence,
+    hooks: Sequence[str] | None = None,
+    method: str = "logistic",
+    folds: int = 5,
+    seed: int = 0,
+    l2: float = 1e-3,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> ProbeReport:
+    """A linear probe per hook, ``folds``-fold cross-validated (deterministic for a ``seed``).
+
+    ``method`` is ``"logistic"`` (multinomial, L-BFGS, L2 penalty ``l2``) or ``"ridge"``
+    (one-hot least squares). Features are standardised with the training fold's statistics.
+    Runs on the GPU when there is one (or on ``device``).
+    """
+    hooks = list(hooks if hooks is not None else activations.hooks if isinstance(activations, ActivationStore)
+                 else activations)
+    if not hooks:
+        raise ValueError("no hooks to probe")
+    if method not in ("logistic", "ridge"):
+        raise ValueError(f"method must be 'logistic' or 'ridge', not {method!r}")
+    classes = sorted(set(labels), key=str)
+    if len(classes) < 2:
+        raise ValueError(f"probing needs at least two classes; the labels hold only {classes}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    y = torch.tensor([classes.index(label) for label in labels], device=device)
+    results = []
+    for hook in tqdm(hooks, desc="training probes", disable=not progress, unit="hook"):
+        x = activations[hook].float().to(device)
+        if x.shape[0] != len(y):
+            raise ValueError(f"{len(y)} labels for {x.shape[0]} examples at {hook}: one label per clip is needed")
+        x = x.flatten(1)
+        accs, majority = _cross_validate(x, y, len(classes), folds, seed, method, l2)
+        shuffled_y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)]
+        shuffled, _ = _cross_validate(x, shuffled_y, len(classes), folds, seed, method, l2)
+        match = re.search(r"_blocks\.(\d+)\.", hook)
+        results.append(ProbeResult(hook, int(match.group(1)) if match else None, sum(accs) / folds,
+                                   float(torch.tensor(accs).std()), sum(majority) / folds, sum(shuffled) / folds))
+    return ProbeReport(results, classes, len(y), method, folds)
