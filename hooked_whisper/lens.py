@@ -99,20 +99,29 @@ def encoder_lens(
     def keep(x: torch.Tensor, hook) -> None:
         states[hook.layer()] = x
 
-    with torch.no_grad(), model.hooks(fwd_hooks=[(lambda n: n.startswith("encoder_blocks.") and n.endswith("hook_resid_post"), keep)]):
+    def is_encoder_resid_post(name: str) -> bool:
+        return name.startswith("encoder_blocks.") and name.endswith("hook_resid_post")
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(is_encoder_resid_post, keep)]):
         final_out = model.encode(mel)
     with torch.no_grad():
         final = greedy_generate(model, final_out, max_new_tokens=max_new_tokens).transcripts(model)[0]
         rows = []
         for layer in layers:
             encoder_out = model.encoder_ln_final(states[layer]) if apply_ln else states[layer]
-            out = greedy_generate(model, encoder_out, language=final.language, max_new_tokens=max_new_tokens,
-                                  stop_on_loop=True).transcripts(model)[0]
-            rows.append(EncoderLensRow(
-                layer, out.text, out.tokens, word_error_rate(final.text, out.text),
-                None if reference is None else word_error_rate(reference, out.text),
-                LoopReport.of(out.tokens, out.text),
-            ))
+            out = greedy_generate(
+                model, encoder_out, language=final.language, max_new_tokens=max_new_tokens, stop_on_loop=True
+            ).transcripts(model)[0]
+            rows.append(
+                EncoderLensRow(
+                    layer,
+                    out.text,
+                    out.tokens,
+                    word_error_rate(final.text, out.text),
+                    None if reference is None else word_error_rate(reference, out.text),
+                    LoopReport.of(out.tokens, out.text),
+                )
+            )
     return rows
 
 
@@ -154,8 +163,11 @@ def logit_attribution(
         return x[batch_index, position] if cache.has_batch_dim else x[position]
 
     heads, head_labels = dec.stack_head_results(return_labels=True)  # [component, batch, pos, d_model]
-    parts = [at(dec["hook_embed"])[None], at(dec["hook_pos_embed"])[None], heads[:, batch_index, position] if
-             cache.has_batch_dim else heads[:, position]]
+    parts = [
+        at(dec["hook_embed"])[None],
+        at(dec["hook_pos_embed"])[None],
+        heads[:, batch_index, position] if cache.has_batch_dim else heads[:, position],
+    ]
     parts.append(torch.stack([at(dec[f"blocks.{l}.hook_mlp_out"]) for l in range(n_layers)]))
     biases = sum(model.decoder_blocks[l].attn.b_O + model.decoder_blocks[l].cross_attn.b_O for l in range(n_layers))
     parts.append(torch.as_tensor(biases)[None])

@@ -80,6 +80,7 @@ class HookedWhisper(HookedRootModule):
         self.decoder_blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_decoder_layers)])
         self.decoder_ln_final = LayerNorm(cfg)
 
+        self.decode_offset = 0  # first decoder position of the current decode() call
         self.init_weights()
         self.setup()
 
@@ -216,8 +217,10 @@ class HookedWhisper(HookedRootModule):
             if encoder_out is None:
                 raise ValueError("decode needs the encoder output, or a DecoderCache built from it")
             cache = self.new_decoder_cache(encoder_out)
+        # Hooks that address decoder positions read this to know where a KV-cached step starts.
+        self.decode_offset = cache.position
         tokens = self.hook_tokens(tokens)
-        resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens, cache.position))
+        resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens, self.decode_offset))
         for i, block in enumerate(self.decoder_blocks):
             resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i])
         return nn.functional.linear(self.decoder_ln_final(resid), self.embed.W_E)

@@ -38,8 +38,15 @@ def plot_logit_lens(lens: LogitLens, model: HookedWhisper, path: str | Path | No
     image = ax.imshow(probs, aspect="auto", cmap="Blues", vmin=0, vmax=1)
     for layer in range(n_layers):
         for pos, text in enumerate(model.to_str_tokens(lens.top_tokens[layer, batch_index, :, 0])):
-            ax.text(pos, layer, text.strip()[:8], ha="center", va="center", fontsize=7,
-                    color="white" if probs[layer, pos] > 0.6 else "black")
+            ax.text(
+                pos,
+                layer,
+                text.strip()[:8],
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if probs[layer, pos] > 0.6 else "black",
+            )
     final = model.to_str_tokens(lens.final_token[batch_index])
     ax.set_xticks(range(n_pos), [t.strip()[:8] for t in final], rotation=60, fontsize=7)
     ax.set_yticks(range(n_layers), lens.labels)
@@ -60,8 +67,14 @@ def plot_encoder_lens(rows: list[EncoderLensRow], path: str | Path | None = None
         ax.plot([min(r.wer_vs_reference, 1.5) for r in rows], layers, "s--", label="WER vs reference")
     for r in rows:
         note = ("[loop] " if r.loop.looping else "") + (r.text[:60] or "(empty)")
-        ax.annotate(note, (min(r.wer_vs_final, 1.5), r.layer), xytext=(8, 0), textcoords="offset points",
-                    fontsize=7, va="center")
+        ax.annotate(
+            note,
+            (min(r.wer_vs_final, 1.5), r.layer),
+            xytext=(8, 0),
+            textcoords="offset points",
+            fontsize=7,
+            va="center",
+        )
     ax.set_xlim(-0.05, 3.2)
     ax.set_yticks(layers)
     ax.invert_yaxis()
@@ -80,8 +93,15 @@ def plot_probes(reports: dict[str, ProbeReport], path: str | Path | None = None,
         rows = [r for r in report.results if r.layer is not None]
         layers = [r.layer for r in rows]
         color = f"C{i}"
-        ax.errorbar(layers, [r.accuracy for r in rows], yerr=[r.accuracy_std for r in rows], color=color,
-                    marker="o", capsize=2, label=f"{name}")
+        ax.errorbar(
+            layers,
+            [r.accuracy for r in rows],
+            yerr=[r.accuracy_std for r in rows],
+            color=color,
+            marker="o",
+            capsize=2,
+            label=f"{name}",
+        )
         ax.plot(layers, [r.shuffled for r in rows], color=color, linestyle=":", alpha=0.7)
         ax.plot(layers, [r.majority for r in rows], color=color, linestyle="--", alpha=0.4)
     ax.set_ylim(0, 1.02)

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,8 +51,10 @@ class ActivationStore:
             from safetensors.torch import save_file
 
             path = self.out_dir / f"shard_{len(self._shards):05d}.safetensors"
-            save_file({f"{hook}/{i}": row.contiguous() for hook, rows in batch.items() for i, row in enumerate(rows)},
-                      str(path))
+            save_file(
+                {f"{hook}/{i}": row.contiguous() for hook, rows in batch.items() for i, row in enumerate(rows)},
+                str(path),
+            )
             self._shards.append(path)
         self.n += size
 
@@ -65,8 +68,8 @@ class ActivationStore:
         out = []
         for path in self._shards:
             with safe_open(str(path), "pt") as f:
-                keys = sorted((k for k in f.keys() if k.rsplit("/", 1)[0] == hook), key=lambda k: int(k.rsplit("/", 1)[1]))
-                out += [f.get_tensor(k) for k in keys]
+                count = sum(1 for k in f.keys() if k.rsplit("/", 1)[0] == hook)
+                out += [f.get_tensor(f"{hook}/{i}") for i in range(count)]
         return out
 
     def __getitem__(self, hook: str) -> torch.Tensor:
@@ -107,8 +110,10 @@ def extract_activations(
     store = ActivationStore(hooks, out_dir)
     starts = range(0, len(clips), batch_size)
     for start in tqdm(starts, desc="extracting activations", disable=not progress, unit="batch"):
-        waveforms = [load_audio(c) if isinstance(c, (str, Path)) else load_audio(c, sample_rate)
-                     for c in clips[start : start + batch_size]]
+        waveforms = [
+            load_audio(c) if isinstance(c, (str, Path)) else load_audio(c, sample_rate)
+            for c in clips[start : start + batch_size]
+        ]
         frames = [min(math.ceil(w.shape[0] / SAMPLES_PER_ENCODER_FRAME), model.cfg.n_audio_ctx) for w in waveforms]
         mel = model.to_mel(waveforms)
         with torch.no_grad():
@@ -117,7 +122,7 @@ def extract_activations(
                 tokens = cache["hook_tokens"]
             else:
                 cache, tokens = {}, None
-                with model.hooks(fwd_hooks=[(h, lambda x, hook: cache.__setitem__(hook.name, x)) for h in hooks]):
+                with model.hooks(fwd_hooks=[(h, partial(_store, cache)) for h in hooks]):
                     model.encode(mel)
         batch: dict[str, list[torch.Tensor]] = {}
         for hook in hooks:
@@ -128,6 +133,10 @@ def extract_activations(
                 batch[hook] = [_pool_decoder(model, acts[i], tokens[i], decoder_pooling) for i in range(len(waveforms))]
         store.append({k: [r.detach().float().cpu() for r in v] for k, v in batch.items()})
     return store
+
+
+def _store(cache: dict, x: torch.Tensor, hook) -> None:
+    cache[hook.name] = x
 
 
 def _pool_encoder(x: torch.Tensor, n_frames: int, pooling: str | int) -> torch.Tensor:
@@ -179,8 +188,10 @@ class ProbeReport:
 
     def table(self) -> str:
         lines = ["| hook | accuracy | majority baseline | shuffled labels |", "|---|---|---|---|"]
-        lines += [f"| {r.hook} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.majority:.3f} | {r.shuffled:.3f} |"
-                  for r in self.results]
+        lines += [
+            f"| {r.hook} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.majority:.3f} | {r.shuffled:.3f} |"
+            for r in self.results
+        ]
         return "\n".join(lines)
 
     def best(self) -> ProbeResult:
@@ -242,8 +253,9 @@ def train_probes(
     (one-hot least squares). Features are standardised with the training fold's statistics.
     Runs on the GPU when there is one (or on ``device``).
     """
-    hooks = list(hooks if hooks is not None else activations.hooks if isinstance(activations, ActivationStore)
-                 else activations)
+    hooks = list(
+        hooks if hooks is not None else activations.hooks if isinstance(activations, ActivationStore) else activations
+    )
     if not hooks:
         raise ValueError("no hooks to probe")
     if method not in ("logistic", "ridge"):
@@ -263,6 +275,14 @@ def train_probes(
         shuffled_y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)]
         shuffled, _ = _cross_validate(x, shuffled_y, len(classes), folds, seed, method, l2)
         match = re.search(r"_blocks\.(\d+)\.", hook)
-        results.append(ProbeResult(hook, int(match.group(1)) if match else None, sum(accs) / folds,
-                                   float(torch.tensor(accs).std()), sum(majority) / folds, sum(shuffled) / folds))
+        results.append(
+            ProbeResult(
+                hook,
+                int(match.group(1)) if match else None,
+                sum(accs) / folds,
+                float(torch.tensor(accs).std()),
+                sum(majority) / folds,
+                sum(shuffled) / folds,
+            )
+        )
     return ProbeReport(results, classes, len(y), method, folds)

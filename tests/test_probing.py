@@ -19,8 +19,8 @@ def test_mean_pooling_ignores_padding_frames(tiny_en, tmp_path):
         _, cache = tiny_en.run_with_cache(clip, names_filter=[hook, "decoder_blocks.2.hook_resid_post"])
         assert torch.allclose(store[hook][i], cache[hook][0, :n_frames].mean(0), atol=1e-4)
         assert not torch.allclose(store[hook][i], cache[hook][0].mean(0), atol=1e-2)
-        assert torch.allclose(store["decoder_blocks.2.hook_resid_post"][i], cache["decoder_blocks.2.hook_resid_post"][0, -1],
-                              atol=1e-4)
+        last = cache["decoder_blocks.2.hook_resid_post"][0, -1]  # the position that predicts end-of-text
+        assert torch.allclose(store["decoder_blocks.2.hook_resid_post"][i], last, atol=1e-4)
     sharded = extract_activations(tiny_en, clips, [hook], batch_size=1, out_dir=tmp_path / "shards", progress=False)
     assert len(list((tmp_path / "shards").glob("*.safetensors"))) == 2
     assert torch.allclose(sharded[hook], store[hook], atol=1e-5)
@@ -32,8 +32,9 @@ def test_probes_recover_a_planted_signal():
     labels = ["a" if v > 0 else "b" for v in (x[:, :5].sum(1) * 2 + 0.1 * torch.randn(300, generator=g))]
     noise = torch.randn(300, 40, generator=g)
     for method in ("logistic", "ridge"):
-        report = train_probes({"encoder_blocks.3.signal": x, "encoder_blocks.0.noise": noise}, labels,
-                              method=method, progress=False)
+        report = train_probes(
+            {"encoder_blocks.3.signal": x, "encoder_blocks.0.noise": noise}, labels, method=method, progress=False
+        )
         signal, pure_noise = report.results
         assert signal.layer == 3 and signal.accuracy > 0.85, method
         assert abs(signal.shuffled - 0.5) < 0.15 and abs(pure_noise.accuracy - 0.5) < 0.15, method

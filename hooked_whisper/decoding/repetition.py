@@ -40,12 +40,22 @@ class LoopReport:
     repeats: int  # how often it repeats back to back
 
     @classmethod
-    def of(cls, tokens: Sequence[int], text: str, min_repeated_tokens: int = 12, min_repeats: int = 3,
-           max_ratio: float = 2.4) -> LoopReport:
+    def of(
+        cls,
+        tokens: Sequence[int],
+        text: str,
+        min_repeated_tokens: int = 12,
+        min_repeats: int = 3,
+        max_ratio: float = 2.4,
+    ) -> LoopReport:
         period, repeats = trailing_repeat(tokens)
         ratio = compression_ratio(text)
-        return cls(_repeats_enough(period, repeats, min_repeated_tokens, min_repeats) or ratio > max_ratio,
-                   ratio, period, repeats)
+        return cls(
+            _repeats_enough(period, repeats, min_repeated_tokens, min_repeats) or ratio > max_ratio,
+            ratio,
+            period,
+            repeats,
+        )
 
 
 def _repeats_enough(period: int, repeats: int, min_repeated_tokens: int, min_repeats: int) -> bool:

@@ -1,0 +1,266 @@
+"""Activation patching, ablation, path patching and attribution patching: equivalences that
+must hold exactly, agreement of the gradient estimate with real patching, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooked_whisper.patching import (
+    Receiver,
+    Site,
+    ablate,
+    activation_patch,
+    attribution_patch,
+    cross_attention_receivers,
+    frames,
+    head_sites,
+    kl_divergence,
+    layer_sites,
+    patch_hooks,
+    path_patch,
+    target_log_prob,
+)
+from tests.conftest import DATA, hf_random_pair
+
+CLEAN = DATA / "librivox_0880.wav"
+
+
+def audible(model):
+    """Random init keeps the conv stem tiny next to the position table and cross-attention tiny
+    next to the token embeddings, so the audio barely reaches the logits; scale both up."""
+    with torch.no_grad():
+        model.encoder_embed.W_conv1.mul_(30)
+        model.encoder_embed.W_conv2.mul_(30)
+        for block in model.decoder_blocks:
+            block.cross_attn.W_V.mul_(10)
+            block.cross_attn.W_O.mul_(10)
+    return model
+
+
+CORRUPT = DATA / "cards_005.wav"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_en):
+    with torch.no_grad():
+        clean_logits, clean_cache = tiny_en.run_with_cache(CLEAN)
+    tokens = clean_cache["hook_tokens"]
+    with torch.no_grad():
+        corrupt_logits = tiny_en(CORRUPT, tokens)
+    return tokens, clean_logits, corrupt_logits, target_log_prob(tokens[0], 2)
+
+
+def test_patching_own_activation_changes_nothing(tiny_en, runs):
+    tokens, clean_logits, _, metric = runs
+    sites = layer_sites(tiny_en, "decoder_blocks.{l}.hook_cross_attn_out") + head_sites(tiny_en, "encoder", "attn")[:3]
+    values = activation_patch(tiny_en, CLEAN, CLEAN, sites, metric, tokens=tokens, progress=False)
+    assert torch.allclose(values, metric(clean_logits).expand(len(sites)), atol=1e-3)
+
+
+def test_patching_the_whole_residual_at_layer_0_restores_the_clean_run(tiny_en, runs):
+    tokens, clean_logits, corrupt_logits, metric = runs
+    kl = kl_divergence(clean_logits)
+    assert kl(corrupt_logits) > 1.0  # the corrupted run really differs
+    sites = [Site("encoder_blocks.0.hook_resid_pre"), Site("decoder_blocks.0.hook_resid_pre")]
+    with torch.no_grad():
+        _, clean_cache = tiny_en.run_with_cache(CLEAN, tokens, names_filter=[s.hook for s in sites])
+        hooks = patch_hooks(tiny_en, sites, [clean_cache[s.hook] for s in sites])
+        patched = tiny_en.run_with_hooks(CORRUPT, tokens, fwd_hooks=hooks)
+    assert kl(patched) < 1e-6
+    # Each alone is partial: the encoder-side patch restores the audio, the decoder side is the same tokens.
+    value = activation_patch(
+        tiny_en, CORRUPT, CLEAN, "encoder_blocks.0.hook_resid_pre", kl, tokens=tokens, progress=False
+    )
+    assert value.item() < 1e-6
+
+
+def test_interpolation_moves_monotonically_toward_the_source(tiny_en, runs):
+    tokens, _, corrupt_logits, metric = runs
+    values = [
+        activation_patch(
+            tiny_en, CORRUPT, CLEAN, "hook_encoder_out", metric, tokens=tokens, alpha=a, progress=False
+        ).item()
+        for a in (0.0, 0.5, 1.0)
+    ]
+    assert values[0] == pytest.approx(metric(corrupt_logits).item(), abs=1e-3)
+    assert values[0] < values[1] < values[2]
+
+
+def test_path_patching_equivalences(tiny_en, runs):
+    tokens, clean_logits, corrupt_logits, metric = runs
+    everything = cross_attention_receivers(tiny_en, via="kv")
+    sender = Site("encoder_blocks.3.hook_resid_post")  # the whole final encoder stream
+    # A zero difference reproduces the baseline.
+    same = path_patch(tiny_en, CORRUPT, CORRUPT, sender, everything[:4], metric, tokens=tokens, progress=False)
+    assert torch.allclose(same, metric(corrupt_logits).expand(4), atol=1e-3)
+    # Every cross-attention head of every layer through K and V equals patching hook_encoder_out.
+    joint = path_patch(tiny_en, CORRUPT, CLEAN, sender, everything, metric, tokens=tokens, jointly=True, progress=False)
+    direct = activation_patch(tiny_en, CORRUPT, CLEAN, "hook_encoder_out", metric, tokens=tokens, progress=False)
+    assert joint.item() == pytest.approx(direct.item(), abs=1e-3)
+    assert joint.item() == pytest.approx(metric(clean_logits).item(), abs=1e-3)
+
+
+def test_path_patching_equals_three_pass_path_patching(tiny_en, runs):
+    """Freeze everything, patch the sender, record the receiver's input, patch the receiver."""
+    model, (tokens, *_) = tiny_en, runs
+    base, source = CORRUPT, CLEAN
+    metric = lambda logits: logits  # noqa: E731 (compare the whole output, not one number)
+    sender = Site("encoder_blocks.1.hook_mlp_out", positions=tuple(range(0, 150)))
+    receiver = Receiver(layer=2, head=3, via="kv")
+    ours = path_patch(model, base, source, sender, [receiver], metric, tokens=tokens, progress=False)
+
+    with torch.no_grad():  # pass 1: base and source activations
+        _, base_cache = model.run_with_cache(base, tokens)
+        _, source_cache = model.run_with_cache(source, tokens, names_filter=[sender.hook])
+    frozen = [
+        n
+        for n in base_cache.keys()
+        if n.startswith(("encoder_blocks.2.", "encoder_blocks.3.")) and n.endswith(("hook_attn_out", "hook_mlp_out"))
+    ]  # every writer after the sender
+    recorded = {}
+
+    def patch_sender(x, hook):
+        x = x.clone()
+        x[:, :150] = source_cache[sender.hook][:, :150]
+        return x
+
+    with torch.no_grad():  # pass 2: sender patched, every other writer frozen; record the receiver's input
+        hooks = [(sender.hook, patch_sender)] + [(n, lambda x, hook: base_cache[hook.name]) for n in frozen]
+        hooks.append(("hook_encoder_out", lambda x, hook: recorded.setdefault("enc", x)))
+        model.run_with_hooks(base, tokens, fwd_hooks=hooks)
+    model.cfg.use_cross_kv_input = True
+    try:
+
+        def patch_receiver(x, hook):
+            x = x.clone()
+            x[:, :, receiver.head] = recorded["enc"]
+            return x
+
+        with torch.no_grad():  # pass 3: only the receiver reads the recorded input
+            logits = model.run_with_hooks(
+                base,
+                tokens,
+                fwd_hooks=[
+                    ("decoder_blocks.2.hook_cross_k_input", patch_receiver),
+                    ("decoder_blocks.2.hook_cross_v_input", patch_receiver),
+                ],
+            )
+    finally:
+        model.cfg.use_cross_kv_input = False
+    assert (ours - logits).abs().max() < 1e-4
+    assert (ours - base_cache["decoder_ln_final.hook_normalized"] @ model.W_U).abs().max() > 1e-2  # it did something
+
+
+def test_decoder_to_decoder_path_patching(tiny_en, runs):
+    tokens, _, corrupt_logits, metric = runs
+    receivers = [Receiver(2, h, via="qkv", kind="attn") for h in range(2)]
+    same = path_patch(
+        tiny_en, CORRUPT, CORRUPT, "decoder_blocks.0.hook_mlp_out", receivers, metric, tokens=tokens, progress=False
+    )
+    assert torch.allclose(same, metric(corrupt_logits).expand(2), atol=1e-3)
+    moved = path_patch(
+        tiny_en, CORRUPT, CLEAN, "decoder_blocks.0.hook_mlp_out", receivers, metric, tokens=tokens, progress=False
+    )
+    assert (moved - same).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="not downstream"):
+        path_patch(tiny_en, CORRUPT, CLEAN, "decoder_blocks.2.hook_mlp_out", receivers, metric, tokens=tokens)
+
+
+def test_attribution_patching_agrees_with_patching():
+    model = audible(
+        hf_random_pair(
+            vocab_size=51864,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            d_model=256,
+        )[1]
+    )
+    torch.manual_seed(5)
+    base = torch.randn(1, 80, 3000)
+    source = base + 0.05 * torch.randn(1, 80, 3000)  # a small change: the linear estimate should hold
+    tokens = torch.tensor([[50257, 50362, 464, 3290, 318, 257]])
+    metric = target_log_prob(tokens[0], 2)
+    hooks = [f"decoder_blocks.{l}.cross_attn.hook_z" for l in range(2)] + [
+        f"encoder_blocks.{l}.attn.hook_z" for l in range(2)
+    ]
+    estimate = attribution_patch(model, base, source, metric, hooks=hooks, tokens=tokens)
+    baseline = metric(model(base, tokens)).item()
+    sites = [Site(h, head) for h in hooks for head in range(4)]
+    actual = activation_patch(model, base, source, sites, metric, tokens=tokens, progress=False) - baseline
+    predicted = torch.cat([estimate[h] for h in hooks])
+    corr = torch.corrcoef(torch.stack([predicted, actual]))[0, 1]
+    assert corr > 0.95, f"correlation {corr:.3f}"
+
+
+def test_ablation(tiny_en, runs):
+    tokens, clean_logits, _, metric = runs
+    sites = layer_sites(tiny_en, "decoder_blocks.{l}.hook_cross_attn_out")
+    zero = ablate(tiny_en, CLEAN, sites, metric, kind="zero", tokens=tokens, progress=False)
+    assert (zero < metric(clean_logits) - 1).all()  # silencing cross-attention hurts the transcript
+    mean = ablate(
+        tiny_en,
+        CLEAN,
+        sites[:2],
+        metric,
+        kind="mean",
+        reference=[CORRUPT, DATA / "goforward.wav"],
+        tokens=tokens,
+        progress=False,
+    )
+    resample = ablate(
+        tiny_en, CLEAN, sites[:2], metric, kind="resample", reference=CORRUPT, tokens=tokens, progress=False
+    )
+    assert mean.shape == resample.shape == (2,) and not torch.allclose(mean, resample)
+
+
+def test_patched_generation_equals_teacher_forced_forward(tiny_en, runs):
+    """A position-indexed decoder patch applied while generating (KV cache, one position per step)
+    gives the same logits as a teacher-forced forward over the generated tokens with that patch."""
+    tokens, *_ = runs
+    site = Site("decoder_blocks.3.hook_resid_mid", positions=(4, 5))
+    with torch.no_grad():
+        _, source = tiny_en.run_with_cache(CORRUPT, tokens, names_filter=[site.hook])
+    hooks = patch_hooks(tiny_en, [site], [source[site.hook]])
+    with torch.no_grad(), tiny_en.hooks(fwd_hooks=hooks):
+        generated = tiny_en.transcribe(CLEAN, max_new_tokens=tokens.shape[1] - 2)
+        seq = torch.tensor([generated.prompt + generated.tokens])
+        enc = tiny_en.encode(CLEAN)
+        full = tiny_en.decode(seq, enc)
+        kv = tiny_en.new_decoder_cache(enc)
+        stepped = torch.cat(
+            [tiny_en.decode(seq[:, :2], cache=kv)]
+            + [tiny_en.decode(seq[:, i : i + 1], cache=kv) for i in range(2, seq.shape[1])],
+            dim=1,
+        )
+    assert torch.allclose(stepped, full, atol=1e-4)
+    assert (full[0, 2:-1].argmax(-1) == seq[0, 3:]).all()  # the generated tokens are the forward's argmax
+    assert generated.tokens != tiny_en.transcribe(CLEAN).tokens  # and the patch changed the transcript
+
+
+def test_bad_input(tiny_en, runs):
+    tokens, *_, metric = runs
+    with pytest.raises(ValueError, match="head 6 out of range"):
+        activation_patch(tiny_en, CLEAN, CORRUPT, [Site("decoder_blocks.0.attn.hook_z", head=6)], metric, tokens=tokens)
+    with pytest.raises(ValueError, match="no head axis"):
+        activation_patch(
+            tiny_en, CLEAN, CORRUPT, [Site("decoder_blocks.0.hook_mlp_out", head=0)], metric, tokens=tokens
+        )
+    with pytest.raises(ValueError, match="frame window"):
+        frames(29.5, 31.0)
+    with pytest.raises(ValueError, match="lie outside the 1500 positions"):
+        activation_patch(
+            tiny_en, CLEAN, CORRUPT, [Site("hook_encoder_out", positions=(1499, 1500))], metric, tokens=tokens
+        )
+    with pytest.raises(ValueError, match="give both runs the same tokens"):
+        short = tiny_en.run_with_cache(CORRUPT, tokens[:, :4], names_filter=["decoder_blocks.0.hook_resid_post"])[1]
+        hooks = patch_hooks(
+            tiny_en,
+            [Site("decoder_blocks.0.hook_resid_post", positions=(6,))],
+            [short["decoder_blocks.0.hook_resid_post"]],
+        )
+        tiny_en.run_with_hooks(CLEAN, tokens, fwd_hooks=hooks)
+    with pytest.raises(ValueError, match="receiver XL9H0 via kv does not exist"):
+        path_patch(tiny_en, CLEAN, CORRUPT, "encoder_blocks.0.hook_mlp_out", [Receiver(9, 0)], metric, tokens=tokens)
