@@ -299,15 +299,27 @@ class HookedWhisper(HookedRootModule):
         language: str | None = None,
         task: str = "transcribe",
         max_new_tokens: int | None = None,
+        stop_on_loop: bool | Callable[[list[int]], bool] = False,
+        fwd_hooks: list | None = None,
     ):
         """Greedy short-form transcription, token for token what Hugging Face ``generate`` writes.
 
-        Returns a ``Transcript`` (``.text``, ``.tokens``, ``.language``) for one clip, a list for a batch.
+        Returns a ``Transcript`` (``.text``, ``.tokens``, ``.language``) for one clip, a list for a
+        batch. ``fwd_hooks`` apply at every step (as ``with model.hooks(...)`` does);
+        ``stop_on_loop`` ends generation once the tokens repeat (``decoding.repetition.is_looping``).
         """
         from hooked_whisper.decoding.greedy import greedy_generate
 
         mel = self.to_mel(audio)
-        out = greedy_generate(self, self.encode(mel), language=language, task=task, max_new_tokens=max_new_tokens)
+        with self.hooks(fwd_hooks=fwd_hooks or []):
+            out = greedy_generate(
+                self,
+                self.encode(mel),
+                language=language,
+                task=task,
+                max_new_tokens=max_new_tokens,
+                stop_on_loop=stop_on_loop,
+            )
         results = out.transcripts(self)
         return results[0] if _is_single_clip(audio, (self.cfg.n_mels, self.cfg.n_frames)) else results
 

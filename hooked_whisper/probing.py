@@ -94,7 +94,8 @@ def extract_activations(
     (50 per second; the zero padding up to 30 s is left out), ``"mean"`` all 1500, ``"none"``
     keeps every audio frame. Decoder hooks run on the prompt plus the greedy transcript and use
     ``decoder_pooling``: ``"last"`` (the last transcript token, the position that predicts
-    end-of-text), ``"prompt_end"`` (the last prompt token, which predicts the first word), an
+    end-of-text), ``"prompt_end"`` (the last token of the transcription prompt, English for
+    multilingual models, which predicts the first word; no transcript is generated), an
     int position, ``"mean"`` over real tokens, or ``"none"``.
     """
     if len(clips) == 0:
@@ -118,7 +119,11 @@ def extract_activations(
         mel = model.to_mel(waveforms)
         with torch.no_grad():
             if needs_decoder:
-                _, cache = model.run_with_cache(mel, names_filter=[*hooks, "hook_tokens"])
+                # The last prompt position needs no transcript: skip generating one. (Multilingual
+                # models get the English transcription prompt rather than a detected language.)
+                prompt_only = decoder_pooling == "prompt_end"
+                tokens_in = [model.prompt("en" if model.cfg.is_multilingual else None)] if prompt_only else None
+                _, cache = model.run_with_cache(mel, tokens_in, names_filter=[*hooks, "hook_tokens"])
                 tokens = cache["hook_tokens"]
             else:
                 cache, tokens = {}, None

@@ -196,3 +196,15 @@ def test_stack_views(tiny_en, clean):
     enc_parts = enc.decompose_resid()
     assert torch.allclose(enc_parts.sum(0), cache["encoder_blocks.3.hook_resid_post"], atol=1e-3)
     assert enc.accumulated_resid().shape == (5, 1, 1500, tiny_en.cfg.d_model)
+
+
+def test_half_precision_runs_and_stays_close(tiny_en):
+    """bfloat16 weights and activations (the dtype a GPU user picks) give nearly the same logits."""
+    half = type(tiny_en).from_pretrained("tiny.en", dtype=torch.bfloat16)
+    tokens = [50257, 50362, 679, 373, 407]
+    with torch.no_grad():
+        ref = tiny_en(CLIP, tokens)
+        logits, cache = half.run_with_cache(CLIP, tokens, names_filter=["hook_encoder_out"])
+    assert logits.dtype == torch.bfloat16 and cache["hook_encoder_out"].dtype == torch.bfloat16
+    assert (logits.float().argmax(-1) == ref.argmax(-1)).float().mean() > 0.7
+    assert (logits.float() - ref).abs().mean() < 0.5

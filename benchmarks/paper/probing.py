@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/paper/probing.py            # needs espeak-ng (apt-get install espeak-ng)
 
 1. Builds a labelled speech set with espeak-ng: the same sentences in four English accents
-   (American, British, Scottish, Caribbean), each by two male and two female voice variants; the
+   (American, British RP, Scottish, Caribbean), each by two male and two female voice variants; the
    same clips with white noise mixed in at 0, 5 or 10 dB SNR; and non-speech sounds (noise,
    tones, chords, clicks, near-silence).
 2. Probes speaker gender, accent and clean-vs-noisy on the mean over real audio frames of every
@@ -18,6 +18,7 @@ Writes ``results/probing.md``, ``results/probing.json`` and plots beside this fi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -47,7 +48,9 @@ SENTENCES = [
     "Turn left at the second traffic light and park near the bakery.",
     "Reading books late at night makes it hard to wake up early.",
 ]
-ACCENTS = {"American": "en-us", "British": "en-gb", "Scottish": "en-gb-scotland", "Caribbean": "en-029"}
+# "en-gb" itself ignores voice variants (every "+m1"/"+f3" renders the same audio), so the British
+# accent is Received Pronunciation, which honours them; synthesize() checks this for every voice.
+ACCENTS = {"American": "en-us", "British": "en-gb-x-rp", "Scottish": "en-gb-scotland", "Caribbean": "en-029"}
 VOICES = {"m1": "male", "m3": "male", "f1": "female", "f3": "female"}
 LIBRIVOX_0870 = (
     "and mister john dashwood had then leisure to consider how much there might be prudently "
@@ -71,6 +74,11 @@ def synthesize(folder: Path) -> list[dict]:
                 path = folder / f"s{s:02d}_{voice}_{variant}.wav"
                 subprocess.run(["espeak-ng", "-v", f"{voice}+{variant}", "-w", str(path), sentence], check=True)
                 clips.append({"path": path, "accent": accent, "gender": gender, "sentence": s})
+    distinct = {(c["accent"], c["sentence"]): set() for c in clips}
+    for c in clips:
+        distinct[(c["accent"], c["sentence"])].add(hashlib.sha1(c["path"].read_bytes()).hexdigest())
+    if any(len(v) < len(VOICES) for v in distinct.values()):
+        raise SystemExit("espeak-ng rendered some voice variants identically: the gender labels would be noise")
     return clips
 
 

@@ -18,6 +18,17 @@ def per_head(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x.unsqueeze(-2).expand(-1, -1, n_heads, -1)
 
 
+def self_attention_inputs(block: EncoderBlock | DecoderBlock, resid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The normalised query, key and value inputs of a block's self-attention. With
+    ``use_split_qkv_input`` each head reads its own copy, so a patch can reach one head's q, k
+    or v alone."""
+    if block.cfg.use_split_qkv_input:
+        x = per_head(resid, block.cfg.n_heads)
+        return tuple(block.ln1(hook(x)) for hook in (block.hook_q_input, block.hook_k_input, block.hook_v_input))
+    normalized = block.ln1(resid)
+    return normalized, normalized, normalized
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: HookedWhisperConfig):
         super().__init__()
@@ -37,13 +48,7 @@ class EncoderBlock(nn.Module):
 
     def forward(self, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        if self.cfg.use_split_qkv_input:
-            # Each head reads its own copy, so a patch can reach one head's q, k or v alone.
-            x = per_head(resid, self.cfg.n_heads)
-            q_in, k_in, v_in = (self.ln1(h(x)) for h in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
-        else:
-            q_in = k_in = v_in = self.ln1(resid)
-        attn_out, _ = self.attn(q_in, k_in, v_in)
+        attn_out, _ = self.attn(*self_attention_inputs(self, resid))
         resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
         resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
         return resid
@@ -89,12 +94,7 @@ class DecoderBlock(nn.Module):
         past_kv: KeyValue | None = None,
     ) -> tuple[Float[torch.Tensor, "batch pos d_model"], KeyValue]:
         resid = self.hook_resid_pre(resid)
-        if self.cfg.use_split_qkv_input:
-            x = per_head(resid, self.cfg.n_heads)
-            q_in, k_in, v_in = (self.ln1(h(x)) for h in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
-        else:
-            q_in = k_in = v_in = self.ln1(resid)
-        attn_out, self_kv = self.attn(q_in, k_in, v_in, past_kv=past_kv)
+        attn_out, self_kv = self.attn(*self_attention_inputs(self, resid), past_kv=past_kv)
         resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
 
         cross_q_in = (

@@ -4,6 +4,7 @@ fp32 logits of the last position, ``begin_suppress_tokens`` masked at the first 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -72,11 +73,12 @@ def greedy_generate(
     task: str = "transcribe",
     max_new_tokens: int | None = None,
     include_eot: bool = True,
-    stop_on_loop: bool = False,
+    stop_on_loop: bool | Callable[[list[int]], bool] = False,
 ) -> GreedyOutput:
     """Greedy tokens for a batch of encoder outputs ``[batch, 1500, d_model]``. Rows that finish
     early are padded with end-of-text; with ``include_eot=False`` the result stops before the
-    last row's end-of-text. ``stop_on_loop`` ends a row once ``is_looping`` flags its tokens."""
+    last row's end-of-text. ``stop_on_loop`` ends a row once ``is_looping`` (or the function
+    given, called on the row's generated tokens) flags it."""
     s, gen = model.special, model.generation_config
     cache = model.new_decoder_cache(encoder_out)
     batch = encoder_out.shape[0]
@@ -105,8 +107,9 @@ def greedy_generate(
         generated.append(next_token)
         done |= next_token == s.eot
         if stop_on_loop:
+            looping = stop_on_loop if callable(stop_on_loop) else is_looping
             rows = torch.stack(generated, dim=1).tolist()
-            done |= torch.tensor([is_looping(r) for r in rows], device=done.device)
+            done |= torch.tensor([looping(r) for r in rows], device=done.device)
         if done.all():
             break
         step_input = next_token[:, None]
