@@ -19,8 +19,8 @@ command:
 from __future__ import annotations
 
 import argparse
-import itertools
 import csv
+import itertools
 import json
 from pathlib import Path
 
