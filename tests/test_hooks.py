@@ -173,8 +173,7 @@ def test_kv_cached_decoding_equals_full_forward_with_hooks(tiny_en, clean):
 def test_hooks_steer_transcription(tiny_en):
     plain = tiny_en.transcribe(CLIP)
     ablate = [(f"decoder_blocks.{l}.hook_cross_attn_out", lambda x, hook: torch.zeros_like(x)) for l in range(4)]
-    with tiny_en.hooks(fwd_hooks=ablate):
-        deaf = tiny_en.transcribe(CLIP)
+    deaf = tiny_en.transcribe(CLIP, fwd_hooks=ablate, max_new_tokens=30)  # deaf decoding rambles: cap it
     assert deaf.tokens != plain.tokens
     assert tiny_en.transcribe(CLIP).tokens == plain.tokens
 
