@@ -234,6 +234,11 @@ def layer_sites(model: HookedWhisper, template: str, positions: Sequence[int] | 
     return [Site(template.format(l=l), None, pos, template.format(l=l)) for l in range(n_layers)]
 
 
+def position_sites(hook: str, n_positions: int, head: int | None = None) -> list[Site]:
+    """One site per position of ``hook`` (decoder tokens or encoder frames)."""
+    return [Site(hook, head, (p,), f"{hook} pos {p}") for p in range(n_positions)]
+
+
 def window_sites(hook: str, duration_s: float, window_s: float = 0.5) -> list[Site]:
     """Consecutive encoder frame windows of ``window_s`` seconds over the first ``duration_s``."""
     starts = [i * window_s for i in range(math.ceil(duration_s / window_s))]
@@ -579,6 +584,7 @@ __all__ = [
     "mean_activations",
     "patch_hooks",
     "path_patch",
+    "position_sites",
     "target_log_prob",
     "window_sites",
 ]

@@ -19,6 +19,7 @@ from hooked_whisper.patching import (
     layer_sites,
     patch_hooks,
     path_patch,
+    position_sites,
     target_log_prob,
 )
 from tests.conftest import DATA, hf_random_pair
@@ -54,6 +55,7 @@ def runs(tiny_en):
 def test_patching_own_activation_changes_nothing(tiny_en, runs):
     tokens, clean_logits, _, metric = runs
     sites = layer_sites(tiny_en, "decoder_blocks.{l}.hook_cross_attn_out") + head_sites(tiny_en, "encoder", "attn")[:3]
+    sites += position_sites("decoder_blocks.1.hook_resid_post", tokens.shape[1])[::4]
     values = activation_patch(tiny_en, CLEAN, CLEAN, sites, metric, tokens=tokens, progress=False)
     assert torch.allclose(values, metric(clean_logits).expand(len(sites)), atol=1e-3)
 
