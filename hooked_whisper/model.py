@@ -229,10 +229,12 @@ class HookedWhisper(HookedRootModule):
         """Logits ``[batch, pos, d_vocab]`` of ``tokens`` given ``audio``. Without tokens, the
         decoder reads the prompt plus the model's own greedy transcript."""
         mel = self.to_mel(audio)
-        token_batch = self._tokens_for(mel, tokens)
+        token_batch = self.tokens_for(mel, tokens)
         return self.decode(token_batch, self.encode(mel))
 
-    def _tokens_for(self, mel: torch.Tensor, tokens: TokensInput | None) -> torch.Tensor:
+    def tokens_for(self, mel: torch.Tensor, tokens: TokensInput | None) -> torch.Tensor:
+        """``tokens`` as a checked ``[batch, pos]`` tensor for these mels (one row is broadcast);
+        ``None`` means the prompt plus each clip's greedy transcript."""
         if tokens is None:
             from hooked_whisper.decoding.greedy import greedy_generate
 
@@ -254,19 +256,20 @@ class HookedWhisper(HookedRootModule):
         return tokens
 
     # ------------------------------------------------------------------ hooks
-    def _check_hook_name(self, name: str) -> None:
+    def check_hook_name(self, name: str) -> None:
+        """Raise a ValueError naming the closest valid hooks if ``name`` is not one."""
         if name not in self.hook_dict:
             close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
             hint = f"; closest valid names: {', '.join(close)}" if close else ""
             raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
 
     def _enable_hook_with_name(self, name: str, hook: Callable, dir: Any):  # noqa: A002 (TransformerLens' signature)
-        self._check_hook_name(name)
+        self.check_hook_name(name)
         super()._enable_hook_with_name(name, hook, dir)
 
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:  # noqa: A002
         if isinstance(name, str):
-            self._check_hook_name(name)
+            self.check_hook_name(name)
         super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def run_with_cache(  # type: ignore[override]
@@ -285,9 +288,9 @@ class HookedWhisper(HookedRootModule):
         """
         if isinstance(names_filter, (str, list)):
             for name in [names_filter] if isinstance(names_filter, str) else names_filter:
-                self._check_hook_name(name)
+                self.check_hook_name(name)
         mel = self.to_mel(audio)
-        token_batch = self._tokens_for(mel, tokens)
+        token_batch = self.tokens_for(mel, tokens)
         logits, cache_dict = super().run_with_cache(mel, token_batch, names_filter=names_filter, **kwargs)
         return logits, WhisperActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
 

@@ -89,7 +89,7 @@ def _is_encoder_side(hook: str) -> bool:
 
 
 def _check_site(model: HookedWhisper, site: Site) -> None:
-    model._check_hook_name(site.hook)
+    model.check_hook_name(site.hook)
     _, head_axis = _axes(site.hook)
     if site.head is not None:
         if head_axis is None:
@@ -250,7 +250,7 @@ def _prepare(model: HookedWhisper, target, tokens) -> tuple[torch.Tensor, torch.
     mel = model.to_mel(target)
     if mel.shape[0] != 1:
         raise ValueError("patching takes one target clip at a time (sweeps batch over sites)")
-    return mel, model._tokens_for(mel, tokens)
+    return mel, model.tokens_for(mel, tokens)
 
 
 def _source_cache(model: HookedWhisper, source, tokens: torch.Tensor, hooks: set[str]) -> dict[str, torch.Tensor]:
@@ -356,7 +356,7 @@ def ablate(
         if reference is None:
             raise ValueError("resample ablation needs reference=<another clip>")
         ref_mel = model.to_mel(reference)
-        ref_tokens = model._tokens_for(model.to_mel(target), tokens) if metric is not None else None
+        ref_tokens = model.tokens_for(model.to_mel(target), tokens) if metric is not None else None
         cache = _source_cache(model, ref_mel, ref_tokens, {s.hook for s in sites})
         sources = [cache[s.hook] for s in sites]
     else:
@@ -545,7 +545,7 @@ def attribution_patch(
         hooks = [n for n in model.hook_dict if n.endswith(("attn.hook_z", "hook_mlp_out"))]
     hooks = list(hooks)
     for name in hooks:
-        model._check_hook_name(name)
+        model.check_hook_name(name)
     mel, tokens = _prepare(model, base, tokens)
     source_cache = _source_cache(model, source, tokens, set(hooks))
     live: dict[str, torch.Tensor] = {}

@@ -102,7 +102,7 @@ def extract_activations(
         raise ValueError("no clips given: the dataset is empty")
     hooks = list(hooks)
     for name in hooks:
-        model._check_hook_name(name)
+        model.check_hook_name(name)
     if pooling not in ENCODER_POOLINGS:
         raise ValueError(f"encoder pooling must be one of {ENCODER_POOLINGS}, not {pooling!r}")
     if decoder_pooling not in DECODER_POOLINGS and not isinstance(decoder_pooling, int):
