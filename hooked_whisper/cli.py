@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from pathlib import Path
 
@@ -11,16 +10,7 @@ import torch
 
 from hooked_whisper import HookedWhisper
 from hooked_whisper.lens import logit_lens
-from hooked_whisper.metrics import word_error_rate
-
-
-def reference_transcript(clip: Path) -> str | None:
-    """The transcript of ``clip`` from a ``transcripts.tsv`` beside it, if there is one."""
-    table = clip.parent / "transcripts.tsv"
-    if not table.is_file():
-        return None
-    with open(table) as f:
-        return {row["file"]: row["transcript"] for row in csv.DictReader(f, delimiter="\t")}.get(clip.name)
+from hooked_whisper.metrics import read_transcripts, word_error_rate
 
 
 def summarize_cache(cache) -> list[str]:
@@ -53,7 +43,7 @@ def inspect(args: argparse.Namespace) -> None:
     )
     print(f"clip:       {clip}")
     print(f"transcript: {text.strip()}")
-    reference = reference_transcript(clip)
+    reference = read_transcripts(clip.parent).get(clip.name)
     if reference is not None:
         print(f"reference:  {reference}   (WER {word_error_rate(reference, text):.2f})")
     size = sum(t.numel() * t.element_size() for t in cache.values()) / 2**20

@@ -5,7 +5,19 @@ Numbers are not spelled out, so "10 of clubs" against "ten of clubs" counts one 
 
 from __future__ import annotations
 
+import csv
 import re
+from pathlib import Path
+
+
+def read_transcripts(folder: str | Path) -> dict[str, str]:
+    """Reference transcripts from ``folder/transcripts.tsv`` (columns ``file``, ``transcript``);
+    empty if there is no such table."""
+    table = Path(folder) / "transcripts.tsv"
+    if not table.is_file():
+        return {}
+    with open(table) as f:
+        return {row["file"]: row["transcript"] for row in csv.DictReader(f, delimiter="\t")}
 
 
 def normalize_text(text: str) -> list[str]:

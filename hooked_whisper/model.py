@@ -229,17 +229,21 @@ class HookedWhisper(HookedRootModule):
         """Logits ``[batch, pos, d_vocab]`` of ``tokens`` given ``audio``. Without tokens, the
         decoder reads the prompt plus the model's own greedy transcript."""
         mel = self.to_mel(audio)
-        token_batch = self.tokens_for(mel, tokens)
-        return self.decode(token_batch, self.encode(mel))
+        encoder_out = self.encode(mel)
+        return self.decode(self.tokens_for(mel, tokens, encoder_out), encoder_out)
 
-    def tokens_for(self, mel: torch.Tensor, tokens: TokensInput | None) -> torch.Tensor:
+    def tokens_for(
+        self, mel: torch.Tensor, tokens: TokensInput | None, encoder_out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``tokens`` as a checked ``[batch, pos]`` tensor for these mels (one row is broadcast);
-        ``None`` means the prompt plus each clip's greedy transcript."""
+        ``None`` means the prompt plus each clip's greedy transcript (decoded from
+        ``encoder_out`` when it is already computed)."""
         if tokens is None:
             from hooked_whisper.decoding.greedy import greedy_generate
 
             with torch.no_grad():
-                return greedy_generate(self, self.encode(mel), include_eot=False).tokens
+                encoder_out = self.encode(mel) if encoder_out is None else encoder_out
+                return greedy_generate(self, encoder_out, include_eot=False).tokens
         if isinstance(tokens, str):
             tokens = self.to_tokens(tokens)
         tokens = torch.as_tensor(tokens, device=self.device)
@@ -289,9 +293,9 @@ class HookedWhisper(HookedRootModule):
         if isinstance(names_filter, (str, list)):
             for name in [names_filter] if isinstance(names_filter, str) else names_filter:
                 self.check_hook_name(name)
-        mel = self.to_mel(audio)
-        token_batch = self.tokens_for(mel, tokens)
-        logits, cache_dict = super().run_with_cache(mel, token_batch, names_filter=names_filter, **kwargs)
+        # forward() encodes once and, without tokens, decodes greedily from that same encoder
+        # output; the teacher-forced pass runs last, so the cache holds its activations.
+        logits, cache_dict = super().run_with_cache(self.to_mel(audio), tokens, names_filter=names_filter, **kwargs)
         return logits, WhisperActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
 
     # ------------------------------------------------------------------ transcription

@@ -146,10 +146,12 @@ def patch_hooks(
         by_hook.setdefault(site.hook, []).append(i)
 
     def make(indices: list[int]) -> Callable:
-        def hook_fn(x: torch.Tensor, hook) -> torch.Tensor:
+        def hook_fn(x: torch.Tensor, hook) -> torch.Tensor | None:
+            regions = [(i, _region(model, sites[i], x, rows[i])) for i in indices]
+            if all(region is None for _, region in regions):
+                return None  # nothing to patch at this step (e.g. a later generation position)
             x = x.clone()
-            for i in indices:
-                region = _region(model, sites[i], x, rows[i])
+            for i, region in regions:
                 if region is None:
                     continue
                 here, there = region
@@ -345,6 +347,7 @@ def ablate(
     sites = [Site(sites)] if isinstance(sites, str) else [sites] if isinstance(sites, Site) else list(sites)
     for site in sites:
         _check_site(model, site)
+    mel, target_tokens = _prepare(model, target, tokens) if metric is not None else (None, None)
     if kind == "zero":
         sources: list = [0.0] * len(sites)
     elif kind == "mean":
@@ -355,16 +358,14 @@ def ablate(
     elif kind == "resample":
         if reference is None:
             raise ValueError("resample ablation needs reference=<another clip>")
-        ref_mel = model.to_mel(reference)
-        ref_tokens = model.tokens_for(model.to_mel(target), tokens) if metric is not None else None
-        cache = _source_cache(model, ref_mel, ref_tokens, {s.hook for s in sites})
+        # With a metric the reference reads the target's tokens; for generation, its own transcript.
+        cache = _source_cache(model, reference, target_tokens, {s.hook for s in sites})
         sources = [cache[s.hook] for s in sites]
     else:
         raise ValueError(f"kind must be 'zero', 'mean' or 'resample', not {kind!r}")
     if metric is None:
         return patch_hooks(model, sites, sources)
-    mel, tokens = _prepare(model, target, tokens)
-    return _sweep(model, mel, tokens, sites, sources, metric, 1.0, batch_size, progress)
+    return _sweep(model, mel, target_tokens, sites, sources, metric, 1.0, batch_size, progress)
 
 
 # ---------------------------------------------------------------------------------------- paths
@@ -467,12 +468,11 @@ def path_patch(
         )
     mel, tokens = _prepare(model, base, tokens)
     n_enc = model.cfg.n_encoder_layers
-    needed = {sender.hook, f"encoder_blocks.{n_enc - 1}.hook_resid_post"}
+    needed = {sender.hook, f"encoder_blocks.{n_enc - 1}.hook_resid_post", "hook_encoder_out"}
     base_cache = _source_cache(model, mel, tokens, needed)
     source_cache = _source_cache(model, source, tokens, {sender.hook})
     delta = _sender_delta(model, sender, base_cache, source_cache)
-    with torch.no_grad():
-        encoder_out = model.encode(mel)
+    encoder_out = base_cache["hook_encoder_out"]  # the base run already computed it
     values = []
     groups = [receivers] if jointly else [receivers[i : i + batch_size] for i in range(0, len(receivers), batch_size)]
     for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, unit="batch"):

@@ -3,7 +3,6 @@ to Hugging Face format, and the speech clips in tests/data."""
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from hooked_whisper import HookedWhisper, HookedWhisperConfig
+from hooked_whisper.metrics import read_transcripts as read_transcripts_in
 from weights_conversion import convert_state_dict, save_hf_folder
 
 DATA = Path(__file__).parent / "data"
@@ -25,8 +25,7 @@ def pytest_configure(config):
 
 
 def read_transcripts() -> dict[str, str]:
-    with open(DATA / "transcripts.tsv") as f:
-        return {row["file"]: row["transcript"] for row in csv.DictReader(f, delimiter="\t")}
+    return read_transcripts_in(DATA)
 
 
 CLIPS = sorted(read_transcripts())

@@ -19,7 +19,6 @@ command:
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 from pathlib import Path
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from hooked_whisper import HookedWhisper, load_audio
 from hooked_whisper.decoding.greedy import greedy_generate
 from hooked_whisper.decoding.repetition import trailing_repeat
-from hooked_whisper.metrics import word_error_rate
+from hooked_whisper.metrics import read_transcripts, word_error_rate
 from hooked_whisper.patching import Site, patch_hooks
 from hooked_whisper.plots import _pyplot
 
@@ -70,8 +69,7 @@ def looped(results) -> list[bool]:
 def study(name: str, max_inputs: int) -> dict:
     model = HookedWhisper.from_pretrained(name)
     language = "en" if model.cfg.is_multilingual else None
-    with open(DATA / "transcripts.tsv") as f:
-        references = {row["file"]: row["transcript"] for row in csv.DictReader(f, delimiter="\t")}
+    references = read_transcripts(DATA)
     clips = sorted(references)
     with torch.no_grad():
         clip_enc = model.encode(model.to_mel([DATA / c for c in clips]))

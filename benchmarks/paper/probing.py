@@ -29,6 +29,7 @@ import torch
 
 from hooked_whisper import HookedWhisper, load_audio
 from hooked_whisper.lens import encoder_lens
+from hooked_whisper.metrics import read_transcripts
 from hooked_whisper.plots import plot_encoder_lens, plot_probes
 from hooked_whisper.probing import extract_activations, train_probes
 
@@ -52,10 +53,6 @@ SENTENCES = [
 # accent is Received Pronunciation, which honours them; synthesize() checks this for every voice.
 ACCENTS = {"American": "en-us", "British": "en-gb-x-rp", "Scottish": "en-gb-scotland", "Caribbean": "en-029"}
 VOICES = {"m1": "male", "m3": "male", "f1": "female", "f3": "female"}
-LIBRIVOX_0870 = (
-    "and mister john dashwood had then leisure to consider how much there might be prudently "
-    "in his power to do for them"
-)
 PAPER = {  # large-v3, as secondary sources report the paper
     "gender": "94.6% (encoder layer 25)",
     "accent": "97.0% (layer 22)",
@@ -154,7 +151,9 @@ def main() -> None:
                 out / f"probing_decoder_{name}.png",
                 title=f"{name}: decoder probe",
             )
-            lens_rows = encoder_lens(model, DATA / "librivox_0870.wav", reference=LIBRIVOX_0870)
+            lens_rows = encoder_lens(
+                model, DATA / "librivox_0870.wav", reference=read_transcripts(DATA)["librivox_0870.wav"]
+            )
             plot_encoder_lens(lens_rows, out / f"encoder_lens_{name}.png", title=f"{name}: encoder lens, librivox_0870")
             summary["models"][name] = {
                 "probes": {
