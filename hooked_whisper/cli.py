@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -55,11 +56,35 @@ def inspect(args: argparse.Namespace) -> None:
     print("  saturation layer per position: " + " ".join(str(int(s)) for s in lens.saturation_layer[0]))
 
 
+def format_time(seconds: float) -> str:
+    minutes, seconds = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{seconds:05.2f}"
+
+
 def transcribe(args: argparse.Namespace) -> None:
     model = HookedWhisper.from_pretrained(args.model)
+    results = []
     for f in args.files:
-        result = model.transcribe(Path(f), language=args.language)
-        print(f"{f}\t{result.text}")
+        result = model.transcribe(
+            Path(f),
+            language=args.language,
+            task=args.task,
+            timestamps=args.timestamps or args.word_timestamps,
+            word_timestamps=args.word_timestamps,
+            beam_size=args.beam_size,
+        )
+        if args.json:
+            results.append({"file": f, **result.to_dict()})
+        elif args.timestamps or args.word_timestamps:
+            print(f"{f} ({result.language})")
+            for seg in result.segments:
+                print(f"[{format_time(seg.start)} --> {format_time(seg.end)}]{seg.text}")
+                for w in seg.words or []:
+                    print(f"    {format_time(w.start)} {format_time(w.end)} {w.probability:.2f}{w.word}")
+        else:
+            print(f"{f}\t{result.text.strip()}")
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2, ensure_ascii=False))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,10 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("clip")
     p.add_argument("--model", default="tiny.en", help="bundled name, Hub repo id or checkpoint path")
     p.set_defaults(run=inspect)
-    p = sub.add_parser("transcribe", help="greedy transcription of audio files")
+    p = sub.add_parser("transcribe", help="transcribe audio files of any length")
     p.add_argument("files", nargs="+")
     p.add_argument("--model", default="tiny.en")
-    p.add_argument("--language", default=None)
+    p.add_argument("--language", default=None, help="language code (default: detected)")
+    p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    p.add_argument("--timestamps", action="store_true", help="print segments with their times")
+    p.add_argument("--word-timestamps", action="store_true", help="also time each word (alignment heads + DTW)")
+    p.add_argument("--beam-size", type=int, default=None, help="beam search instead of greedy decoding")
+    p.add_argument("--json", action="store_true", help="print the full result (segments, words, windows) as JSON")
     p.set_defaults(run=transcribe)
     args = parser.parse_args(argv)
     args.run(args)

@@ -84,7 +84,7 @@ def encoder_lens(
     final encoder output. Early layers often make the decoder loop: generation stops once a
     loop is detected (or at ``max_new_tokens``), and each row says whether it looped.
     """
-    from hooked_whisper.decoding.greedy import greedy_generate
+    from hooked_whisper.decoding.search import DecodingOptions, decode_window
 
     n_layers = model.cfg.n_encoder_layers
     layers = list(range(n_layers)) if layers is None else layers
@@ -105,13 +105,12 @@ def encoder_lens(
     with torch.no_grad(), model.hooks(fwd_hooks=[(is_encoder_resid_post, keep)]):
         final_out = model.encode(mel)
     with torch.no_grad():
-        final = greedy_generate(model, final_out, max_new_tokens=max_new_tokens).transcripts(model)[0]
+        final = decode_window(model, final_out, DecodingOptions(max_new_tokens=max_new_tokens))[0]
         rows = []
         for layer in layers:
             encoder_out = model.encoder_ln_final(states[layer]) if apply_ln else states[layer]
-            out = greedy_generate(
-                model, encoder_out, language=final.language, max_new_tokens=max_new_tokens, stop_on_loop=True
-            ).transcripts(model)[0]
+            options = DecodingOptions(language=final.language, max_new_tokens=max_new_tokens, stop_on_loop=True)
+            out = decode_window(model, encoder_out, options)[0]
             rows.append(
                 EncoderLensRow(
                     layer,

@@ -48,10 +48,17 @@ class DecoderCache:
         first = self.self_kv[0]
         return 0 if first is None else first[0].shape[1]
 
-    def select(self, index: torch.Tensor) -> None:
-        """Keep only batch rows ``index`` (in that order), e.g. for beam search reordering."""
-        self.cross_kv = [(k[index], v[index]) for k, v in self.cross_kv]
+    def select(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Keep only batch rows ``index`` (in that order). Beam search passes ``cross=False``:
+        it only reorders rows of the same clip, whose cross-attention K/V are identical."""
+        if cross:
+            self.cross_kv = [(k[index], v[index]) for k, v in self.cross_kv]
         self.self_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv]
+
+    def repeat_interleave(self, n: int) -> None:
+        """Give every clip ``n`` rows (beam search, best-of-n sampling)."""
+        self.cross_kv = [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in self.cross_kv]
+        self.self_kv = [None if kv is None else tuple(x.repeat_interleave(n, dim=0) for x in kv) for kv in self.self_kv]
 
 
 class HookedWhisper(HookedRootModule):
@@ -156,39 +163,46 @@ class HookedWhisper(HookedRootModule):
         return ids
 
     # ------------------------------------------------------------------ audio in
-    def to_mel(self, audio: AudioInput, sample_rate: int = SAMPLE_RATE) -> Float[torch.Tensor, "batch n_mels frames"]:
+    def to_mel(
+        self, audio: AudioInput, sample_rate: int = SAMPLE_RATE, allow_long: bool = False
+    ) -> Float[torch.Tensor, "batch n_mels frames"]:
         """Log-mel features ``[batch, n_mels, 3000]`` of one 30 s window per clip.
 
         ``audio`` is a path, a list of paths or waveforms, a waveform ``[samples]``, a batch
         ``[batch, samples]`` (zero-padded to equal length), or a ready mel ``[batch, n_mels, 3000]``.
         Waveforms are taken to be at ``sample_rate`` (16 kHz unless told) and zero-padded to 30 s
-        in the audio domain; longer clips are refused, never cut.
+        in the audio domain. Longer clips are refused (``transcribe`` takes any length), unless
+        ``allow_long`` asks for their first 30 s.
         """
         if isinstance(audio, torch.Tensor) and tuple(audio.shape[-2:]) == (self.cfg.n_mels, self.cfg.n_frames):
             mel = audio if audio.ndim == 3 else audio.unsqueeze(0)
             return mel.to(self.device, self.dtype)
+        waveforms = self._waveforms(audio, sample_rate)
+        for i, w in enumerate(waveforms):
+            if w.shape[-1] > N_SAMPLES and not allow_long:
+                raise ValueError(
+                    f"clip {i} lasts {w.shape[-1] / SAMPLE_RATE:.2f} s, over the 30 s window one "
+                    "forward pass sees; use model.transcribe() for long audio, or cut it into 30 s "
+                    "pieces (nothing is truncated silently)"
+                )
+        batch = torch.stack([pad_or_trim(w) for w in waveforms]).to(self.device)
+        return log_mel_spectrogram(batch, self.cfg.n_mels).to(self.dtype)
+
+    def _waveforms(self, audio: AudioInput, sample_rate: int) -> list[torch.Tensor]:
+        """Each clip as a checked 16 kHz mono waveform."""
         if isinstance(audio, (str, Path)):
-            waveforms = [load_audio(audio)]
-        elif isinstance(audio, (np.ndarray, torch.Tensor)):
+            return [load_audio(audio)]
+        if isinstance(audio, (np.ndarray, torch.Tensor)):
             audio = torch.as_tensor(audio)
             if audio.ndim not in (1, 2):
                 raise ValueError(
                     f"expected a waveform [samples], a batch [batch, samples] or a mel "
                     f"[batch, {self.cfg.n_mels}, {self.cfg.n_frames}]; got shape {tuple(audio.shape)}"
                 )
-            waveforms = [load_audio(w, sample_rate) for w in (audio if audio.ndim == 2 else [audio])]
-        elif isinstance(audio, Sequence) and len(audio) > 0:
-            waveforms = [load_audio(a) if isinstance(a, (str, Path)) else load_audio(a, sample_rate) for a in audio]
-        else:
-            raise TypeError(f"cannot read audio from {type(audio).__name__}")
-        for i, w in enumerate(waveforms):
-            if w.shape[-1] > N_SAMPLES:
-                raise ValueError(
-                    f"clip {i} lasts {w.shape[-1] / SAMPLE_RATE:.2f} s, over the 30 s window one "
-                    "forward pass sees; cut it into 30 s pieces (nothing is truncated silently)"
-                )
-        batch = torch.stack([pad_or_trim(w) for w in waveforms]).to(self.device)
-        return log_mel_spectrogram(batch, self.cfg.n_mels).to(self.dtype)
+            return [load_audio(w, sample_rate) for w in (audio if audio.ndim == 2 else [audio])]
+        if isinstance(audio, Sequence) and len(audio) > 0:
+            return [load_audio(a) if isinstance(a, (str, Path)) else load_audio(a, sample_rate) for a in audio]
+        raise TypeError(f"cannot read audio from {type(audio).__name__}")
 
     # ------------------------------------------------------------------ the forward pass
     def encode(self, audio: AudioInput) -> Float[torch.Tensor, "batch audio_pos d_model"]:
@@ -239,11 +253,12 @@ class HookedWhisper(HookedRootModule):
         ``None`` means the prompt plus each clip's greedy transcript (decoded from
         ``encoder_out`` when it is already computed)."""
         if tokens is None:
-            from hooked_whisper.decoding.greedy import greedy_generate
+            from hooked_whisper.decoding.search import DecodingOptions, decode_window, padded_tokens
 
             with torch.no_grad():
                 encoder_out = self.encode(mel) if encoder_out is None else encoder_out
-                return greedy_generate(self, encoder_out, include_eot=False).tokens
+                results = decode_window(self, encoder_out, DecodingOptions())
+                return padded_tokens(results, self.special.eot, include_eot=False).to(self.device)
         if isinstance(tokens, str):
             tokens = self.to_tokens(tokens)
         tokens = torch.as_tensor(tokens, device=self.device)
@@ -298,37 +313,122 @@ class HookedWhisper(HookedRootModule):
         logits, cache_dict = super().run_with_cache(self.to_mel(audio), tokens, names_filter=names_filter, **kwargs)
         return logits, WhisperActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
 
-    # ------------------------------------------------------------------ transcription
+    # ------------------------------------------------------------------ generation and transcription
+    @torch.no_grad()
+    def generate(
+        self,
+        audio: AudioInput,
+        language: str | None = None,
+        task: str = "transcribe",
+        timestamps: bool = False,
+        *,
+        beam_size: int | None = None,
+        patience: float | None = None,
+        temperature: float = 0.0,
+        best_of: int | None = None,
+        length_penalty: float | None = None,
+        prompt: str | list[int] | None = None,
+        prefix: str | list[int] | None = None,
+        max_new_tokens: int | None = None,
+        stop_on_loop: bool | Callable[[list[int]], bool] = False,
+        seed: int | None = None,
+        fwd_hooks: list | None = None,
+    ) -> Int[torch.Tensor, "batch pos"]:
+        """Decode one 30 s window per clip; returns prompt + generated tokens ``[batch, pos]``,
+        each row ending with end-of-text and padded with it, ready for ``run_with_cache``.
+
+        Greedy by default (token for token what Hugging Face ``generate`` writes, with or without
+        ``timestamps``); ``beam_size`` runs openai-whisper's beam search, ``temperature > 0``
+        samples (``best_of`` samples, the most likely kept; ``seed`` makes it repeatable).
+        ``fwd_hooks`` apply at every step; the language is detected per clip when not given.
+        """
+        from hooked_whisper.decoding.search import DecodingOptions, decode_window, padded_tokens
+
+        options = DecodingOptions(
+            language=language,
+            task=task,
+            timestamps=timestamps,
+            temperature=temperature,
+            beam_size=beam_size,
+            patience=patience,
+            best_of=best_of,
+            length_penalty=length_penalty,
+            max_new_tokens=max_new_tokens,
+            prompt=prompt,
+            prefix=prefix,
+            stop_on_loop=stop_on_loop,
+        )
+        options.check(self)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        mel = self.to_mel(audio)
+        with self.hooks(fwd_hooks=fwd_hooks or []):
+            results = decode_window(self, self.encode(mel), options, generator)
+        return padded_tokens(results, self.special.eot).to(self.device)
+
+    @torch.no_grad()
+    def detect_language(self, audio: AudioInput) -> dict[str, float] | list[dict[str, float]]:
+        """P(language) for each clip (from its first 30 s), most likely first."""
+        from hooked_whisper.decoding.search import language_probs
+
+        mel = self.to_mel(audio, allow_long=True)
+        probs = language_probs(self, self.new_decoder_cache(self.encode(mel)))
+        ranked = [dict(sorted(p.items(), key=lambda kv: -kv[1])) for p in probs]
+        return ranked[0] if _is_single_clip(audio, (self.cfg.n_mels, self.cfg.n_frames)) else ranked
+
     @torch.no_grad()
     def transcribe(
         self,
         audio: AudioInput,
         language: str | None = None,
         task: str = "transcribe",
-        max_new_tokens: int | None = None,
-        stop_on_loop: bool | Callable[[list[int]], bool] = False,
+        *,
+        timestamps: bool = True,
+        word_timestamps: bool = False,
         fwd_hooks: list | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        **options: Any,
     ):
-        """Greedy short-form transcription, token for token what Hugging Face ``generate`` writes.
+        """Transcribe audio of any length, as openai-whisper's ``transcribe`` does: 30 s
+        windows in sequence, temperature fallback, no-speech skipping, previous text as prompt.
 
-        Returns a ``Transcript`` (``.text``, ``.tokens``, ``.language``) for one clip, a list for a
-        batch. ``fwd_hooks`` apply at every step (as ``with model.hooks(...)`` does);
-        ``stop_on_loop`` ends generation once the tokens repeat (``decoding.repetition.is_looping``).
+        Returns a ``Transcript`` (``.text``, ``.tokens``, ``.segments``, ``.language``) for one
+        clip, a list for several. ``fwd_hooks`` apply to every forward pass (as
+        ``with model.hooks(...)`` does). Other options (``temperature``, ``beam_size``,
+        ``best_of``, ``compression_ratio_threshold``, ``logprob_threshold``,
+        ``no_speech_threshold``, ``condition_on_previous_text``, ``initial_prompt``,
+        ``max_new_tokens``, ``stop_on_loop``, ``seed``, ``progress``) are those of
+        ``hooked_whisper.decoding.transcribe``.
         """
-        from hooked_whisper.decoding.greedy import greedy_generate
+        from hooked_whisper.decoding.transcribe import transcribe
 
-        mel = self.to_mel(audio)
+        mels = self._long_form_mels(audio, sample_rate)
         with self.hooks(fwd_hooks=fwd_hooks or []):
-            out = greedy_generate(
-                self,
-                self.encode(mel),
-                language=language,
-                task=task,
-                max_new_tokens=max_new_tokens,
-                stop_on_loop=stop_on_loop,
-            )
-        results = out.transcripts(self)
+            results = [
+                transcribe(
+                    self,
+                    mel,
+                    language=language,
+                    task=task,
+                    timestamps=timestamps,
+                    word_timestamps=word_timestamps,
+                    **options,
+                )
+                for mel in mels
+            ]
         return results[0] if _is_single_clip(audio, (self.cfg.n_mels, self.cfg.n_frames)) else results
+
+    def _long_form_mels(self, audio: AudioInput, sample_rate: int) -> list[torch.Tensor]:
+        """Per clip, the log-mel of the whole waveform followed by 30 s of silence (openai's
+        long-form features); a ready 30 s mel gets 3000 zero frames appended instead."""
+        if isinstance(audio, torch.Tensor) and tuple(audio.shape[-2:]) == (self.cfg.n_mels, self.cfg.n_frames):
+            mel = audio if audio.ndim == 3 else audio.unsqueeze(0)
+            return [torch.nn.functional.pad(m.to(self.device, self.dtype), (0, self.cfg.n_frames)) for m in mel]
+        return [
+            log_mel_spectrogram(torch.nn.functional.pad(w.to(self.device), (0, N_SAMPLES)), self.cfg.n_mels).to(
+                self.dtype
+            )
+            for w in self._waveforms(audio, sample_rate)
+        ]
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -77,16 +77,48 @@ def hf_export(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def hf_reference(hf_export):
-    """The Hugging Face model (eager attention) loaded from a HookedWhisper's export."""
+    """The Hugging Face model loaded from a HookedWhisper's export: eager attention (whose
+    attention weights parity tests read) unless ``attn="sdpa"`` (faster, for generate)."""
+    models: dict[tuple[str, str], torch.nn.Module] = {}
+
+    def load(model: HookedWhisper, name: str, attn: str = "eager"):
+        from transformers import WhisperForConditionalGeneration
+
+        if (name, attn) not in models:
+            models[name, attn] = WhisperForConditionalGeneration.from_pretrained(
+                hf_export(model, name), attn_implementation=attn
+            ).eval()
+        return models[name, attn]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def openai_reference(tmp_path_factory):
+    """openai-whisper's model loaded from a HookedWhisper's ``.pt`` export, told the same
+    alignment heads (a bare ``.pt`` does not carry them)."""
     models: dict[str, torch.nn.Module] = {}
 
     def load(model: HookedWhisper, name: str):
-        from transformers import WhisperForConditionalGeneration
+        whisper = pytest.importorskip("whisper")
+        from weights_conversion import save_openai_checkpoint
 
         if name not in models:
-            models[name] = WhisperForConditionalGeneration.from_pretrained(
-                hf_export(model, name), attn_implementation="eager"
-            ).eval()
+            path = save_openai_checkpoint(model, tmp_path_factory.mktemp("openai") / f"{name}.pt")
+            ref = whisper.load_model(str(path), device="cpu")
+            heads = torch.zeros(model.cfg.n_decoder_layers, model.cfg.n_heads, dtype=torch.bool)
+            for layer, head in model.generation_config.alignment_heads:
+                heads[layer, head] = True
+            ref.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
+            models[name] = ref
         return models[name]
 
     return load
+
+
+def long_clip(gap_seconds: float = 1.5) -> torch.Tensor:
+    """Every test clip in turn with silence between them: about 41 s of real speech and pauses."""
+    from hooked_whisper import load_audio
+
+    gap = torch.zeros(int(gap_seconds * 16000))
+    return torch.cat([part for clip in CLIPS for part in (load_audio(DATA / clip), gap)])

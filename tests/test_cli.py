@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -31,3 +32,19 @@ def test_inspect_missing_file_is_a_clear_error(tmp_path):
         text=True,
     )
     assert done.returncode != 0 and "no audio file at" in done.stderr
+
+
+def test_transcribe_json_with_word_timestamps(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "hooked_whisper.cli", "transcribe", str(DATA / "librivox_0880.wav"), "--word-timestamps"]
+        + ["--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["text"].strip().startswith("He was not an")
+    words = [w for seg in result["segments"] for w in seg["words"]]
+    assert [w["word"].strip() for w in words][:3] == ["He", "was", "not"]
+    assert all(0 <= w["start"] <= w["end"] <= 30 for w in words)
+    assert result["windows"][0]["skipped"] is False

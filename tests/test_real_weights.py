@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from hooked_whisper import load_audio
-from hooked_whisper.metrics import word_error_rate
-from tests.conftest import CLIPS, DATA, read_transcripts
+from tests.conftest import CLIPS, DATA
 
 MODELS = ["tiny.en", "base"]
 
@@ -44,35 +43,6 @@ def test_mel_matches_hf_feature_extractor(pair):
     assert (model.to_mel(audio) - ref.input_features).abs().max() < 1e-5
 
 
-def test_greedy_transcripts_token_identical_to_hf_generate(pair):
-    name, model, hf = pair
-    references = read_transcripts()
-    errors = []
-    for clip in CLIPS:
-        mel = model.to_mel(DATA / clip)
-        ours = model.transcribe(DATA / clip)
-        kwargs = {"task": "transcribe"} if model.cfg.is_multilingual else {}  # language left to detection
-        with torch.no_grad():
-            ref = hf.generate(mel, **kwargs)[0].tolist()
-        ref = [t for t in ref if t < model.special.eot or t >= model.special.timestamp_begin]
-        assert ours.tokens == ref, f"{clip}: {ours.tokens} != {ref}"
-        errors.append(word_error_rate(references[clip], ours.text))
-        print(f"\n{name} {clip}: {ours.text!r} WER {errors[-1]:.2f}", end="")
-    wer = sum(errors) / len(errors)
-    print(f"\n{name}: mean WER over {len(errors)} clips = {wer:.3f}")
-    assert wer < 0.5
-
-
-def test_batched_transcription_equals_one_by_one(tiny_en):
-    clips = [DATA / c for c in CLIPS[:4]]
-    batched = tiny_en.transcribe(clips)
-    assert [r.tokens for r in batched] == [tiny_en.transcribe(c).tokens for c in clips]
-
-
-def test_language_detection_base(base):
-    assert base.transcribe(DATA / "goforward.wav").language == "en"
-
-
 def test_ctranslate2_runtime_agrees(tiny_en):
     """The CTranslate2 engine reads the same folder with its own code: encoder output and greedy
     tokens must agree with ours (a check of our model.bin reader independent of our exporter)."""
@@ -90,4 +60,5 @@ def test_ctranslate2_runtime_agrees(tiny_en):
     print(f"\nencoder output vs CTranslate2: max |difference| = {(enc - ours).abs().max():.2e}")
     assert (enc - ours).abs().max() < 5e-3
     result = engine.generate(features, [tiny_en.prompt()], beam_size=1, suppress_blank=True)
-    assert result[0].sequences_ids[0] == tiny_en.transcribe(mel)[0].tokens
+    generated = tiny_en.generate(mel)[0, len(tiny_en.prompt()) : -1].tolist()
+    assert result[0].sequences_ids[0] == generated

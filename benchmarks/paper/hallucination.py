@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_whisper import HookedWhisper, load_audio
-from hooked_whisper.decoding.greedy import greedy_generate
 from hooked_whisper.decoding.repetition import trailing_repeat
+from hooked_whisper.decoding.search import DecodingOptions, decode_window
 from hooked_whisper.metrics import read_transcripts, word_error_rate
 from hooked_whisper.patching import Site, patch_hooks
 from hooked_whisper.plots import _pyplot
@@ -58,8 +58,8 @@ def candidates() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
 
 def transcribe(model, encoder_out, hooks, language):
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        out = greedy_generate(model, encoder_out, language=language, max_new_tokens=MAX_NEW_TOKENS, stop_on_loop=loops)
-    return out.transcripts(model)
+        options = DecodingOptions(language=language, max_new_tokens=MAX_NEW_TOKENS, stop_on_loop=loops)
+        return decode_window(model, encoder_out, options)
 
 
 def looped(results) -> list[bool]:

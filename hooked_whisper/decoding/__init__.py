@@ -1,6 +1,20 @@
-"""Decoding: greedy short-form transcription with a KV cache that hooks can steer."""
+"""Decoding: one-window search (greedy, sampling, beam), long-form transcription, word timing."""
 
 from hooked_whisper.decoding.generation_config import GenerationConfig
-from hooked_whisper.decoding.greedy import Transcript, detect_language, greedy_generate
+from hooked_whisper.decoding.search import DecodingOptions, WindowResult, decode_window, detect_language
+from hooked_whisper.decoding.timing import WordAlignment, word_alignment
+from hooked_whisper.decoding.transcribe import Segment, Transcript, Word, transcribe
 
-__all__ = ["GenerationConfig", "Transcript", "detect_language", "greedy_generate"]
+__all__ = [
+    "DecodingOptions",
+    "GenerationConfig",
+    "Segment",
+    "Transcript",
+    "WindowResult",
+    "Word",
+    "WordAlignment",
+    "decode_window",
+    "detect_language",
+    "transcribe",
+    "word_alignment",
+]
