@@ -46,8 +46,7 @@ def bench_model(name: str, batches: list[int], repeats: int) -> list[dict]:
         }
     rows = []
     with torch.inference_mode():
-        transcript = model.transcribe(CLIP)
-        tokens_one = torch.tensor([transcript.prompt + transcript.tokens])
+        tokens_one = model.generate(CLIP)[:, :-1]  # prompt + transcript
         for batch in batches:
             mel = model.to_mel(CLIP).expand(batch, -1, -1).contiguous()
             tokens = tokens_one.expand(batch, -1)

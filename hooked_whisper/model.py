@@ -25,7 +25,7 @@ from transformer_lens.hook_points import HookPoint
 from hooked_whisper.audio import N_SAMPLES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
 from hooked_whisper.cache import WhisperActivationCache
 from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
-from hooked_whisper.components.attention import KeyValue
+from hooked_whisper.components.attention import KeyValue, derived
 from hooked_whisper.config import HookedWhisperConfig
 from hooked_whisper.decoding.generation_config import GenerationConfig
 from hooked_whisper.tokenizer import WhisperTokenizer
@@ -237,7 +237,8 @@ class HookedWhisper(HookedRootModule):
         resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens, self.decode_offset))
         for i, block in enumerate(self.decoder_blocks):
             resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i])
-        return nn.functional.linear(self.decoder_ln_final(resid), self.embed.W_E)
+        # x @ W_E.T is twice as fast with W_E.T laid out contiguously (kept as a derived copy).
+        return self.decoder_ln_final(resid) @ derived(self.embed.W_E, transposed)
 
     def forward(self, audio: AudioInput, tokens: TokensInput | None = None) -> Float[torch.Tensor, "batch pos d_vocab"]:
         """Logits ``[batch, pos, d_vocab]`` of ``tokens`` given ``audio``. Without tokens, the
@@ -453,6 +454,10 @@ class HookedWhisper(HookedRootModule):
         model.load_state_dict(ckpt.state_dict, assign=True, strict=True)
         model.name_or_path = str(name_or_path)
         return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+
+
+def transposed(x: torch.Tensor) -> torch.Tensor:
+    return x.T.contiguous()
 
 
 def _is_single_clip(audio: AudioInput, mel_shape: tuple[int, int]) -> bool:

@@ -207,3 +207,19 @@ def test_half_precision_runs_and_stays_close(tiny_en):
     assert logits.dtype == torch.bfloat16 and cache["hook_encoder_out"].dtype == torch.bfloat16
     assert (logits.float().argmax(-1) == ref.argmax(-1)).float().mean() > 0.7
     assert (logits.float() - ref).abs().mean() < 0.5
+
+
+def test_weight_edits_reach_the_fast_paths(tiny_en):
+    """The fused per-head and transposed unembedding copies follow in-place weight edits."""
+    tokens = tiny_en.to_tokens(" He was not")
+    with torch.no_grad():
+        enc = tiny_en.encode(CLIP)
+        before = tiny_en.decode(tokens, enc)
+        saved = tiny_en.decoder_blocks[0].attn.W_Q.clone(), tiny_en.embed.W_E.clone()
+        tiny_en.decoder_blocks[0].attn.W_Q.mul_(2)
+        tiny_en.embed.W_E[:, :10].zero_()
+        edited = tiny_en.decode(tokens, enc)
+        tiny_en.decoder_blocks[0].attn.W_Q.copy_(saved[0])
+        tiny_en.embed.W_E.copy_(saved[1])
+        restored = tiny_en.decode(tokens, enc)
+    assert (edited - before).abs().max() > 1e-2 and torch.equal(restored, before)

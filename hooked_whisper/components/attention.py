@@ -3,6 +3,9 @@ decoder cross-attention. Weights are stored per head, as in TransformerLens."""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -15,6 +18,35 @@ from hooked_whisper.config import HookedWhisperConfig
 KeyValue = tuple[torch.Tensor, torch.Tensor]  # (k, v), each [batch, key_pos, head, d_head]
 
 
+def derived(source: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``make(source)``, remembered until ``source`` is replaced or edited in place.
+
+    Per-head weights are the parameters; the layouts the fast kernels want (all heads side by
+    side, the unembedding transposed) are derived copies, kept so that generation does not
+    rebuild them at every step. Autograd needs the live computation, so it bypasses the cache.
+    """
+    if torch.is_grad_enabled() and source.requires_grad:
+        return make(source)
+    key, state = id(source), (source.data_ptr(), source._version)
+    entry = _DERIVED.get(key)
+    if entry is None or entry[0]() is not source or entry[1] != state:
+        # The weak reference drops the copies when the source tensor is freed.
+        entry = (weakref.ref(source, lambda _: _DERIVED.pop(key, None)), state, {})
+        _DERIVED[key] = entry
+    made = entry[2]
+    if make not in made:
+        made[make] = make(source.detach())
+    return made[make]
+
+
+_DERIVED: dict[int, tuple] = {}  # id(source) -> (weak ref, (data_ptr, version), {make: copy})
+
+
+def heads_side_by_side(W: Float[torch.Tensor, "head d_model d_head"]) -> Float[torch.Tensor, "d_model head_x_d_head"]:
+    n_heads, d_model, d_head = W.shape
+    return W.permute(1, 0, 2).reshape(d_model, n_heads * d_head)
+
+
 def project(
     x: Float[torch.Tensor, "batch pos d_model"] | Float[torch.Tensor, "batch pos head d_model"],
     W: Float[torch.Tensor, "head d_model d_head"],
@@ -24,8 +56,7 @@ def project(
     if x.ndim == 4:
         out = torch.einsum("bphd,hdk->bphk", x, W)
     else:
-        n_heads, d_model, d_head = W.shape
-        out = (x @ W.permute(1, 0, 2).reshape(d_model, n_heads * d_head)).unflatten(-1, (n_heads, d_head))
+        out = (x @ derived(W, heads_side_by_side)).unflatten(-1, W.shape[::2])
     return out if b is None else out + b
 
 
