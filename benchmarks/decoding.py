@@ -64,9 +64,7 @@ def engines(model: HookedWhisper, name: str, tmp: Path) -> dict:
     out = {
         "hooked": lambda mel: model.generate(mel, **language)[0, n_prompt:-1].tolist(),
         "hooked+hooks": lambda mel: model.generate(mel, fwd_hooks=cheap, **language)[0, n_prompt:-1].tolist(),
-        "hf_generate": lambda mel: [
-            t for t in hf.generate(mel, **hf_language)[0].tolist() if t < model.special.eot
-        ],
+        "hf_generate": lambda mel: [t for t in hf.generate(mel, **hf_language)[0].tolist() if t < model.special.eot],
     }
     try:
         import whisper

@@ -10,28 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
+import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from benchmarks.common import median_time  # noqa: E402
 from hooked_whisper import HookedWhisper
 from weights_conversion import save_hf_folder
 
 CLIP = Path(__file__).parent.parent / "tests" / "data" / "librivox_0870.wav"
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_model(name: str, batches: list[int], repeats: int) -> list[dict]:
