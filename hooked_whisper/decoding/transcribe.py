@@ -12,7 +12,7 @@ needed). One deliberate difference: the encoder runs once per window, not once p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -138,15 +138,13 @@ def transcribe(
     def decode_with_fallback(encoder_out: torch.Tensor, prompt: list[int]) -> WindowResult:
         result = None
         for t in temperatures:
-            options = DecodingOptions(
-                **{
-                    **base_options.__dict__,
-                    "temperature": t,
-                    "prompt": prompt,
-                    "beam_size": base_options.beam_size if t == 0 else None,
-                    "patience": base_options.patience if t == 0 else None,
-                    "best_of": base_options.best_of if t > 0 else None,
-                }
+            options = replace(
+                base_options,
+                temperature=t,
+                prompt=prompt,
+                beam_size=base_options.beam_size if t == 0 else None,
+                patience=base_options.patience if t == 0 else None,
+                best_of=base_options.best_of if t > 0 else None,
             )
             result = decode_window(model, encoder_out, options, generator)[0]
             too_repetitive = (
