@@ -35,15 +35,23 @@ def _list(keys: list[str], limit: int = 40) -> str:
 
 
 def convert_state_dict(
-    state_dict: dict[str, torch.Tensor], cfg: HookedWhisperConfig, src: Naming, dst: Naming, source: str = "checkpoint"
+    state_dict: dict[str, torch.Tensor],
+    cfg: HookedWhisperConfig,
+    src: Naming,
+    dst: Naming,
+    source: str = "checkpoint",
+    consume: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Rename and reshape a full Whisper state dict between namings.
 
     Hugging Face keys may carry the ``model.`` prefix and the tied ``proj_out.weight``; both are
     accepted on input. Every missing and unexpected key is listed, and a shape mismatch names
-    the tensor and both shapes.
+    the tensor and both shapes. With ``consume=True`` the input dict is emptied as it goes, so
+    each source tensor can be freed once converted (loading then needs little beyond the model).
     """
     sd = dict(state_dict)
+    if consume:
+        state_dict.clear()
     if src == "hf":
         sd = {k.removeprefix("model."): v for k, v in sd.items()}
         proj = sd.pop("proj_out.weight", None)
@@ -66,7 +74,7 @@ def convert_state_dict(
         raise CheckpointError("\n".join(lines))
     out = {}
     for key, spec in expected.items():
-        tensor = sd[key]
+        tensor = sd.pop(key)
         want = (
             spec.hf_shape if src != "hooked" else tuple(spec.to_hooked(torch.empty(spec.hf_shape, device="meta")).shape)
         )
@@ -108,7 +116,7 @@ def load_hf_folder(folder: Path, tokenizer: str | Path | None = None) -> Checkpo
     gen = GenerationConfig.from_dict(json.loads(gen_path.read_text())) if gen_path.is_file() else GenerationConfig()
     return Checkpoint(
         cfg,
-        convert_state_dict(sd, cfg, "hf", "hooked", str(folder)),
+        convert_state_dict(sd, cfg, "hf", "hooked", str(folder), consume=True),
         _tokenizer_for(folder, tokenizer, cfg.d_vocab),
         gen,
         str(folder),
@@ -129,13 +137,13 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             sd.update(load_file(str(folder / shard)))
         return sd
     if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
     raise FileNotFoundError(f"{folder} has no model.safetensors, sharded safetensors or pytorch_model.bin")
 
 
 def load_openai_checkpoint(path: Path, tokenizer: str | Path | None = None) -> Checkpoint:
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise CheckpointError(f"could not read {path} as an openai-whisper checkpoint: {err}") from err
     if not isinstance(raw, dict) or "dims" not in raw or "model_state_dict" not in raw:
@@ -145,7 +153,7 @@ def load_openai_checkpoint(path: Path, tokenizer: str | Path | None = None) -> C
     cfg = HookedWhisperConfig.from_openai_dims(raw["dims"])
     gen_path = path.parent / "generation_config.json"
     gen = GenerationConfig.from_dict(json.loads(gen_path.read_text())) if gen_path.is_file() else GenerationConfig()
-    sd = convert_state_dict(raw["model_state_dict"], cfg, "openai", "hooked", str(path))
+    sd = convert_state_dict(raw["model_state_dict"], cfg, "openai", "hooked", str(path), consume=True)
     return Checkpoint(cfg, sd, _tokenizer_for(path.parent, tokenizer, cfg.d_vocab), gen, str(path))
 
 
@@ -171,7 +179,8 @@ def load_ctranslate2_folder(
         n_text_ctx=hf["model.decoder.embed_positions.weight"].shape[0],
     )
     gen = GenerationConfig.from_dict(read_ctranslate2_config(folder))
-    sd = convert_state_dict(hf, cfg, "hf", "hooked", str(folder))
+    del variables  # hf now holds the only references, which conversion releases one by one
+    sd = convert_state_dict(hf, cfg, "hf", "hooked", str(folder), consume=True)
     return Checkpoint(cfg, sd, _tokenizer_for(folder, tokenizer, cfg.d_vocab), gen, str(folder))
 
 

@@ -17,22 +17,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: None}  # 5: bfloat16
+_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}  # 5: bfloat16 bits
+_CHUNK_BYTES = 4 << 20  # read this much at a time, so loading needs little beyond the weights
 
 
 class _Reader:
-    def __init__(self, data: memoryview, source: str):
-        self.data, self.pos, self.source = data, 0, source
+    """Reads the parts of a ``model.bin`` in order as one stream."""
 
-    def take(self, n: int) -> memoryview:
-        if self.pos + n > len(self.data):
+    def __init__(self, parts: list[Path]):
+        self.files = [open(p, "rb") for p in parts]  # noqa: SIM115 (closed in close())
+        self.current, self.pos = 0, 0
+        self.source = " + ".join(str(p) for p in parts)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def take(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n and self.current < len(self.files):
+            chunk = self.files[self.current].read(n - len(out))
+            if not chunk:
+                self.current += 1
+                continue
+            out += chunk
+        if len(out) < n:
             raise ValueError(
-                f"{self.source} ends after {len(self.data)} bytes while {n} more were expected at "
-                f"offset {self.pos}: the file is truncated or not a CTranslate2 model"
+                f"{self.source} ends after {self.pos + len(out)} bytes while {n - len(out)} more were "
+                f"expected: the file is truncated or not a CTranslate2 model"
             )
-        chunk = self.data[self.pos : self.pos + n]
         self.pos += n
-        return chunk
+        return bytes(out)
 
     def u8(self) -> int:
         return self.take(1)[0]
@@ -44,44 +59,58 @@ class _Reader:
         return struct.unpack("<I", self.take(4))[0]
 
     def string(self) -> str:
-        return bytes(self.take(self.u16())).rstrip(b"\0").decode("utf-8")
+        return self.take(self.u16()).rstrip(b"\0").decode("utf-8")
+
+    def tensor(self, name: str, shape: list[int], dtype_id: int, n_bytes: int) -> torch.Tensor:
+        """The next ``n_bytes`` as a tensor: floating point is converted to float32 a chunk at
+        a time straight into the result, integers keep their type."""
+        if dtype_id not in _DTYPES:
+            raise ValueError(f"{self.source}: variable {name} has unknown dtype id {dtype_id}")
+        item = np.dtype(_DTYPES[dtype_id])
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * item.itemsize != n_bytes:
+            raise ValueError(f"{self.source}: variable {name} has {n_bytes} bytes for shape {shape}")
+        floating = dtype_id in (0, 4, 5)
+        out = torch.empty(count, dtype=torch.float32 if floating else torch.from_numpy(np.empty(0, item)).dtype)
+        step = max(1, _CHUNK_BYTES // item.itemsize)
+        for start in range(0, count, step):
+            n = min(step, count - start)
+            values = torch.from_numpy(np.frombuffer(self.take(n * item.itemsize), dtype=item).copy())
+            if dtype_id == 5:
+                values = values.view(torch.bfloat16)
+            out[start : start + n] = values
+        return out.reshape(shape)
 
 
 def read_model_bin(parts: list[Path]) -> dict[str, torch.Tensor]:
-    """All variables of a ``model.bin`` (given as one file or its parts in order), as tensors.
+    """All variables of a ``model.bin`` (given as one file or its parts in order), as tensors,
+    floating point in float32. Aliases resolve to their targets.
 
-    Aliases resolve to their targets. Half-precision weights stay half; callers upcast.
+    The parts are streamed: peak memory is the float32 weights plus a few MB.
     """
-    source = " + ".join(str(p) for p in parts)
     for p in parts:
         if not p.is_file():
             raise FileNotFoundError(f"no CTranslate2 weights at {p}")
-    raw = b"".join(p.read_bytes() for p in parts)
-    r = _Reader(memoryview(raw), source)
-    version = r.u32()
-    if version != 6:
-        raise ValueError(f"{source}: CTranslate2 binary version {version} is not supported (expected 6)")
-    spec = r.string()
-    if "Whisper" not in spec:
-        raise ValueError(f"{source} holds a {spec!r} model, not a Whisper model")
-    r.u32()  # spec revision
-    tensors: dict[str, torch.Tensor] = {}
-    for _ in range(r.u32()):
-        name = r.string()
-        shape = [r.u32() for _ in range(r.u8())]
-        dtype_id = r.u8()
-        n_bytes = r.u32()
-        buf = r.take(n_bytes)
-        if dtype_id == 5:
-            t = torch.frombuffer(bytearray(buf), dtype=torch.bfloat16)
-        elif dtype_id in _DTYPES:
-            t = torch.from_numpy(np.frombuffer(buf, dtype=_DTYPES[dtype_id]).copy())
-        else:
-            raise ValueError(f"{source}: variable {name} has unknown dtype id {dtype_id}")
-        tensors[name] = t.reshape(shape)
-    for _ in range(r.u32()):
-        alias, target = r.string(), r.string()
-        tensors[alias] = tensors[target]
+    r = _Reader(parts)
+    try:
+        version = r.u32()
+        if version != 6:
+            raise ValueError(f"{r.source}: CTranslate2 binary version {version} is not supported (expected 6)")
+        spec = r.string()
+        if "Whisper" not in spec:
+            raise ValueError(f"{r.source} holds a {spec!r} model, not a Whisper model")
+        r.u32()  # spec revision
+        tensors: dict[str, torch.Tensor] = {}
+        for _ in range(r.u32()):
+            name = r.string()
+            shape = [r.u32() for _ in range(r.u8())]
+            dtype_id = r.u8()
+            tensors[name] = r.tensor(name, shape, dtype_id, r.u32())
+        for _ in range(r.u32()):
+            alias, target = r.string(), r.string()
+            tensors[alias] = tensors[target]
+    finally:
+        r.close()
     return tensors
 
 
