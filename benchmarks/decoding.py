@@ -117,24 +117,28 @@ def bench(name: str, repeats: int) -> list[dict]:
     return rows
 
 
+COLUMNS = [
+    "model", "clip", "tokens", "hooked_s", "hooked_tok_per_s", "hooked+hooks_s", "ratio_vs_hf_generate",
+    "ratio_vs_openai_whisper", "ratio_vs_ctranslate2", "hf_generate_s", "openai_whisper_s", "ctranslate2_s",
+]  # fmt: skip
+FORMATS = {c: ".2f" for c in COLUMNS if c.endswith("_s") or c.startswith("ratio")} | {"hooked_tok_per_s": ".0f"}
+
+
+def header(repeats: int) -> str:
+    return (
+        f"Greedy transcription from log-mel, fp32 CPU ({machine()}); median of {repeats} runs; "
+        "ratio = HookedWhisper (no hooks) time / other time; all engines wrote the same tokens "
+        "unless the JSON says otherwise."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rows = [r for name in args.models for r in bench(name, args.repeats)]
-    columns = [
-        "model", "clip", "tokens", "hooked_s", "hooked_tok_per_s", "hooked+hooks_s", "ratio_vs_hf_generate",
-        "ratio_vs_openai_whisper", "ratio_vs_ctranslate2", "hf_generate_s", "openai_whisper_s", "ctranslate2_s",
-    ]  # fmt: skip
-    header = (
-        f"Greedy transcription from log-mel, fp32 CPU ({machine()}); median of {args.repeats} runs; "
-        "ratio = HookedWhisper (no hooks) time / other time; all engines wrote the same tokens "
-        "unless the JSON says otherwise."
-    )
-    formats = {c: ".2f" for c in columns if c.endswith("_s") or c.startswith("ratio")}
-    formats["hooked_tok_per_s"] = ".0f"
-    print(write_results("decoding", header, columns, rows, formats))
+    print(write_results("decoding", header(args.repeats), COLUMNS, rows, FORMATS))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ a round trip returns the same tensors bit for bit.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 from dataclasses import dataclass
@@ -85,9 +86,33 @@ def convert_state_dict(
         elif src == "hooked" and dst != "hooked":
             tensor = spec.to_hf(tensor)
         out[getattr(spec, dst)] = tensor
+        if consume:
+            del tensor
+            release_freed_memory()
     if dst == "hf":
         out = {f"model.{k}": v for k, v in out.items()}
     return out
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the C allocator back to the system (glibc only; a no-op elsewhere).
+
+    Converting a checkpoint frees each source tensor after copying it into its new layout; the
+    allocator would otherwise keep those holes, and loading would hold on to far more memory
+    than the model needs."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 @dataclass
