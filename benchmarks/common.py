@@ -16,12 +16,16 @@ DATA = Path(__file__).parent.parent / "tests" / "data"
 
 
 def median_time(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run."""
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run (GPU work is
+    waited for)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
     fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

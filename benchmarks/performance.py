@@ -47,7 +47,15 @@ def _status(field: str) -> float:
 
 
 def peak_extra_mib(fn) -> float:
-    """MiB of peak resident memory ``fn()`` needs above what is in use before it."""
+    """MiB of peak memory ``fn()`` needs above what is in use before it: resident memory on the
+    CPU, allocated memory on a GPU."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     gc.collect()
     _LIBC.malloc_trim(0)  # hand freed heap back, so "in use" means live memory
     before = _status("VmRSS")
@@ -174,7 +182,11 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which measurements to (re)run")
+    parser.add_argument("--device", default="cpu", help="cuda for the GPU section (forward and cache parts)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--tag", default="", help="suffix for the result files, e.g. _gpu")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
     ratio, ms = ".2f", ".3f"
 
     if "loading" in args.parts:
@@ -189,11 +201,13 @@ def main() -> None:
     if "forward" in args.parts or "cache" in args.parts:
         forward, caches = [], []
         for name in args.models:
-            model = HookedWhisper.from_pretrained(name)
+            model = HookedWhisper.from_pretrained(name, device=args.device, dtype=dtype)
             with tempfile.TemporaryDirectory() as tmp:
                 folder = save_hf_folder(model, tmp)
                 hf = {
-                    impl: WhisperForConditionalGeneration.from_pretrained(folder, attn_implementation=impl).eval()
+                    impl: WhisperForConditionalGeneration.from_pretrained(folder, attn_implementation=impl)
+                    .to(args.device, dtype)
+                    .eval()
                     for impl in ("sdpa", "eager")
                 }
             with torch.inference_mode():
@@ -205,8 +219,8 @@ def main() -> None:
         if forward:
             peaks = ("hooked_peak_mib", "hf_sdpa_peak_mib", "hf_eager_peak_mib")
             write_results(
-                "performance_forward",
-                f"Forward pass without hooks, fp32 CPU ({machine()}); median of {args.repeats}; "
+                f"performance_forward{args.tag}",
+                f"Forward pass without hooks, {args.dtype} on {args.device} ({machine()}); median of {args.repeats}; "
                 "ratio = HookedWhisper / HF; peak = MiB above the memory in use before the run.",
                 ["model", "part", "batch", "hooked_s", "hf_sdpa_s", "ratio_vs_sdpa", "hf_eager_s", "ratio_vs_eager"]
                 + list(peaks),
@@ -217,7 +231,7 @@ def main() -> None:
         if caches:
             sizes = ("cache_mib", "hf_outputs_mib", "hooked_peak_mib", "hf_outputs_peak_mib")
             write_results(
-                "performance_cache",
+                f"performance_cache{args.tag}",
                 "run_with_cache (batch 1, a real clip and its transcript) against HF eager returning every hidden "
                 "state and attention map; cache sizes in MiB.",
                 ["model", "cache", "hooked_s", "hf_outputs_s", "ratio_vs_hf_outputs", *sizes],
@@ -228,7 +242,7 @@ def main() -> None:
         rows = [r for name in args.models for r in decoding.bench(name, args.repeats)]
         header = decoding.header(args.repeats)
         write_results("performance_decoding", header, decoding.COLUMNS, rows, decoding.FORMATS)
-    tables = [(RESULTS / f"performance_{part}.md") for part in PARTS]
+    tables = [(RESULTS / f"performance_{part}{tag}.md") for tag in ("", "_gpu") for part in PARTS]
     combined = "\n".join(t.read_text() for t in tables if t.is_file())
     (RESULTS / "performance.md").write_text(combined)
     print(combined)
