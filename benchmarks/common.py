@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -28,11 +27,6 @@ def median_time(fn, repeats: int) -> float:
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine() -> str:

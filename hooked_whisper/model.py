@@ -55,11 +55,6 @@ class DecoderCache:
             self.cross_kv = [(k[index], v[index]) for k, v in self.cross_kv]
         self.self_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv]
 
-    def repeat_interleave(self, n: int) -> None:
-        """Give every clip ``n`` rows (beam search, best-of-n sampling)."""
-        self.cross_kv = [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in self.cross_kv]
-        self.self_kv = [None if kv is None else tuple(x.repeat_interleave(n, dim=0) for x in kv) for kv in self.self_kv]
-
 
 class HookedWhisper(HookedRootModule):
     def __init__(

@@ -144,6 +144,11 @@ class WhisperTokenizer:
         pieces.append(tok.decode(run, skip_special_tokens=skip_special))
         return "".join(pieces)
 
+    def text(self, tokens: Sequence[int]) -> str:
+        """Text of ``tokens``, or "" when the checkpoint came without a text vocabulary (the
+        model still decodes token ids)."""
+        return self.decode(tokens) if self.has_text_vocabulary else ""
+
     def token_text(self, token: int) -> str:
         """One token as text, special tokens and timestamps included (for tables and plots)."""
         if token >= self.special.timestamp_begin:

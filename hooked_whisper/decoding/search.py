@@ -220,7 +220,7 @@ def decode_window(
 
     group = options.beam_size or options.best_of or 1
     if group > 1:
-        cache.repeat_interleave(group)
+        cache.select(torch.arange(n_audio, device=model.device).repeat_interleave(group))  # `group` rows per clip
     tokens = torch.tensor(prompts, device=model.device).repeat_interleave(group, dim=0)
     rows = tokens.shape[0]
     rules = LogitRules(model, sample_begin, options.timestamps, options.max_initial_timestamp)
@@ -257,7 +257,7 @@ def decode_window(
         ranked = [_rank(seq[sample_begin:], score, s.eot, options.length_penalty) for seq, score in candidates]
         best = max(range(len(ranked)), key=lambda i: (ranked[i][0], -i))
         _, generated, finished, score = ranked[best]
-        text = model.tokenizer.decode(generated).strip() if model.tokenizer.has_text_vocabulary else ""
+        text = model.tokenizer.text(generated).strip()
         results.append(
             WindowResult(
                 tokens=generated,

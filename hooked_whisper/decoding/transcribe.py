@@ -131,9 +131,12 @@ def transcribe(
         part = mel[:, seek : seek + size]
         return torch.nn.functional.pad(part, (0, N_FRAMES - part.shape[-1]))[None]
 
+    # Language detection reads the first 30 s of features as they are (silence-padded audio);
+    # when the audio fills that window it is also the first window decoded, so it is encoded once.
+    first_window: torch.Tensor | None = None
     if model.cfg.is_multilingual and language is None:
-        first = model.new_decoder_cache(model.encode(window(0, N_FRAMES)))
-        base_options.language = detect_language(model, first)[0]
+        first_window = model.encode(window(0, N_FRAMES))
+        base_options.language = detect_language(model, model.new_decoder_cache(first_window))[0]
 
     def decode_with_fallback(encoder_out: torch.Tensor, prompt: list[int]) -> WindowResult:
         result = None
@@ -167,7 +170,8 @@ def transcribe(
             time_offset = seek * HOP_LENGTH / SAMPLE_RATE
             size = min(N_FRAMES, content_frames - seek)
             mel_window = window(seek, size)
-            encoder_out = model.encode(mel_window)
+            reuse = seek == 0 and size == N_FRAMES and first_window is not None
+            encoder_out = first_window if reuse else model.encode(mel_window)
             result = decode_with_fallback(encoder_out, all_tokens[prompt_reset_since:])
             previous_seek = seek
             skip = no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
@@ -208,7 +212,7 @@ def transcribe(
             bar.update(min(content_frames, seek) - previous_seek)
 
     tokens = all_tokens[n_initial:]
-    text = model.tokenizer.decode(tokens) if model.tokenizer.has_text_vocabulary else ""
+    text = model.tokenizer.text(tokens)
     language = base_options.language or "en"
     return Transcript(text=text, tokens=tokens, language=language, segments=segments, windows=windows)
 
@@ -235,7 +239,7 @@ def _split_segments(
 
     def segment(part: list[int], start: float, end: float) -> Segment:
         text_tokens = [t for t in part if t < model.special.eot]
-        text = model.tokenizer.decode(text_tokens) if model.tokenizer.has_text_vocabulary else ""
+        text = model.tokenizer.text(text_tokens)
         return Segment(
             id=0,
             seek=seek,
