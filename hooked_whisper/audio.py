@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +19,11 @@ CHUNK_SECONDS = 30
 N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480000 samples: one 30 s window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames, 50 encoder positions per second
 
+MAX_CHANNELS = 8  # a 2-D array axis this short holds channels, not samples or clips
+
 AudioLike = str | Path | np.ndarray | torch.Tensor
+AudioInput = AudioLike | Sequence[AudioLike]
+_warned_default_rate = False
 
 
 def load_audio(audio: AudioLike, sample_rate: int | None = None) -> Float[torch.Tensor, " samples"]:
@@ -57,6 +62,88 @@ def load_audio(audio: AudioLike, sample_rate: int | None = None) -> Float[torch.
 
         waveform = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE)
     return waveform.contiguous()
+
+
+def audio_clips(audio: AudioInput, sample_rate: int | None = None) -> list[Float[torch.Tensor, " samples"]]:
+    """The audio contract of every method that takes audio: each clip as a 16 kHz mono waveform.
+
+    - a path: one clip, at the rate its header gives (a different ``sample_rate`` is an error);
+    - a 1-D array ``[samples]``: one clip;
+    - a 2-D array ``[batch, samples]``: one clip per row, when the rows are unmistakably clips
+      (more than ``MAX_CHANNELS`` of them, or one). ``[samples, channels]`` (what
+      ``soundfile.read`` returns for stereo) is one clip, its channels averaged. ``[k, samples]``
+      with 2 <= k <= 8 could be k clips or k channels, so it is refused: pass a list of 1-D
+      waveforms for a batch, or average the channels first;
+    - a list of paths and/or arrays: one clip each (a 2-D item is one multi-channel clip).
+
+    Arrays are at ``sample_rate`` Hz; without it they are taken as 16 kHz, Whisper's rate, and a
+    warning says so once per process. Other rates are resampled.
+    """
+    if isinstance(audio, (str, Path)):
+        return [load_audio(audio, sample_rate)]
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        x = torch.as_tensor(audio)
+        rate = _array_rate(sample_rate)
+        if x.ndim == 1 or (x.ndim == 2 and _is_multichannel(tuple(x.shape))):
+            return [load_audio(x, rate)]
+        if x.ndim == 2:
+            return [load_audio(row, rate) for row in x]
+        raise ValueError(
+            f"an audio array is [samples], [batch, samples] or [samples, channels]; got shape {tuple(x.shape)}"
+        )
+    if isinstance(audio, Sequence) and not isinstance(audio, (str, bytes)):
+        if len(audio) == 0:
+            raise ValueError("no audio given: the list of clips is empty")
+        return [
+            audio_clips(a, sample_rate)[0] if isinstance(a, (str, Path)) else _one_array(a, sample_rate) for a in audio
+        ]
+    raise TypeError(f"cannot read audio from {type(audio).__name__}: pass a path, an array or a list of them")
+
+
+def is_single_clip(audio: AudioInput) -> bool:
+    """Whether ``audio_clips(audio)`` holds one clip given as such (not a batch of one)."""
+    if isinstance(audio, (str, Path)):
+        return True
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        return audio.ndim == 1 or (audio.ndim == 2 and _is_multichannel(tuple(audio.shape)))
+    return False
+
+
+def _is_multichannel(shape: tuple[int, ...]) -> bool:
+    """For a 2-D array: True for ``[samples, channels]``, False for a batch of clips; refuses
+    the shapes that could be either."""
+    rows, cols = shape
+    if cols <= MAX_CHANNELS < rows:
+        return True
+    if 1 < rows <= MAX_CHANNELS:
+        raise ValueError(
+            f"an audio array of shape {shape} could be {rows} clips or one clip with {rows} channels; "
+            f"for a batch pass a list of 1-D waveforms (list(x)), for one multi-channel clip average "
+            f"the channels first (x.mean(0)), or use load_audio(x, sample_rate)"
+        )
+    return False
+
+
+def _one_array(x: np.ndarray | torch.Tensor, sample_rate: int | None) -> torch.Tensor:
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"a list of clips holds paths or arrays, not {type(x).__name__}")
+    if x.ndim not in (1, 2):
+        raise ValueError(f"each clip in a list is [samples] or [samples, channels]; got shape {tuple(x.shape)}")
+    return load_audio(x, _array_rate(sample_rate))
+
+
+def _array_rate(sample_rate: int | None) -> int:
+    global _warned_default_rate
+    if sample_rate is None:
+        if not _warned_default_rate:
+            _warned_default_rate = True
+            warnings.warn(
+                f"an audio array was given without sample_rate=; it is taken to be {SAMPLE_RATE} Hz "
+                "(pass sample_rate=<Hz> to have other rates resampled)",
+                stacklevel=4,
+            )
+        return SAMPLE_RATE
+    return sample_rate
 
 
 def _read_file(path: Path) -> tuple[torch.Tensor, int]:

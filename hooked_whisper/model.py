@@ -10,7 +10,10 @@ the (tied) token embedding.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+import functools
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +25,24 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.audio import N_SAMPLES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
+from hooked_whisper.audio import (
+    HOP_LENGTH,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    AudioInput,
+    audio_clips,
+    is_single_clip,
+    log_mel_spectrogram,
+    pad_or_trim,
+)
 from hooked_whisper.cache import WhisperActivationCache
 from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
-from hooked_whisper.components.attention import KeyValue, derived
+from hooked_whisper.components.attention import KeyValue
 from hooked_whisper.config import HookedWhisperConfig
 from hooked_whisper.decoding.generation_config import GenerationConfig
+from hooked_whisper.hook_layout import HookLayout, layout_of
 from hooked_whisper.tokenizer import WhisperTokenizer
 
-AudioInput = str | Path | np.ndarray | torch.Tensor | Sequence[str | Path | np.ndarray | torch.Tensor]
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
 
 
@@ -54,6 +66,35 @@ class DecoderCache:
         if cross:
             self.cross_kv = [(k[index], v[index]) for k, v in self.cross_kv]
         self.self_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv]
+
+
+def _serialised(method: Callable) -> Callable:
+    """Run ``method`` holding the model's lock (see ``HookedWhisper.hooks``)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def _checked(fn: Callable) -> Callable:
+    """``fn`` as a forward hook that may return None or a tensor of the shape and dtype it was
+    given; anything else is an error naming the hook (not a failure deep inside a later layer)."""
+
+    def hook(x: torch.Tensor, hook: HookPoint):
+        out = fn(x, hook=hook)
+        if out is not None and not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype):
+            got = f"shape {tuple(out.shape)}, {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"the hook on {hook.name} returned {got}; a hook returns None or a tensor of the shape "
+                f"and dtype it was given (shape {tuple(x.shape)}, {x.dtype})"
+            )
+        return out
+
+    hook.__name__ = getattr(fn, "__name__", repr(fn))
+    return hook
 
 
 class HookedWhisper(HookedRootModule):
@@ -83,8 +124,20 @@ class HookedWhisper(HookedRootModule):
         self.decoder_ln_final = LayerNorm(cfg)
 
         self.decode_offset = 0  # first decoder position of the current decode() call
+        # Hooks and decode_offset are state shared by every caller: one call at a time (see hooks()).
+        self._lock = threading.RLock()
         self.init_weights()
         self.setup()
+        self.hook_layouts: dict[str, HookLayout] = {name: layout_of(name) for name in self.hook_dict}
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle cannot copy a lock
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def init_weights(self, std: float = 0.02) -> None:
         """Random weights for a model built from a config alone (checkpoints overwrite them)."""
@@ -159,20 +212,25 @@ class HookedWhisper(HookedRootModule):
 
     # ------------------------------------------------------------------ audio in
     def to_mel(
-        self, audio: AudioInput, sample_rate: int = SAMPLE_RATE, allow_long: bool = False
+        self, audio: AudioInput, sample_rate: int | None = None, allow_long: bool = False
     ) -> Float[torch.Tensor, "batch n_mels frames"]:
         """Log-mel features ``[batch, n_mels, 3000]`` of one 30 s window per clip.
 
-        ``audio`` is a path, a list of paths or waveforms, a waveform ``[samples]``, a batch
-        ``[batch, samples]`` (zero-padded to equal length), or a ready mel ``[batch, n_mels, 3000]``.
-        Waveforms are taken to be at ``sample_rate`` (16 kHz unless told) and zero-padded to 30 s
-        in the audio domain. Longer clips are refused (``transcribe`` takes any length), unless
-        ``allow_long`` asks for their first 30 s.
+        ``audio`` follows the contract of ``hooked_whisper.audio.audio_clips`` (a path, a
+        waveform, a batch, a list of either; arrays at ``sample_rate``, 16 kHz unless told), or is
+        a ready log-mel ``[batch, n_mels, 3000]``. Waveforms are zero-padded to 30 s in the audio
+        domain. Longer clips are refused (``transcribe`` takes any length), unless ``allow_long``
+        asks for their first 30 s.
         """
-        if isinstance(audio, torch.Tensor) and tuple(audio.shape[-2:]) == (self.cfg.n_mels, self.cfg.n_frames):
-            mel = audio if audio.ndim == 3 else audio.unsqueeze(0)
-            return mel.to(self.device, self.dtype)
-        waveforms = self._waveforms(audio, sample_rate)
+        mel = self._ready_mel(audio)
+        if mel is not None:
+            return mel
+        if self.cfg.n_frames != N_SAMPLES // HOP_LENGTH:
+            raise ValueError(
+                f"this model's encoder reads {self.cfg.n_frames} mel frames, not the 3000 of a 30 s "
+                f"waveform; pass a log-mel [batch, {self.cfg.n_mels}, {self.cfg.n_frames}] instead of audio"
+            )
+        waveforms = audio_clips(audio, sample_rate)
         for i, w in enumerate(waveforms):
             if w.shape[-1] > N_SAMPLES and not allow_long:
                 raise ValueError(
@@ -183,30 +241,43 @@ class HookedWhisper(HookedRootModule):
         batch = torch.stack([pad_or_trim(w) for w in waveforms]).to(self.device)
         return log_mel_spectrogram(batch, self.cfg.n_mels).to(self.dtype)
 
-    def _waveforms(self, audio: AudioInput, sample_rate: int) -> list[torch.Tensor]:
-        """Each clip as a checked 16 kHz mono waveform."""
-        if isinstance(audio, (str, Path)):
-            return [load_audio(audio)]
-        if isinstance(audio, (np.ndarray, torch.Tensor)):
-            audio = torch.as_tensor(audio)
-            if audio.ndim not in (1, 2):
-                raise ValueError(
-                    f"expected a waveform [samples], a batch [batch, samples] or a mel "
-                    f"[batch, {self.cfg.n_mels}, {self.cfg.n_frames}]; got shape {tuple(audio.shape)}"
-                )
-            return [load_audio(w, sample_rate) for w in (audio if audio.ndim == 2 else [audio])]
-        if isinstance(audio, Sequence) and len(audio) > 0:
-            return [load_audio(a) if isinstance(a, (str, Path)) else load_audio(a, sample_rate) for a in audio]
-        raise TypeError(f"cannot read audio from {type(audio).__name__}")
+    def _ready_mel(self, audio: AudioInput) -> torch.Tensor | None:
+        """``audio`` as a ``[batch, n_mels, n_frames]`` log-mel if it is one, else None. A 3-D
+        array, or a 2-D one shaped like a mel of either official width, must fit this model."""
+        if not isinstance(audio, (np.ndarray, torch.Tensor)):
+            return None
+        shape, expected = tuple(audio.shape), (self.cfg.n_mels, self.cfg.n_frames)
+        looks_like_mel = len(shape) == 3 or (
+            len(shape) == 2 and shape[1] == self.cfg.n_frames and shape[0] in (80, 128)
+        )
+        if not looks_like_mel:
+            return None
+        if shape[-2:] != expected:
+            raise ValueError(
+                f"a log-mel input for this model is [batch, {expected[0]}, {expected[1]}]; got shape {shape}"
+                + (" (this model takes 128 mel bins)" if shape[-2] == 80 and expected[0] == 128 else "")
+                + (" (this model takes 80 mel bins)" if shape[-2] == 128 and expected[0] == 80 else "")
+            )
+        mel = torch.as_tensor(audio)
+        return (mel if mel.ndim == 3 else mel.unsqueeze(0)).to(self.device, self.dtype)
+
+    def _is_single_clip(self, audio: AudioInput) -> bool:
+        """A path, a 1-D waveform, one multi-channel clip or a 2-D mel is one clip (results come
+        unwrapped); lists and batched arrays are batches."""
+        mel = self._ready_mel(audio)
+        return audio.ndim == 2 if mel is not None else is_single_clip(audio)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ the forward pass
-    def encode(self, audio: AudioInput) -> Float[torch.Tensor, "batch audio_pos d_model"]:
-        mel = self.hook_mel(self.to_mel(audio))
+    def encode(
+        self, audio: AudioInput, sample_rate: int | None = None
+    ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
+        mel = self.hook_mel(self.to_mel(audio, sample_rate))
         resid = self.encoder_embed(mel)
         for block in self.encoder_blocks:
             resid = block(resid)
         return self.hook_encoder_out(self.encoder_ln_final(resid))
 
+    @_serialised
     def new_decoder_cache(self, encoder_out: Float[torch.Tensor, "batch audio_pos d_model"]) -> DecoderCache:
         """Cross-attention K/V of every decoder layer (their hooks fire now), and an empty KV cache."""
         return DecoderCache(
@@ -214,6 +285,7 @@ class HookedWhisper(HookedRootModule):
             self_kv=[None] * self.cfg.n_decoder_layers,
         )
 
+    @_serialised
     def decode(
         self,
         tokens: Int[torch.Tensor, "batch pos"],
@@ -232,13 +304,15 @@ class HookedWhisper(HookedRootModule):
         resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens, self.decode_offset))
         for i, block in enumerate(self.decoder_blocks):
             resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i])
-        # x @ W_E.T is twice as fast with W_E.T laid out contiguously (kept as a derived copy).
-        return self.decoder_ln_final(resid) @ derived(self.embed.W_E, transposed)
+        return self.decoder_ln_final(resid) @ self.W_U
 
-    def forward(self, audio: AudioInput, tokens: TokensInput | None = None) -> Float[torch.Tensor, "batch pos d_vocab"]:
+    @_serialised
+    def forward(
+        self, audio: AudioInput, tokens: TokensInput | None = None, sample_rate: int | None = None
+    ) -> Float[torch.Tensor, "batch pos d_vocab"]:
         """Logits ``[batch, pos, d_vocab]`` of ``tokens`` given ``audio``. Without tokens, the
         decoder reads the prompt plus the model's own greedy transcript."""
-        mel = self.to_mel(audio)
+        mel = self.to_mel(audio, sample_rate)
         encoder_out = self.encode(mel)
         return self.decode(self.tokens_for(mel, tokens, encoder_out), encoder_out)
 
@@ -278,6 +352,12 @@ class HookedWhisper(HookedRootModule):
             hint = f"; closest valid names: {', '.join(close)}" if close else ""
             raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
 
+    def hook_layout(self, name: str) -> HookLayout:
+        """Which stack and layer ``name`` is on and what its axes hold (positions and their
+        unit: mel frames, audio positions or tokens; heads)."""
+        self.check_hook_name(name)
+        return self.hook_layouts[name]
+
     def _enable_hook_with_name(self, name: str, hook: Callable, dir: Any):  # noqa: A002 (TransformerLens' signature)
         self.check_hook_name(name)
         super()._enable_hook_with_name(name, hook, dir)
@@ -285,13 +365,47 @@ class HookedWhisper(HookedRootModule):
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:  # noqa: A002
         if isinstance(name, str):
             self.check_hook_name(name)
-        super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+        with self._lock:
+            super().add_hook(name, _checked(hook) if dir == "fwd" else hook, dir, is_permanent, level, prepend)
+
+    @contextmanager
+    def opt_in(self, **flags: bool) -> Iterator[HookedWhisper]:
+        """Switch opt-in hooks (``use_attn_result``, ``use_split_qkv_input``,
+        ``use_cross_kv_input``) on or off for the duration of the block, holding the model's lock."""
+        unknown = set(flags) - {"use_attn_result", "use_split_qkv_input", "use_cross_kv_input"}
+        if unknown:
+            raise ValueError(f"not an opt-in hook flag: {', '.join(sorted(unknown))}")
+        with self._lock:
+            old = {name: getattr(self.cfg, name) for name in flags}
+            try:
+                for name, value in flags.items():
+                    setattr(self.cfg, name, value)
+                yield self
+            finally:
+                for name, value in old.items():
+                    setattr(self.cfg, name, value)
+
+    @contextmanager
+    def hooks(  # type: ignore[override]
+        self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False
+    ) -> Iterator[HookedWhisper]:
+        """Hooks for the duration of the block, removed even if it raises.
+
+        The block holds the model's lock, as does every forward pass, generation and
+        transcription: a model shared between threads runs one caller at a time, and no caller
+        sees another's hooks. (For parallel work use one model per thread or process.)
+        """
+        with self._lock:
+            checked = [(name, _checked(fn)) for name, fn in fwd_hooks]
+            with super().hooks(checked, list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
+                yield model
 
     def run_with_cache(  # type: ignore[override]
         self,
         audio: AudioInput,
         tokens: TokensInput | None = None,
         names_filter: str | list[str] | Callable[[str], bool] | None = None,
+        sample_rate: int | None = None,
         **kwargs: Any,
     ) -> tuple[Float[torch.Tensor, "batch pos d_vocab"], WhisperActivationCache]:
         """Logits and a cache of every hooked activation (or those ``names_filter`` selects).
@@ -306,11 +420,14 @@ class HookedWhisper(HookedRootModule):
                 self.check_hook_name(name)
         # forward() encodes once and, without tokens, decodes greedily from that same encoder
         # output; the teacher-forced pass runs last, so the cache holds its activations.
-        logits, cache_dict = super().run_with_cache(self.to_mel(audio), tokens, names_filter=names_filter, **kwargs)
+        logits, cache_dict = super().run_with_cache(
+            self.to_mel(audio, sample_rate), tokens, names_filter=names_filter, **kwargs
+        )
         return logits, WhisperActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
 
     # ------------------------------------------------------------------ generation and transcription
     @torch.no_grad()
+    @_serialised
     def generate(
         self,
         audio: AudioInput,
@@ -329,6 +446,7 @@ class HookedWhisper(HookedRootModule):
         stop_on_loop: bool | Callable[[list[int]], bool] = False,
         seed: int | None = None,
         fwd_hooks: list | None = None,
+        sample_rate: int | None = None,
     ) -> Int[torch.Tensor, "batch pos"]:
         """Decode one 30 s window per clip; returns prompt + generated tokens ``[batch, pos]``,
         each row ending with end-of-text and padded with it, ready for ``run_with_cache``.
@@ -356,22 +474,28 @@ class HookedWhisper(HookedRootModule):
         )
         options.check(self)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        mel = self.to_mel(audio)
+        mel = self.to_mel(audio, sample_rate)
         with self.hooks(fwd_hooks=fwd_hooks or []):
             results = decode_window(self, self.encode(mel), options, generator)
         return padded_tokens(results, self.special.eot).to(self.device)
 
     @torch.no_grad()
-    def detect_language(self, audio: AudioInput) -> dict[str, float] | list[dict[str, float]]:
+    @_serialised
+    def detect_language(
+        self, audio: AudioInput, sample_rate: int | None = None
+    ) -> dict[str, float] | list[dict[str, float]]:
         """P(language) for each clip (from its first 30 s), most likely first."""
         from hooked_whisper.decoding.search import language_probs
 
-        mel = self.to_mel(audio, allow_long=True)
+        if not self.cfg.is_multilingual:
+            raise ValueError("this English-only model has no language tokens to detect a language with")
+        mel = self.to_mel(audio, sample_rate, allow_long=True)
         probs = language_probs(self, self.new_decoder_cache(self.encode(mel)))
         ranked = [dict(sorted(p.items(), key=lambda kv: -kv[1])) for p in probs]
-        return ranked[0] if _is_single_clip(audio, (self.cfg.n_mels, self.cfg.n_frames)) else ranked
+        return ranked[0] if self._is_single_clip(audio) else ranked
 
     @torch.no_grad()
+    @_serialised
     def transcribe(
         self,
         audio: AudioInput,
@@ -381,7 +505,7 @@ class HookedWhisper(HookedRootModule):
         timestamps: bool = True,
         word_timestamps: bool = False,
         fwd_hooks: list | None = None,
-        sample_rate: int = SAMPLE_RATE,
+        sample_rate: int | None = None,
         **options: Any,
     ):
         """Transcribe audio of any length, as openai-whisper's ``transcribe`` does: 30 s
@@ -411,19 +535,19 @@ class HookedWhisper(HookedRootModule):
                 )
                 for mel in mels
             ]
-        return results[0] if _is_single_clip(audio, (self.cfg.n_mels, self.cfg.n_frames)) else results
+        return results[0] if self._is_single_clip(audio) else results
 
-    def _long_form_mels(self, audio: AudioInput, sample_rate: int) -> list[torch.Tensor]:
+    def _long_form_mels(self, audio: AudioInput, sample_rate: int | None) -> list[torch.Tensor]:
         """Per clip, the log-mel of the whole waveform followed by 30 s of silence (openai's
         long-form features); a ready 30 s mel gets 3000 zero frames appended instead."""
-        if isinstance(audio, torch.Tensor) and tuple(audio.shape[-2:]) == (self.cfg.n_mels, self.cfg.n_frames):
-            mel = audio if audio.ndim == 3 else audio.unsqueeze(0)
-            return [torch.nn.functional.pad(m.to(self.device, self.dtype), (0, self.cfg.n_frames)) for m in mel]
+        mel = self._ready_mel(audio)
+        if mel is not None:
+            return [torch.nn.functional.pad(m, (0, self.cfg.n_frames)) for m in mel]
         return [
             log_mel_spectrogram(torch.nn.functional.pad(w.to(self.device), (0, N_SAMPLES)), self.cfg.n_mels).to(
                 self.dtype
             )
-            for w in self._waveforms(audio, sample_rate)
+            for w in audio_clips(audio, sample_rate)
         ]
 
     # ------------------------------------------------------------------ loading
@@ -449,16 +573,3 @@ class HookedWhisper(HookedRootModule):
         model.load_state_dict(ckpt.state_dict, assign=True, strict=True)
         model.name_or_path = str(name_or_path)
         return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
-
-
-def transposed(x: torch.Tensor) -> torch.Tensor:
-    return x.T.contiguous()
-
-
-def _is_single_clip(audio: AudioInput, mel_shape: tuple[int, int]) -> bool:
-    """A path, a 1-D waveform or a 2-D mel is one clip; lists and batched arrays are batches."""
-    if isinstance(audio, (str, Path)):
-        return True
-    if isinstance(audio, (np.ndarray, torch.Tensor)):
-        return audio.ndim == 1 or tuple(audio.shape) == mel_shape
-    return False

@@ -3,6 +3,7 @@ to Hugging Face format, and the speech clips in tests/data."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -55,6 +56,25 @@ def hf_random_pair(seed: int = 0, **kwargs) -> tuple[torch.nn.Module, HookedWhis
 @pytest.fixture(scope="session")
 def tiny_en() -> HookedWhisper:
     return HookedWhisper.from_pretrained("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def tiny_en_float64(tiny_en) -> HookedWhisper:
+    """tiny.en computed in float64: the exact answer float32 runs are measured against."""
+    return copy.deepcopy(tiny_en).double()
+
+
+def assert_within_float32_spread(actual, expected, exact, name: str = "", factor: float = 4.0) -> None:
+    """``actual`` and ``expected`` are two float32 computations of one quantity (fused and
+    explicit kernels, KV-cached and teacher-forced decoding), ``exact`` the same in float64.
+    They may differ by ``factor`` times float32's own measured error on ``expected``: a bound
+    that follows the computation's magnitudes and the thread count it ran with, not a round
+    number."""
+    exact = exact.double()
+    error = (expected.double() - exact).abs().max()
+    diff = (actual.double() - expected.double()).abs().max()
+    bound = factor * error + torch.finfo(torch.float32).eps * exact.abs().max()
+    assert diff <= bound, f"{name}: differ by {diff:.3g}, over {bound:.3g} ({factor} x float32's error {error:.3g})"
 
 
 @pytest.fixture(scope="session")

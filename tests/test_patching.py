@@ -22,7 +22,7 @@ from hooked_whisper.patching import (
     position_sites,
     target_log_prob,
 )
-from tests.conftest import DATA, hf_random_pair
+from tests.conftest import DATA, assert_within_float32_spread, hf_random_pair
 
 CLEAN = DATA / "librivox_0880.wav"
 
@@ -218,7 +218,7 @@ def test_ablation(tiny_en, runs):
     assert mean.shape == resample.shape == (2,) and not torch.allclose(mean, resample)
 
 
-def test_patched_generation_equals_teacher_forced_forward(tiny_en, runs):
+def test_patched_generation_equals_teacher_forced_forward(tiny_en, tiny_en_float64, runs):
     """A position-indexed decoder patch applied while generating (KV cache, one position per step)
     gives the same logits as a teacher-forced forward over the generated tokens with that patch."""
     tokens, *_ = runs
@@ -236,7 +236,11 @@ def test_patched_generation_equals_teacher_forced_forward(tiny_en, runs):
             + [tiny_en.decode(seq[:, i : i + 1], cache=kv) for i in range(2, seq.shape[1])],
             dim=1,
         )
-    assert torch.allclose(stepped, full, atol=1e-4)
+    with torch.no_grad():
+        exact_source = tiny_en_float64.run_with_cache(CORRUPT, tokens, names_filter=[site.hook])[1][site.hook]
+        exact_hooks = patch_hooks(tiny_en_float64, [site], [exact_source])
+        exact = tiny_en_float64.run_with_hooks(CLEAN, seq, fwd_hooks=exact_hooks)
+    assert_within_float32_spread(stepped, full, exact, "KV-cached vs teacher-forced logits")
     assert (full[0, 2:-1].argmax(-1) == seq[0, 3:]).all()  # the generated tokens are the forward's argmax
     plain = tiny_en.generate(CLEAN, max_new_tokens=tokens.shape[1] - 2)
     assert not torch.equal(seq, plain)  # and the patch changed the transcript
@@ -250,7 +254,7 @@ def test_bad_input(tiny_en, runs):
         activation_patch(
             tiny_en, CLEAN, CORRUPT, [Site("decoder_blocks.0.hook_mlp_out", head=0)], metric, tokens=tokens
         )
-    with pytest.raises(ValueError, match="frame window"):
+    with pytest.raises(ValueError, match="time window"):
         frames(29.5, 31.0)
     with pytest.raises(ValueError, match="lie outside the 1500 positions"):
         activation_patch(

@@ -3,9 +3,6 @@ decoder cross-attention. Weights are stored per head, as in TransformerLens."""
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -13,36 +10,16 @@ from torch import nn
 from transformer_lens import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
 
+from hooked_whisper.components.layout import keep_kernel_layouts
 from hooked_whisper.config import HookedWhisperConfig
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]  # (k, v), each [batch, key_pos, head, d_head]
-
-
-def derived(source: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``make(source)``, remembered until ``source`` is replaced or edited in place.
-
-    Per-head weights are the parameters; the layouts the fast kernels want (all heads side by
-    side, the unembedding transposed) are derived copies, kept so that generation does not
-    rebuild them at every step. Autograd needs the live computation, so it bypasses the cache.
-    """
-    if torch.is_grad_enabled() and source.requires_grad:
-        return make(source)
-    key, state = id(source), (source.data_ptr(), source._version)
-    entry = _DERIVED.get(key)
-    if entry is None or entry[0]() is not source or entry[1] != state:
-        # The weak reference drops the copies when the source tensor is freed.
-        entry = (weakref.ref(source, lambda _: _DERIVED.pop(key, None)), state, {})
-        _DERIVED[key] = entry
-    made = entry[2]
-    if make not in made:
-        made[make] = make(source.detach())
-    return made[make]
-
-
-_DERIVED: dict[int, tuple] = {}  # id(source) -> (weak ref, (data_ptr, version), {make: copy})
+HEADS_SIDE_BY_SIDE = (1, 0, 2)  # memory order of W_Q, W_K, W_V: [d_model, head, d_head]
 
 
 def heads_side_by_side(W: Float[torch.Tensor, "head d_model d_head"]) -> Float[torch.Tensor, "d_model head_x_d_head"]:
+    """All heads' projections as one ``[d_model, n_heads * d_head]`` matrix: a view of the
+    parameter's own memory in its kernel layout (``components.layout``), a copy otherwise."""
     n_heads, d_model, d_head = W.shape
     return W.permute(1, 0, 2).reshape(d_model, n_heads * d_head)
 
@@ -56,7 +33,7 @@ def project(
     if x.ndim == 4:
         out = torch.einsum("bphd,hdk->bphk", x, W)
     else:
-        out = (x @ derived(W, heads_side_by_side)).unflatten(-1, W.shape[::2])
+        out = (x @ heads_side_by_side(W)).unflatten(-1, W.shape[::2])
     return out if b is None else out + b
 
 
@@ -90,6 +67,8 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, query_pos, head, d_head]
         self.hook_result = HookPoint()  # [batch, query_pos, head, d_model]; cfg.use_attn_result
+        # Stored as [d_model, head, d_head] so that all heads project in one matrix product.
+        keep_kernel_layouts(self, {"W_Q": HEADS_SIDE_BY_SIDE, "W_K": HEADS_SIDE_BY_SIDE, "W_V": HEADS_SIDE_BY_SIDE})
 
     @property
     def OV(self) -> FactoredMatrix:

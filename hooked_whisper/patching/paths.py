@@ -1,0 +1,178 @@
+"""Path patching: the effect of a sender (an encoder or decoder component, or one head) on
+receiver heads through one route only, with everything in between held at its base value.
+Encoder senders reach decoder heads through their cross-attention keys and/or values; decoder
+senders reach later heads through their query, key or value input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from hooked_whisper.patching.activation import prepare, source_cache
+from hooked_whisper.patching.metrics import Metric
+from hooked_whisper.patching.sites import Site, resolve
+
+if TYPE_CHECKING:
+    from hooked_whisper.model import HookedWhisper
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """A decoder attention head that receives the sender's effect.
+
+    ``kind="cross_attn"`` with ``via`` in ``"k"``, ``"v"``, ``"kv"``: through the keys and/or
+    values it reads from the encoder output. ``kind="attn"`` with ``via`` in ``"q"``, ``"k"``,
+    ``"v"`` (any combination): through that head's input from the decoder residual stream.
+    """
+
+    layer: int
+    head: int
+    via: str = "kv"
+    kind: str = "cross_attn"
+
+    @property
+    def name(self) -> str:
+        return f"{'XL' if self.kind == 'cross_attn' else 'DL'}{self.layer}H{self.head} via {self.via}"
+
+
+def cross_attention_receivers(model: HookedWhisper, via: str = "kv") -> list[Receiver]:
+    return [Receiver(l, h, via) for l in range(model.cfg.n_decoder_layers) for h in range(model.cfg.n_heads)]
+
+
+def _sender_delta(model: HookedWhisper, sender: Site, base: dict, source: dict) -> torch.Tensor:
+    """What the sender adds to the residual stream in the source run minus in the base run, as
+    ``[1, pos, d_model]`` (zero outside the sender's positions)."""
+    hook = sender.hook
+    delta = source[hook] - base[hook]
+    if hook.endswith((".attn.hook_z", ".cross_attn.hook_z")):
+        block, kind = hook.split(".")[0:2], hook.split(".")[2]
+        stack = model.encoder_blocks if block[0] == "encoder_blocks" else model.decoder_blocks
+        W_O = getattr(stack[int(block[1])], kind).W_O
+        heads = [sender.head] if sender.head is not None else list(range(model.cfg.n_heads))
+        delta = torch.einsum("bphd,hdm->bpm", delta[:, :, heads], W_O[heads])
+    elif sender.head is not None:
+        raise ValueError(f"a head sender must be an attention hook_z, not {hook}")
+    elif not _writes_residual(hook):
+        raise ValueError(
+            f"{hook} does not write to the residual stream; senders are embeddings, hook_attn_out, "
+            "hook_mlp_out, hook_cross_attn_out, hook_resid_post or a head's hook_z"
+        )
+    if sender.positions is not None:
+        mask = torch.zeros(delta.shape[1], dtype=delta.dtype, device=delta.device)
+        mask[list(sender.positions)] = 1
+        delta = delta * mask[None, :, None]
+    return delta
+
+
+def path_patch(
+    model: HookedWhisper,
+    base,
+    source,
+    sender: Site | str,
+    receivers: Sequence[Receiver],
+    metric: Metric,
+    tokens=None,
+    jointly: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+    sample_rate: int | None = None,
+) -> torch.Tensor:
+    """Patch the direct path from ``sender`` to each receiver head (one receiver at a time, or
+    all of them in one run with ``jointly=True``, which returns a single value).
+
+    The sender's change (source run minus base run, restricted to its positions or frames) is
+    added to the residual stream as the receiver sees it, with every component in between held
+    at its base value; everything else in the network runs on the base input. For a
+    cross-attention receiver the changed stream passes through ``encoder_ln_final`` (recomputed:
+    it is on the path) into that head's keys and/or values only. Returns one value per receiver.
+    """
+    sender = resolve(model, sender)
+    receivers = list(receivers)
+    for r in receivers:
+        if not (0 <= r.layer < model.cfg.n_decoder_layers and 0 <= r.head < model.cfg.n_heads):
+            raise ValueError(f"receiver {r.name} does not exist in this model")
+        allowed = set("kv") if r.kind == "cross_attn" else set("qkv")
+        if not r.via or not set(r.via) <= allowed:
+            raise ValueError(f"receiver {r.name}: via must use {sorted(allowed)}")
+    to_encoder = model.hook_layouts[sender.hook].is_encoder_side
+    if any((r.kind == "cross_attn") != to_encoder for r in receivers):
+        raise ValueError(
+            "encoder senders reach decoder heads through cross-attention receivers; decoder senders "
+            "reach later decoder heads through self-attention (kind='attn') receivers"
+        )
+    mel, tokens = prepare(model, base, tokens, sample_rate)
+    n_enc = model.cfg.n_encoder_layers
+    needed = {sender.hook, f"encoder_blocks.{n_enc - 1}.hook_resid_post", "hook_encoder_out"}
+    base_cache = source_cache(model, mel, tokens, needed)
+    delta = _sender_delta(model, sender, base_cache, source_cache(model, source, tokens, {sender.hook}, sample_rate))
+    encoder_out = base_cache["hook_encoder_out"]  # the base run already computed it
+    values = []
+    groups = [receivers] if jointly else [receivers[i : i + batch_size] for i in range(0, len(receivers), batch_size)]
+    for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, unit="batch"):
+        rows = [0] * len(chunk) if jointly else list(range(len(chunk)))
+        batch = 1 if jointly else len(chunk)
+        hooks = []
+        if to_encoder:
+            # The receiver head reads its own copy of the encoder output (use_cross_kv_input):
+            # that copy is the base output with the sender's change, through encoder_ln_final.
+            with torch.no_grad():
+                patched_out = model.encoder_ln_final(base_cache[f"encoder_blocks.{n_enc - 1}.hook_resid_post"] + delta)
+            for row, r in zip(rows, chunk):
+                for part in r.via:
+                    hooks.append(
+                        (f"decoder_blocks.{r.layer}.hook_cross_{part}_input", _set_head(row, r.head, patched_out))
+                    )
+        else:
+            sender_layer = model.hook_layouts[sender.hook].layer if sender.hook.startswith("decoder_blocks.") else -1
+            for row, r in zip(rows, chunk):
+                if r.layer <= sender_layer:
+                    raise ValueError(f"receiver {r.name} is not downstream of {sender.hook}")
+                for part in r.via:
+                    hooks.append(
+                        (f"decoder_blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, delta))
+                    )
+        flag = "use_cross_kv_input" if to_encoder else "use_split_qkv_input"
+        with torch.no_grad(), model.opt_in(**{flag: True}), model.hooks(fwd_hooks=hooks):
+            values.append(metric(model.decode(tokens.expand(batch, -1), encoder_out.expand(batch, -1, -1))))
+    return torch.cat(values)
+
+
+def _set_head(row: int, head: int, value: torch.Tensor) -> Callable:
+    """Set one head's copy of a per-head input ``[batch, pos, head, d_model]`` in one row."""
+
+    def hook_fn(x: torch.Tensor, hook) -> torch.Tensor:
+        x = x.clone()
+        x[row, :, head] = value[0]
+        return x
+
+    return hook_fn
+
+
+def _add_to_head(model: HookedWhisper, row: int, head: int, delta: torch.Tensor) -> Callable:
+    def hook_fn(x: torch.Tensor, hook) -> torch.Tensor:
+        x = x.clone()
+        offset = model.decode_offset
+        x[row, :, head] = x[row, :, head] + delta[0, offset : offset + x.shape[1]]
+        return x
+
+    return hook_fn
+
+
+RESIDUAL_WRITERS = (
+    "hook_conv2",
+    "hook_pos_embed",
+    "hook_embed",
+    "hook_attn_out",
+    "hook_cross_attn_out",
+    "hook_mlp_out",
+)
+RESIDUAL_WRITERS += ("hook_resid_pre", "hook_resid_mid", "hook_resid_mid_cross", "hook_resid_post")
+
+
+def _writes_residual(hook: str) -> bool:
+    """Whether ``hook`` is added to (or is) a residual stream: what a path-patching sender is."""
+    return hook.rsplit(".", 1)[-1] in RESIDUAL_WRITERS

@@ -1,0 +1,148 @@
+"""Where to intervene: a ``Site`` is a hook, optionally one head, optionally some positions.
+
+Positions are absolute (decoder token positions, or audio positions of the hook), so a patch
+keeps its meaning in KV-cached generation, where each step sees only its new positions. A time
+window (``frames(0.5, 1.5)``) is kept in seconds and turned into positions for the hook it is
+applied to, through the model's hook layout: 100 per second on ``hook_mel`` and the first
+convolution, 50 per second after the stride-2 convolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from hooked_whisper.model import HookedWhisper
+
+
+@dataclass(frozen=True)
+class Seconds:
+    """A window of audio time, ``[start, end)`` seconds: positions are chosen per hook."""
+
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end <= 30:
+            raise ValueError(f"a time window must satisfy 0 <= start < end <= 30 s; got {self.start}..{self.end}")
+
+
+def frames(start_s: float, end_s: float) -> Seconds:
+    """The audio between ``start_s`` and ``end_s`` seconds, for ``Site(positions=...)``."""
+    return Seconds(start_s, end_s)
+
+
+@dataclass(frozen=True)
+class Site:
+    hook: str
+    head: int | None = None
+    positions: tuple[int, ...] | Seconds | None = None  # None: every position
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        parts = [self.hook] + ([f"head {self.head}"] if self.head is not None else [])
+        if isinstance(self.positions, Seconds):
+            parts.append(f"{self.positions.start:g}-{self.positions.end:g} s")
+        elif self.positions is not None:
+            first, last = self.positions[0], self.positions[-1]
+            parts.append(f"pos {first}..{last}" if len(self.positions) > 1 else f"pos {first}")
+        return " ".join(parts)
+
+
+def resolve(model: HookedWhisper, site: Site | str) -> Site:
+    """``site`` checked against the model, with a time window turned into the hook's positions."""
+    site = Site(site) if isinstance(site, str) else site
+    layout = model.hook_layout(site.hook)
+    if site.head is not None:
+        if layout.head_axis is None:
+            raise ValueError(f"{site.hook} has no head axis; patch a per-head hook (hook_z, hook_q, ...) for heads")
+        if not 0 <= site.head < model.cfg.n_heads:
+            raise ValueError(f"head {site.head} out of range: this model has heads 0..{model.cfg.n_heads - 1}")
+    if isinstance(site.positions, Seconds):
+        site = replace(site, positions=layout.positions(site.positions.start, site.positions.end), label=site.name)
+    if site.positions is not None and layout.unit != "token":
+        limit = model.cfg.n_frames if layout.unit == "mel_frame" else model.cfg.n_audio_ctx
+        bad = [p for p in site.positions if not 0 <= p < limit]
+        if bad:
+            raise ValueError(f"positions {bad[:3]}... lie outside the {limit} positions of {site.hook}")
+    return site
+
+
+def resolve_all(model: HookedWhisper, sites: Sequence[Site] | Site | str) -> list[Site]:
+    many = [sites] if isinstance(sites, (Site, str)) else list(sites)
+    return [resolve(model, s) for s in many]
+
+
+def region(model: HookedWhisper, site: Site, x: torch.Tensor, row: int | None) -> tuple[tuple, tuple] | None:
+    """Index tuples (into the hooked tensor, into the full-run source) for a resolved ``site``;
+    None when none of its positions are in this call (a later generation step)."""
+    layout = model.hook_layouts[site.hook]
+    pos_axis = layout.pos_axis
+    here: list = [slice(None)] * x.ndim
+    there: list = [slice(None)] * x.ndim
+    if row is not None:
+        here[0] = slice(row, row + 1)
+    if site.head is not None:
+        here[layout.head_axis] = there[layout.head_axis] = site.head  # type: ignore[index]
+    offset = model.decode_offset if layout.unit == "token" else 0
+    n_here = x.shape[pos_axis]
+    assert not isinstance(site.positions, Seconds), "resolve() the site first"
+    wanted = range(offset, offset + n_here) if site.positions is None else site.positions
+    absolute = [p for p in wanted if offset <= p < offset + n_here]
+    if not absolute:
+        return None
+    here[pos_axis] = [p - offset for p in absolute]
+    there[pos_axis] = absolute
+    if site.positions is None and offset == 0:
+        here[pos_axis] = there[pos_axis] = slice(None)
+    return tuple(here), tuple(there)
+
+
+# ---------------------------------------------------------------------------------------- sweeps
+def head_sites(
+    model: HookedWhisper,
+    stack: str = "decoder",
+    kind: str = "cross_attn",
+    hook: str = "hook_z",
+    positions: Sequence[int] | Seconds | None = None,
+) -> list[Site]:
+    """One site per head of every layer: ``{stack}_blocks.{l}.{kind}.{hook}`` (labels XL/DL/EL{l}H{h})."""
+    n_layers = model.cfg.n_encoder_layers if stack == "encoder" else model.cfg.n_decoder_layers
+    tag = "EL" if stack == "encoder" else ("XL" if kind == "cross_attn" else "DL")
+    pos = _positions(positions)
+    return [
+        Site(f"{stack}_blocks.{l}.{kind}.{hook}", h, pos, f"{tag}{l}H{h}")
+        for l in range(n_layers)
+        for h in range(model.cfg.n_heads)
+    ]
+
+
+def layer_sites(model: HookedWhisper, template: str, positions: Sequence[int] | Seconds | None = None) -> list[Site]:
+    """One site per layer, e.g. ``layer_sites(model, "decoder_blocks.{l}.hook_cross_attn_out")``."""
+    stack = model.hook_layout(template.format(l=0)).stack
+    n_layers = model.cfg.n_decoder_layers if stack == "decoder" else model.cfg.n_encoder_layers
+    pos = _positions(positions)
+    return [Site(template.format(l=l), None, pos, template.format(l=l)) for l in range(n_layers)]
+
+
+def position_sites(hook: str, n_positions: int, head: int | None = None) -> list[Site]:
+    """One site per position of ``hook`` (decoder tokens or audio positions)."""
+    return [Site(hook, head, (p,), f"{hook} pos {p}") for p in range(n_positions)]
+
+
+def window_sites(hook: str, duration_s: float, window_s: float = 0.5) -> list[Site]:
+    """Consecutive windows of ``window_s`` seconds over the first ``duration_s`` of audio."""
+    starts = [i * window_s for i in range(math.ceil(duration_s / window_s))]
+    return [Site(hook, None, frames(s, min(s + window_s, 30.0)), f"{hook} {s:.1f}-{s + window_s:.1f}s") for s in starts]
+
+
+def _positions(positions: Sequence[int] | Seconds | None) -> tuple[int, ...] | Seconds | None:
+    return positions if positions is None or isinstance(positions, Seconds) else tuple(positions)
