@@ -52,20 +52,20 @@ def _single_token(model: HookedWhisper, text: str) -> int:
     return ids[0]
 
 
-def _view(cache_dict: dict[str, torch.Tensor], side: str) -> dict[str, torch.Tensor]:
+def _view(cache_dict: dict[str, torch.Tensor], model: HookedWhisper, side: str) -> dict[str, torch.Tensor]:
+    """The cached activations of one stack, renamed as a one-stack TransformerLens model names
+    them. The encoder view holds the audio front end too: its "embedding" is the conv stem's
+    output, before positions are added."""
     renames = [(rf"^{side}_blocks\.", "blocks."), (rf"^{side}_ln_final\.", "ln_final.")]
     if side == "encoder":
-        # The encoder's "embedding" is the conv stem's output, before positions are added.
         renames += [
             (r"^encoder_embed\.hook_conv2$", "hook_embed"),
             (r"^encoder_embed\.hook_pos_embed$", "hook_pos_embed"),
         ]
-    other = "decoder" if side == "encoder" else "encoder"
     out = {}
     for name, tensor in cache_dict.items():
-        if name.startswith((f"{other}_", "hook_mel")) or (side == "decoder" and name.startswith("hook_encoder_out")):
-            continue
-        if side == "encoder" and name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+        layout = model.hook_layouts.get(name)
+        if layout is None or layout.is_encoder_side != (side == "encoder"):
             continue
         for pattern, repl in renames:
             name = re.sub(pattern, repl, name)
@@ -81,13 +81,13 @@ class WhisperActivationCache(ActivationCache):
     @property
     def encoder(self) -> ActivationCache:
         return ActivationCache(
-            _view(self.cache_dict, "encoder"), _StackModel(self.model, "encoder"), self.has_batch_dim
+            _view(self.cache_dict, self.model, "encoder"), _StackModel(self.model, "encoder"), self.has_batch_dim
         )
 
     @property
     def decoder(self) -> DecoderStackCache:
         return DecoderStackCache(
-            _view(self.cache_dict, "decoder"), _StackModel(self.model, "decoder"), self.has_batch_dim
+            _view(self.cache_dict, self.model, "decoder"), _StackModel(self.model, "decoder"), self.has_batch_dim
         )
 
 

@@ -14,18 +14,14 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.audio import SAMPLE_RATE, load_audio
+from hooked_whisper.audio import SAMPLE_RATE, audio_clips
+from hooked_whisper.hook_layout import HookLayout
 
 if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper
 
-SAMPLES_PER_ENCODER_FRAME = 320  # 16 kHz audio, 50 encoder positions per second
 ENCODER_POOLINGS = ("mean_audio", "mean", "none")
 DECODER_POOLINGS = ("last", "prompt_end", "mean", "none")
-
-
-def _is_encoder_hook(name: str) -> bool:
-    return name.startswith(("encoder", "hook_encoder_out"))
 
 
 class ActivationStore:
@@ -85,7 +81,7 @@ def extract_activations(
     decoder_pooling: str | int = "last",
     batch_size: int = 8,
     out_dir: str | Path | None = None,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int | None = None,
     progress: bool = True,
 ) -> ActivationStore:
     """Activations at ``hooks`` for every clip (paths or waveforms at ``sample_rate``), pooled.
@@ -107,15 +103,13 @@ def extract_activations(
         raise ValueError(f"encoder pooling must be one of {ENCODER_POOLINGS}, not {pooling!r}")
     if decoder_pooling not in DECODER_POOLINGS and not isinstance(decoder_pooling, int):
         raise ValueError(f"decoder pooling must be one of {DECODER_POOLINGS} or a position, not {decoder_pooling!r}")
-    needs_decoder = any(not _is_encoder_hook(h) for h in hooks)
+    layouts = {h: model.hook_layout(h) for h in hooks}
+    needs_decoder = any(layout.unit == "token" for layout in layouts.values())
     store = ActivationStore(hooks, out_dir)
     starts = range(0, len(clips), batch_size)
     for start in tqdm(starts, desc="extracting activations", disable=not progress, unit="batch"):
-        waveforms = [
-            load_audio(c) if isinstance(c, (str, Path)) else load_audio(c, sample_rate)
-            for c in clips[start : start + batch_size]
-        ]
-        frames = [min(math.ceil(w.shape[0] / SAMPLES_PER_ENCODER_FRAME), model.cfg.n_audio_ctx) for w in waveforms]
+        waveforms = audio_clips(list(clips[start : start + batch_size]), sample_rate)
+        seconds = [w.shape[0] / SAMPLE_RATE for w in waveforms]
         mel = model.to_mel(waveforms)
         with torch.no_grad():
             if needs_decoder:
@@ -131,9 +125,9 @@ def extract_activations(
                     model.encode(mel)
         batch: dict[str, list[torch.Tensor]] = {}
         for hook in hooks:
-            acts = cache[hook]
-            if _is_encoder_hook(hook):
-                batch[hook] = [_pool_encoder(acts[i], frames[i], pooling) for i in range(len(waveforms))]
+            acts, layout = cache[hook], layouts[hook]
+            if layout.unit != "token":
+                batch[hook] = [_pool_audio(acts[i], layout, seconds[i], pooling) for i in range(len(waveforms))]
             else:
                 batch[hook] = [_pool_decoder(model, acts[i], tokens[i], decoder_pooling) for i in range(len(waveforms))]
         store.append({k: [r.detach().float().cpu() for r in v] for k, v in batch.items()})
@@ -144,11 +138,12 @@ def _store(cache: dict, x: torch.Tensor, hook) -> None:
     cache[hook.name] = x
 
 
-def _pool_encoder(x: torch.Tensor, n_frames: int, pooling: str | int) -> torch.Tensor:
-    if x.ndim < 2 or x.shape[0] not in (1500, 3000):
-        raise ValueError(f"cannot pool an activation of shape {tuple(x.shape)} over positions; use a per-position hook")
-    if x.shape[0] == 3000:  # the first convolution runs at mel-frame rate: twice as many positions
-        n_frames *= 2
+def _pool_audio(x: torch.Tensor, layout: HookLayout, seconds: float, pooling: str | int) -> torch.Tensor:
+    """Pool one clip's activation (batch axis removed) over its audio positions."""
+    if layout.key_unit is not None:
+        raise ValueError("attention patterns and scores have two position axes; pool hook_z or hook_attn_out instead")
+    x = x.movedim(layout.pos_axis - 1, 0)  # positions first, whatever the hook's layout
+    n_frames = min(math.ceil(seconds * layout.positions_per_second), x.shape[0])  # type: ignore[operator]
     if pooling == "mean_audio":
         return x[:n_frames].mean(0)
     if pooling == "mean":
@@ -227,16 +222,53 @@ def _fit_predict(x_train, y_train, x_test, n_classes: int, method: str, l2: floa
         return (x_test @ w + b).argmax(1)
 
 
-def _cross_validate(x, y, n_classes, folds, seed, method, l2) -> tuple[list[float], list[float]]:
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(x.device)
-    accs, majority = [], []
+def fold_assignment(labels: torch.Tensor, groups: Sequence | None, folds: int, seed: int) -> torch.Tensor:
+    """The test fold of every example. A group (a speaker, a video, the clean and noisy
+    versions of one clip) never spans two folds; groups are dealt to folds class by class (by
+    each group's most common label), so every fold holds every class where the groups allow.
+
+    Raises if there are fewer groups than folds, or if some training split would lack a class
+    (its probe could not learn that class, and the fold would score nothing meaningful)."""
+    n = len(labels)
+    group_ids = list(range(n)) if groups is None else list(groups)
+    if len(group_ids) != n:
+        raise ValueError(f"{len(group_ids)} groups for {n} examples: one group per example is needed")
+    members: dict = {}
+    for i, g in enumerate(group_ids):
+        members.setdefault(g, []).append(i)
+    if len(members) < folds:
+        raise ValueError(f"{len(members)} groups cannot fill {folds} folds: use folds <= {len(members)}")
+    by_class: dict[int, list] = {}
+    for g, idx in members.items():
+        majority = int(torch.bincount(labels[idx]).argmax())
+        by_class.setdefault(majority, []).append(g)
+    generator = torch.Generator().manual_seed(seed)
+    fold_of = torch.empty(n, dtype=torch.long)
+    dealt = 0
+    for c in sorted(by_class):
+        gs = by_class[c]
+        for k in torch.randperm(len(gs), generator=generator).tolist():
+            fold_of[members[gs[k]]] = dealt % folds
+            dealt += 1
+    n_classes = int(labels.max()) + 1
     for fold in range(folds):
-        test = order[fold::folds]
-        train_mask = torch.ones(len(y), dtype=torch.bool, device=x.device)
-        train_mask[test] = False
-        pred = _fit_predict(x[train_mask], y[train_mask], x[test], n_classes, method, l2)
+        train_classes = set(labels[fold_of != fold].tolist())
+        if len(train_classes) < n_classes:
+            missing = sorted(set(range(n_classes)) - train_classes)
+            raise ValueError(
+                f"fold {fold}'s training split has no example of class index {missing}: too few groups of "
+                "that class for this many folds; use fewer folds or more data"
+            )
+    return fold_of
+
+
+def _cross_validate(x, y, n_classes, fold_of, method, l2) -> tuple[list[float], list[float]]:
+    accs, majority = [], []
+    for fold in range(int(fold_of.max()) + 1):
+        test = fold_of == fold
+        pred = _fit_predict(x[~test], y[~test], x[test], n_classes, method, l2)
         accs.append(float((pred == y[test]).float().mean()))
-        common = torch.bincount(y[train_mask], minlength=n_classes).argmax()
+        common = torch.bincount(y[~test], minlength=n_classes).argmax()
         majority.append(float((y[test] == common).float().mean()))
     return accs, majority
 
@@ -245,6 +277,7 @@ def train_probes(
     activations: ActivationStore | dict[str, torch.Tensor],
     labels: Sequence,
     hooks: Sequence[str] | None = None,
+    groups: Sequence | None = None,
     method: str = "logistic",
     folds: int = 5,
     seed: int = 0,
@@ -253,6 +286,10 @@ def train_probes(
     progress: bool = True,
 ) -> ProbeReport:
     """A linear probe per hook, ``folds``-fold cross-validated (deterministic for a ``seed``).
+
+    ``groups`` (one id per example: speaker, video, source clip) keeps each group inside one
+    fold, so the probe is scored on groups it never saw; folds are stratified by label (see
+    ``fold_assignment``).
 
     ``method`` is ``"logistic"`` (multinomial, L-BFGS, L2 penalty ``l2``) or ``"ridge"``
     (one-hot least squares). Features are standardised with the training fold's statistics.
@@ -269,25 +306,50 @@ def train_probes(
     if len(classes) < 2:
         raise ValueError(f"probing needs at least two classes; the labels hold only {classes}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    y = torch.tensor([classes.index(label) for label in labels], device=device)
+    y = torch.tensor([classes.index(label) for label in labels])
+    fold_of = shuffled_y = None
     results = []
     for hook in tqdm(hooks, desc="training probes", disable=not progress, unit="hook"):
         x = activations[hook].float().to(device)
         if x.shape[0] != len(y):
             raise ValueError(f"{len(y)} labels for {x.shape[0]} examples at {hook}: one label per clip is needed")
         x = x.flatten(1)
-        accs, majority = _cross_validate(x, y, len(classes), folds, seed, method, l2)
-        shuffled_y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)]
-        shuffled, _ = _cross_validate(x, shuffled_y, len(classes), folds, seed, method, l2)
+        if fold_of is None:
+            fold_of = fold_assignment(y, groups, folds, seed).to(device)
+            # The shuffled-label control moves labels between groups, each group's labels together.
+            shuffled_y = y[_group_permutation(groups, len(y), seed + 1)].to(device)
+            y = y.to(device)
+        accs, majority = _cross_validate(x, y, len(classes), fold_of, method, l2)
+        shuffled, _ = _cross_validate(x, shuffled_y, len(classes), fold_of, method, l2)
         match = re.search(r"_blocks\.(\d+)\.", hook)
         results.append(
             ProbeResult(
                 hook,
                 int(match.group(1)) if match else None,
-                sum(accs) / folds,
+                sum(accs) / len(accs),
                 float(torch.tensor(accs).std()),
-                sum(majority) / folds,
-                sum(shuffled) / folds,
+                sum(majority) / len(majority),
+                sum(shuffled) / len(shuffled),
             )
         )
     return ProbeReport(results, classes, len(y), method, folds)
+
+
+def _group_permutation(groups: Sequence | None, n: int, seed: int) -> torch.Tensor:
+    """A permutation of ``n`` examples that moves whole groups onto each other's places when
+    groups have equal sizes, and shuffles examples freely when there are no groups."""
+    generator = torch.Generator().manual_seed(seed)
+    if groups is None:
+        return torch.randperm(n, generator=generator)
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    by_size: dict[int, list[list[int]]] = {}
+    for idx in members.values():
+        by_size.setdefault(len(idx), []).append(idx)
+    order = torch.arange(n)
+    for same_size in by_size.values():
+        perm = torch.randperm(len(same_size), generator=generator).tolist()
+        for dst, src in zip(same_size, (same_size[k] for k in perm)):
+            order[dst] = torch.tensor(src)
+    return order

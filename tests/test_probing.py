@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from hooked_whisper import load_audio
-from hooked_whisper.probing import extract_activations, train_probes
+from hooked_whisper.probing import extract_activations, fold_assignment, train_probes
 from tests.conftest import DATA
 
 
@@ -54,3 +56,35 @@ def test_probing_errors(tiny_en):
         train_probes({"h": torch.zeros(4, 3)}, [1, 1, 1, 1], progress=False)
     with pytest.raises(ValueError, match="pooling must be one of"):
         extract_activations(tiny_en, [DATA / "cards_001.wav"], ["hook_encoder_out"], pooling="max")
+
+
+def test_folds_keep_groups_together_and_stratify():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.tensor([0] * 30 + [1] * 30)
+    groups = [f"speaker{i // 3}" for i in range(60)]  # 20 speakers, 3 clips each, one label per speaker
+    fold_of = fold_assignment(labels, groups, folds=5, seed=0)
+    for speaker in set(groups):
+        assert len({int(fold_of[i]) for i, s in enumerate(groups) if s == speaker}) == 1, speaker
+    for fold in range(5):
+        test = fold_of == fold
+        assert set(labels[test].tolist()) == {0, 1}  # stratified: every fold tests both classes
+    x = torch.randn(60, 8, generator=g) + labels[:, None] * 3
+    report = train_probes({"encoder_blocks.0.x": x}, labels.tolist(), groups=groups, progress=False)
+    assert report.results[0].accuracy > 0.9
+    with pytest.raises(ValueError, match="3 groups cannot fill 5 folds"):
+        train_probes({"h": torch.zeros(6, 3)}, [0, 1, 0, 1, 0, 1], groups=[0, 0, 1, 1, 2, 2], progress=False)
+    with pytest.raises(ValueError, match="has no example of class"):
+        # one group of class 1: the fold that tests it trains on class 0 alone
+        fold_assignment(torch.tensor([0, 0, 0, 1]), None, folds=2, seed=0)
+
+
+def test_mel_hook_pools_at_mel_frame_rate(tiny_en):
+    clip = DATA / "cards_001.wav"
+    store = extract_activations(tiny_en, [clip], ["hook_mel", "encoder_embed.hook_conv1"], progress=False)
+    seconds = load_audio(clip).shape[0] / 16000
+    _, cache = tiny_en.run_with_cache(clip, names_filter=["hook_mel", "encoder_embed.hook_conv1"])
+    n = math.ceil(seconds * 100)  # 100 mel frames per second
+    assert torch.allclose(store["hook_mel"][0], cache["hook_mel"][0, :, :n].mean(-1), atol=1e-5)
+    assert torch.allclose(
+        store["encoder_embed.hook_conv1"][0], cache["encoder_embed.hook_conv1"][0, :n].mean(0), atol=1e-5
+    )
