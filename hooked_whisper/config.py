@@ -64,6 +64,11 @@ class HookedWhisperConfig:
             )
         if cfg.get("encoder_ffn_dim", 4 * cfg["d_model"]) != cfg.get("decoder_ffn_dim", 4 * cfg["d_model"]):
             raise ValueError("encoder_ffn_dim and decoder_ffn_dim differ; HookedWhisper assumes one d_mlp")
+        if cfg.get("activation_function", "gelu") != "gelu":
+            raise ValueError(
+                f"activation_function={cfg['activation_function']!r}: HookedWhisper computes Whisper's exact "
+                "(erf) GELU and implements no other activation"
+            )
         if cfg.get("scale_embedding", False):
             raise ValueError("scale_embedding=True is not a Whisper setting; refusing to guess its meaning")
         return cls(

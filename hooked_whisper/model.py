@@ -41,7 +41,7 @@ from hooked_whisper.components.attention import KeyValue
 from hooked_whisper.config import HookedWhisperConfig
 from hooked_whisper.decoding.generation_config import GenerationConfig
 from hooked_whisper.hook_layout import HookLayout, layout_of
-from hooked_whisper.tokenizer import WhisperTokenizer
+from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
 
@@ -106,8 +106,8 @@ class HookedWhisper(HookedRootModule):
     ):
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = tokenizer or WhisperTokenizer(None, cfg.d_vocab)
-        self.generation_config = generation_config or GenerationConfig()
+        self.tokenizer = tokenizer or WhisperTokenizer(bundled_vocabulary(cfg.d_vocab), cfg.d_vocab)
+        self.generation_config = generation_config or GenerationConfig.standard(cfg.d_vocab)
 
         self.hook_mel = HookPoint()  # [batch, n_mels, 3000]
         self.encoder_embed = AudioEmbed(cfg)
@@ -329,13 +329,7 @@ class HookedWhisper(HookedRootModule):
                 encoder_out = self.encode(mel) if encoder_out is None else encoder_out
                 results = decode_window(self, encoder_out, DecodingOptions())
                 return padded_tokens(results, self.special.eot, include_eot=False).to(self.device)
-        if isinstance(tokens, str):
-            tokens = self.to_tokens(tokens)
-        tokens = torch.as_tensor(tokens, device=self.device)
-        if tokens.ndim == 1:
-            tokens = tokens.unsqueeze(0)
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+        tokens = self.check_tokens(tokens)
         if tokens.shape[0] == 1 and mel.shape[0] > 1:
             tokens = tokens.expand(mel.shape[0], -1)
         if tokens.shape[0] != mel.shape[0]:
@@ -343,6 +337,21 @@ class HookedWhisper(HookedRootModule):
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab):
             raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}); got {tokens.min()}..{tokens.max()}")
         return tokens
+
+    def check_tokens(self, tokens: TokensInput) -> Int[torch.Tensor, "batch pos"]:
+        """Token ids as a ``[batch, pos]`` tensor on the model's device, or a clear error."""
+        if isinstance(tokens, str):
+            return self.to_tokens(tokens)
+        if isinstance(tokens, (list, tuple)) and len(tokens) == 0:
+            raise ValueError("tokens are empty: give at least the start-of-transcript token (model.prompt())")
+        tokens = torch.as_tensor(tokens, device=self.device)
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+        if tokens.ndim not in (1, 2):
+            raise ValueError(f"tokens are [pos] or [batch, pos]; got shape {tuple(tokens.shape)}")
+        if tokens.shape[-1] == 0:
+            raise ValueError("tokens are empty: give at least the start-of-transcript token (model.prompt())")
+        return tokens if tokens.ndim == 2 else tokens.unsqueeze(0)
 
     # ------------------------------------------------------------------ hooks
     def check_hook_name(self, name: str) -> None:
@@ -521,6 +530,8 @@ class HookedWhisper(HookedRootModule):
         """
         from hooked_whisper.decoding.transcribe import transcribe
 
+        if language is not None or task != "transcribe":
+            self.prompt(language or "en", task)  # an unknown language or task is reported before any audio work
         mels = self._long_form_mels(audio, sample_rate)
         with self.hooks(fwd_hooks=fwd_hooks or []):
             results = [

@@ -7,6 +7,7 @@ model's vocabulary runs on through 1501 timestamps (0.00 s to 30.00 s in 0.02 s 
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,17 @@ from pathlib import Path
 import torch
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED_VOCABULARIES = {51864: "vocab-en.json.gz", 51865: "vocab-multilingual.json.gz"}
+
+
+def bundled_vocabulary(d_vocab: int) -> Path | None:
+    """The vocabulary file shipped with the package for an official vocabulary size (English-only
+    or multilingual v1/v2), or None (large-v3's 51,866 ids must come with the checkpoint)."""
+    name = BUNDLED_VOCABULARIES.get(d_vocab)
+    return ASSETS / name if name else None
+
+
 _LANGUAGE_TOKEN = re.compile(r"^<\|([a-z]{2,3}|haw)\|>$")
 
 
@@ -75,7 +87,10 @@ class WhisperTokenizer:
         if self.path is not None:
             from tokenizers import Tokenizer
 
-            self._tok = Tokenizer.from_file(str(self.path))
+            if self.path.suffix == ".gz":
+                self._tok = Tokenizer.from_str(gzip.decompress(self.path.read_bytes()).decode())
+            else:
+                self._tok = Tokenizer.from_file(str(self.path))
             special = self._read_special_tokens(special)
         self.special = special
 
@@ -125,10 +140,16 @@ class WhisperTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._require().encode(text, add_special_tokens=False).ids
 
+    def check_ids(self, ids: Sequence[int]) -> None:
+        bad = [i for i in ids if not 0 <= i < self.d_vocab]
+        if bad:
+            raise ValueError(f"token ids must lie in [0, {self.d_vocab}); got {bad[:5]}")
+
     def decode(self, tokens: Sequence[int] | torch.Tensor, skip_special: bool = True) -> str:
         """Text of ``tokens``. Timestamps read ``<|1.24|>`` unless ``skip_special``."""
         tok = self._require()
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        self.check_ids(ids)
         pieces: list[str] = []
         run: list[int] = []
         for i in ids:
@@ -151,6 +172,7 @@ class WhisperTokenizer:
 
     def token_text(self, token: int) -> str:
         """One token as text, special tokens and timestamps included (for tables and plots)."""
+        self.check_ids([token])
         if token >= self.special.timestamp_begin:
             return self.timestamp_text(token)
         tok = self._require()

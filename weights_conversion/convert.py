@@ -9,6 +9,7 @@ a round trip returns the same tensors bit for bit.
 from __future__ import annotations
 
 import ctypes
+import gzip
 import json
 import shutil
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 
 from hooked_whisper.config import HookedWhisperConfig
 from hooked_whisper.decoding.generation_config import GenerationConfig
-from hooked_whisper.tokenizer import WhisperTokenizer
+from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 from weights_conversion.ctranslate2 import ctranslate2_to_hf, model_bin_parts, read_ctranslate2_config, read_model_bin
 from weights_conversion.keys import tensor_specs
 
@@ -124,21 +125,69 @@ class Checkpoint:
     source: str
 
 
-def _tokenizer_for(folder: Path | None, explicit: str | Path | None, d_vocab: int) -> WhisperTokenizer:
-    path = Path(explicit) if explicit is not None else (folder / "tokenizer.json" if folder else None)
-    if explicit is not None and not path.is_file():  # type: ignore[union-attr]
+def _tokenizer_for(folder: Path, explicit: str | Path | None, d_vocab: int) -> WhisperTokenizer:
+    """The checkpoint's ``tokenizer.json`` (or ``explicit``), else the vocabulary the package
+    ships for this vocabulary size; a checkpoint with neither is refused, never left textless."""
+    path = Path(explicit) if explicit is not None else folder / "tokenizer.json"
+    if explicit is not None and not path.is_file():
         raise FileNotFoundError(f"no tokenizer file at {explicit}")
-    return WhisperTokenizer(path if path is not None and path.is_file() else None, d_vocab)
+    if not path.is_file():
+        bundled = bundled_vocabulary(d_vocab)
+        if bundled is None:
+            raise CheckpointError(
+                f"{folder} has no tokenizer.json and no vocabulary of {d_vocab} ids ships with hooked-whisper: "
+                "pass tokenizer=PATH to from_pretrained (the checkpoint's tokenizer.json from its Hub repo)"
+            )
+        path = bundled
+    try:
+        return WhisperTokenizer(path, d_vocab)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"could not read {path} as a tokenizer: {err}") from err
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of a checkpoint; a broken one is an error that names it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"could not read {path} as JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def _generation_config(path: Path, d_vocab: int, fallback: dict | None = None) -> GenerationConfig:
+    """``generation_config.json`` if present, else the suppress lists in ``fallback`` (an HF
+    ``config.json`` carries them), else those every official checkpoint of this vocabulary has."""
+    if path.is_file():
+        return GenerationConfig.from_dict(read_json(path))
+    if fallback and fallback.get("suppress_tokens") is not None:
+        return GenerationConfig.from_dict(fallback)
+    return GenerationConfig.standard(d_vocab)
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity (one pass over the tensors)."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{source}: {name} holds NaN or infinite values; the checkpoint is damaged")
 
 
 def load_hf_folder(folder: Path, tokenizer: str | Path | None = None) -> Checkpoint:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json, so it is not a Hugging Face checkpoint")
-    cfg = HookedWhisperConfig.from_hf_config(json.loads(config_path.read_text()))
+    hf_config = read_json(config_path)
+    try:
+        cfg = HookedWhisperConfig.from_hf_config(hf_config)
+    except KeyError as err:
+        raise CheckpointError(f"{config_path} has no {err.args[0]!r}: is it a Whisper config?") from err
+    except ValueError as err:
+        raise CheckpointError(f"{config_path}: {err}") from err
     sd = _read_hf_weights(folder)
-    gen_path = folder / "generation_config.json"
-    gen = GenerationConfig.from_dict(json.loads(gen_path.read_text())) if gen_path.is_file() else GenerationConfig()
+    gen = _generation_config(folder / "generation_config.json", cfg.d_vocab, hf_config)
     return Checkpoint(
         cfg,
         convert_state_dict(sd, cfg, "hf", "hooked", str(folder), consume=True),
@@ -151,18 +200,28 @@ def load_hf_folder(folder: Path, tokenizer: str | Path | None = None) -> Checkpo
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    def read(path: Path) -> dict[str, torch.Tensor]:
+        try:
+            if path.suffix == ".safetensors":
+                return load_file(str(path))
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # truncated files, pickles that are more than tensors, ...
+            raise CheckpointError(f"could not read the weights in {path}: {type(err).__name__}: {err}") from err
+
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(str(single))
+        return read(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no weight_map")
         sd: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            sd.update(load_file(str(folder / shard)))
+        for shard in sorted(set(weight_map.values())):
+            sd.update(read(folder / shard))
         return sd
     if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+        return read(folder / "pytorch_model.bin")
     raise FileNotFoundError(f"{folder} has no model.safetensors, sharded safetensors or pytorch_model.bin")
 
 
@@ -175,9 +234,11 @@ def load_openai_checkpoint(path: Path, tokenizer: str | Path | None = None) -> C
         raise CheckpointError(
             f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')"
         )
-    cfg = HookedWhisperConfig.from_openai_dims(raw["dims"])
-    gen_path = path.parent / "generation_config.json"
-    gen = GenerationConfig.from_dict(json.loads(gen_path.read_text())) if gen_path.is_file() else GenerationConfig()
+    try:
+        cfg = HookedWhisperConfig.from_openai_dims(raw["dims"])
+    except KeyError as err:
+        raise CheckpointError(f"{path}: dims lack {err.args[0]!r}") from err
+    gen = _generation_config(path.parent / "generation_config.json", cfg.d_vocab)
     sd = convert_state_dict(raw["model_state_dict"], cfg, "openai", "hooked", str(path), consume=True)
     return Checkpoint(cfg, sd, _tokenizer_for(path.parent, tokenizer, cfg.d_vocab), gen, str(path))
 
@@ -235,7 +296,9 @@ def save_hf_folder(ckpt_or_model, out_dir: str | Path, dtype: torch.dtype = torc
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(gen.to_hf_dict(special, cfg.is_multilingual), indent=2))
-    if tokenizer.path is not None:
+    if tokenizer.path is not None and tokenizer.path.suffix == ".gz":  # a vocabulary bundled with the package
+        (out / "tokenizer.json").write_bytes(gzip.decompress(tokenizer.path.read_bytes()))
+    elif tokenizer.path is not None:
         shutil.copyfile(tokenizer.path, out / "tokenizer.json")
     return out
 

@@ -183,7 +183,10 @@ def read_ctranslate2_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         return {}
-    cfg = json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"could not read {path} as JSON: {err}") from err
     return {
         "suppress_tokens": cfg.get("suppress_ids", []),
         "begin_suppress_tokens": cfg.get("suppress_ids_begin", []),

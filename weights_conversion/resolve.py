@@ -8,6 +8,7 @@ from pathlib import Path
 
 from weights_conversion.convert import (
     Checkpoint,
+    check_finite,
     load_ctranslate2_folder,
     load_hf_folder,
     load_openai_checkpoint,
@@ -51,6 +52,12 @@ def bundled_model(name: str) -> tuple[Path, list[Path]] | None:
 
 def load_checkpoint(name_or_path: str | Path, tokenizer: str | Path | None = None) -> Checkpoint:
     """Load any supported checkpoint as HookedWhisper tensors (see ``HookedWhisper.from_pretrained``)."""
+    ckpt = _load(name_or_path, tokenizer)
+    check_finite(ckpt.state_dict, ckpt.source)
+    return ckpt
+
+
+def _load(name_or_path: str | Path, tokenizer: str | Path | None) -> Checkpoint:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         if path.suffix in (".pt", ".pth"):

@@ -3,10 +3,11 @@ CTranslate2 ``config.json``): which tokens are never sampled, and which heads al
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hooked_whisper.tokenizer import SpecialTokens
+from hooked_whisper.tokenizer import ASSETS, SpecialTokens
 
 
 @dataclass
@@ -15,6 +16,20 @@ class GenerationConfig:
     begin_suppress_tokens: list[int] = field(default_factory=list)  # masked at the first step only
     alignment_heads: list[tuple[int, int]] = field(default_factory=list)  # (decoder layer, head)
     max_length: int = 448  # prompt plus generated tokens
+
+    @classmethod
+    def standard(cls, d_vocab: int) -> GenerationConfig:
+        """The suppress lists every official checkpoint of this vocabulary ships with (bundled in
+        ``hooked_whisper/assets``), for checkpoints that come without a generation config. No
+        alignment heads: word timing then uses the upper half of the decoder's heads."""
+        table = json.loads((ASSETS / "suppress_tokens.json").read_text())
+        if d_vocab == 51866:  # large-v3: one more language token, every id from 50358 on moves up
+            lists = table["51865"]
+            shift = {k: [t + 1 if t >= 50358 else t for t in v] for k, v in lists.items()}
+            return cls(**shift)
+        if str(d_vocab) not in table:
+            return cls()
+        return cls(**table[str(d_vocab)])
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> GenerationConfig:

@@ -11,6 +11,7 @@ exist, and candidates are ranked by summed log-probability over length.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,8 +54,8 @@ class DecodingOptions:
             raise ValueError("stop_on_loop works with greedy decoding and sampling, not beam search")
         if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
             raise ValueError(f"length_penalty must lie in [0, 1], got {self.length_penalty}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         for name in ("beam_size", "best_of", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -108,8 +108,10 @@ def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
     pad = width // 2
     if x.shape[-1] <= pad:
         return x
-    padded = torch.nn.functional.pad(x, (pad, pad), mode="reflect")
-    return padded.unfold(-1, width, 1).median(dim=-1).values
+    # Reflect padding takes [batch, channel, length]: fold any leading axes into one and back.
+    flat = x.reshape(-1, 1, x.shape[-1])
+    padded = torch.nn.functional.pad(flat, (pad, pad), mode="reflect")
+    return padded.unfold(-1, width, 1).median(dim=-1).values.reshape(x.shape)
 
 
 def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

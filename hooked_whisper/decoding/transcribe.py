@@ -11,6 +11,7 @@ needed). One deliberate difference: the encoder runs once per window, not once p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -114,6 +115,8 @@ def transcribe(
     s = model.special
     content_frames = mel.shape[-1] - N_FRAMES
     temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
+    if not temperatures or any(not math.isfinite(t) or t < 0 for t in temperatures):
+        raise ValueError(f"temperature must be one number >= 0 or a non-empty sequence of them, got {temperature!r}")
     generator = None if seed is None else torch.Generator(model.device).manual_seed(seed)
     base_options = DecodingOptions(
         language=language,
@@ -126,6 +129,10 @@ def transcribe(
         max_new_tokens=max_new_tokens or model.cfg.n_text_ctx // 2,
         stop_on_loop=stop_on_loop,
     )
+    for t in temperatures:  # every attempt's options, checked before any audio is encoded
+        replace(
+            base_options, temperature=t, beam_size=beam_size if t == 0 else None, best_of=best_of if t > 0 else None
+        ).check(model)
 
     def window(seek: int, size: int) -> torch.Tensor:
         part = mel[:, seek : seek + size]
@@ -140,7 +147,9 @@ def transcribe(
 
     def decode_with_fallback(encoder_out: torch.Tensor, prompt: list[int]) -> WindowResult:
         result = None
-        for t in temperatures:
+        for attempt, t in enumerate(temperatures):
+            if show and attempt > 0:
+                bar.set_postfix_str(f"window at {time_offset:.1f} s: retrying at temperature {t}")
             options = replace(
                 base_options,
                 temperature=t,
