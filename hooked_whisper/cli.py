@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
-import torch
-
-from hooked_whisper import HookedWhisper
-from hooked_whisper.lens import logit_lens
-from hooked_whisper.metrics import read_transcripts, word_error_rate
+# torch and the model are imported inside the commands, so that --help and argument errors
+# answer at once.
 
 
 def summarize_cache(cache) -> list[str]:
@@ -28,11 +26,25 @@ def summarize_cache(cache) -> list[str]:
     ]
 
 
-def inspect(args: argparse.Namespace) -> None:
-    model = HookedWhisper.from_pretrained(args.model)
+def inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from hooked_whisper import HookedWhisper, load_audio
+    from hooked_whisper.audio import N_SAMPLES, SAMPLE_RATE
+    from hooked_whisper.lens import logit_lens
+    from hooked_whisper.metrics import read_transcripts, word_error_rate
+
     clip = Path(args.clip)
+    waveform = load_audio(clip)  # a missing or unreadable file is reported before the model loads
+    model = HookedWhisper.from_pretrained(args.model)
+    if waveform.shape[0] > N_SAMPLES:
+        print(
+            f"note: {clip} lasts {waveform.shape[0] / SAMPLE_RATE:.1f} s; inspecting its first 30 s "
+            "(one forward pass sees one window; `hooked-whisper transcribe` reads it all)"
+        )
+        waveform = waveform[:N_SAMPLES]
     with torch.no_grad():
-        logits, cache = model.run_with_cache(clip)
+        logits, cache = model.run_with_cache(waveform, sample_rate=SAMPLE_RATE)
     tokens = cache["hook_tokens"][0]
     n_prompt = len(model.prompt("en" if model.cfg.is_multilingual else None))
     text = model.to_string(tokens[n_prompt:])
@@ -54,6 +66,7 @@ def inspect(args: argparse.Namespace) -> None:
     print("\ndecoder logit lens (top-1 token at each position; the last row is the model's prediction):")
     print("\n".join("  " + line for line in lens.table(model)))
     print("  saturation layer per position: " + " ".join(str(int(s)) for s in lens.saturation_layer[0]))
+    return 0
 
 
 def format_time(seconds: float) -> str:
@@ -61,51 +74,83 @@ def format_time(seconds: float) -> str:
     return f"{int(minutes):02d}:{seconds:05.2f}"
 
 
-def transcribe(args: argparse.Namespace) -> None:
-    model = HookedWhisper.from_pretrained(args.model)
+def transcribe(args: argparse.Namespace) -> int:
+    """Transcribe every readable file; report each bad one on stderr (and in --json) and exit 1."""
+    from hooked_whisper import HookedWhisper, load_audio
+    from hooked_whisper.audio import SAMPLE_RATE
+
+    waveforms, failures = {}, {}
+    for f in args.files:  # every file is checked before the model loads
+        try:
+            waveforms[f] = load_audio(f)
+        except (OSError, ValueError, TypeError) as err:
+            failures[f] = str(err)
+            print(f"hooked-whisper: {f}: {err}", file=sys.stderr)
     results = []
-    for f in args.files:
-        result = model.transcribe(
-            Path(f),
-            language=args.language,
-            task=args.task,
-            timestamps=args.timestamps or args.word_timestamps,
-            word_timestamps=args.word_timestamps,
-            beam_size=args.beam_size,
-        )
-        if args.json:
-            results.append({"file": f, **result.to_dict()})
-        elif args.timestamps or args.word_timestamps:
-            print(f"{f} ({result.language})")
-            for seg in result.segments:
-                print(f"[{format_time(seg.start)} --> {format_time(seg.end)}]{seg.text}")
-                for w in seg.words or []:
-                    print(f"    {format_time(w.start)} {format_time(w.end)} {w.probability:.2f}{w.word}")
-        else:
-            print(f"{f}\t{result.text.strip()}")
+    if waveforms:
+        model = HookedWhisper.from_pretrained(args.model)
+        for f, waveform in waveforms.items():
+            # Timestamps are always decoded (as openai-whisper's command line does): without them
+            # Whisper tends to stop after the first sentence of a long window. Shown when asked.
+            result = model.transcribe(
+                waveform,
+                sample_rate=SAMPLE_RATE,
+                language=args.language,
+                task=args.task,
+                timestamps=True,
+                word_timestamps=args.word_timestamps,
+                beam_size=args.beam_size,
+            )
+            if args.json:
+                results.append({"file": f, **result.to_dict()})
+            elif args.timestamps or args.word_timestamps:
+                print(f"{f} ({result.language})")
+                for seg in result.segments:
+                    print(f"[{format_time(seg.start)} --> {format_time(seg.end)}]{seg.text}")
+                    for w in seg.words or []:
+                        print(f"    {format_time(w.start)} {format_time(w.end)} {w.probability:.2f}{w.word}")
+            else:
+                print(f"{f}\t{result.text.strip()}")
     if args.json:
+        results += [{"file": f, "error": message} for f, message in failures.items()]
+        order = {f: i for i, f in enumerate(args.files)}
+        results.sort(key=lambda r: order[r["file"]])
         print(json.dumps(results if len(results) > 1 else results[0], indent=2, ensure_ascii=False))
+    return 1 if failures else 0
+
+
+MODEL_HELP = (
+    "'tiny.en' or 'base' (bundled by the weights extra), a Hugging Face repo id such as "
+    "'openai/whisper-small', or a path to a checkpoint (default: %(default)s)"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hooked-whisper", description="Whisper with hooks everywhere")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="transcribe a clip and summarise the activation cache")
-    p.add_argument("clip")
-    p.add_argument("--model", default="tiny.en", help="bundled name, Hub repo id or checkpoint path")
+    p.add_argument("clip", help="an audio file (its first 30 s are inspected)")
+    p.add_argument("--model", default="tiny.en", help=MODEL_HELP)
     p.set_defaults(run=inspect)
     p = sub.add_parser("transcribe", help="transcribe audio files of any length")
     p.add_argument("files", nargs="+")
-    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--model", default="tiny.en", help=MODEL_HELP)
     p.add_argument("--language", default=None, help="language code (default: detected)")
     p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
-    p.add_argument("--timestamps", action="store_true", help="print segments with their times")
+    p.add_argument("--timestamps", action="store_true", help="print segments with their times (always decoded)")
     p.add_argument("--word-timestamps", action="store_true", help="also time each word (alignment heads + DTW)")
     p.add_argument("--beam-size", type=int, default=None, help="beam search instead of greedy decoding")
     p.add_argument("--json", action="store_true", help="print the full result (segments, words, windows) as JSON")
     p.set_defaults(run=transcribe)
     args = parser.parse_args(argv)
-    args.run(args)
+    from weights_conversion import CheckpointError
+
+    try:
+        code = args.run(args)
+    except (OSError, ValueError, TypeError, CheckpointError) as err:  # one line, no traceback
+        print(f"hooked-whisper: error: {err}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,35 +36,12 @@ from hooked_whisper.audio import (
 )
 from hooked_whisper.cache import WhisperActivationCache
 from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
-from hooked_whisper.components.attention import KeyValue
-from hooked_whisper.config import HookedWhisperConfig
-from hooked_whisper.decoding.generation_config import GenerationConfig
+from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
+from hooked_whisper.decoding.cache import DecoderCache
 from hooked_whisper.hook_layout import HookLayout, layout_of
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
-
-
-@dataclass
-class DecoderCache:
-    """What the decoder keeps between generation steps: per layer, the cross-attention keys and
-    values (computed once from the encoder output) and the self-attention keys and values of
-    every position decoded so far."""
-
-    cross_kv: list[KeyValue]
-    self_kv: list[KeyValue | None]
-
-    @property
-    def position(self) -> int:
-        first = self.self_kv[0]
-        return 0 if first is None else first[0].shape[1]
-
-    def select(self, index: torch.Tensor, cross: bool = True) -> None:
-        """Keep only batch rows ``index`` (in that order). Beam search passes ``cross=False``:
-        it only reorders rows of the same clip, whose cross-attention K/V are identical."""
-        if cross:
-            self.cross_kv = [(k[index], v[index]) for k, v in self.cross_kv]
-        self.self_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv]
 
 
 def _serialised(method: Callable) -> Callable:

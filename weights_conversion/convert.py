@@ -18,8 +18,7 @@ from typing import Literal
 
 import torch
 
-from hooked_whisper.config import HookedWhisperConfig
-from hooked_whisper.decoding.generation_config import GenerationConfig
+from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 from weights_conversion.ctranslate2 import ctranslate2_to_hf, model_bin_parts, read_ctranslate2_config, read_model_bin
 from weights_conversion.keys import tensor_specs

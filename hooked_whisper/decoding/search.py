@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hooked_whisper.decoding.cache import DecoderCache
 from hooked_whisper.decoding.repetition import compression_ratio, is_looping
 from hooked_whisper.decoding.rules import LogitRules
 
 if TYPE_CHECKING:
-    from hooked_whisper.model import DecoderCache, HookedWhisper
+    from hooked_whisper.model import HookedWhisper
 
 
 @dataclass
@@ -82,7 +83,6 @@ class WindowResult:
 
 def language_probs(model: HookedWhisper, cache: DecoderCache) -> list[dict[str, float]]:
     """P(language) per clip, from the decoder's prediction after ``<|startoftranscript|>``."""
-    from hooked_whisper.model import DecoderCache
 
     s = model.special
     if not s.languages:
