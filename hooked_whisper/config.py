@@ -189,10 +189,6 @@ class GenerationConfig:
             "prev_sot_token_id": special.sot_prev,
             "is_multilingual": is_multilingual,
         }
-        # As the Hub's Whisper configs do: task defaults to transcribe (language left to detection).
-        out["forced_decoder_ids"] = (
-            [[1, None], [2, special.transcribe]] if is_multilingual else [[1, special.no_timestamps]]
-        )
         if is_multilingual:
             out["lang_to_id"] = {f"<|{code}|>": i for code, i in special.languages.items()}
             out["task_to_id"] = {"transcribe": special.transcribe, "translate": special.translate}

@@ -290,8 +290,6 @@ def save_hf_folder(ckpt_or_model, out_dir: str | Path, dtype: torch.dtype = torc
         "bos_token_id": special.eot,
         "eos_token_id": special.eot,
         "pad_token_id": special.eot,
-        "begin_suppress_tokens": gen.begin_suppress_tokens,
-        "suppress_tokens": gen.suppress_tokens,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(gen.to_hf_dict(special, cfg.is_multilingual), indent=2))
@@ -299,7 +297,33 @@ def save_hf_folder(ckpt_or_model, out_dir: str | Path, dtype: torch.dtype = torc
         (out / "tokenizer.json").write_bytes(gzip.decompress(tokenizer.path.read_bytes()))
     elif tokenizer.path is not None:
         shutil.copyfile(tokenizer.path, out / "tokenizer.json")
+    # What WhisperProcessor (and so transformers' ASR pipeline) reads besides the model.
+    (out / "preprocessor_config.json").write_text(json.dumps(_feature_extractor_config(cfg), indent=2))
+    eot = "<|endoftext|>"
+    tokenizer_config = {"tokenizer_class": "WhisperTokenizer", "processor_class": "WhisperProcessor"}
+    tokenizer_config |= {"bos_token": eot, "eos_token": eot, "unk_token": eot, "pad_token": eot}
+    tokenizer_config |= {"model_max_length": cfg.n_text_ctx, "errors": "replace"}
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    for f in out.iterdir():
+        f.chmod(0o644)  # safetensors writes 0600; a shared model folder is world-readable
     return out
+
+
+def _feature_extractor_config(cfg: HookedWhisperConfig) -> dict:
+    return {
+        "feature_extractor_type": "WhisperFeatureExtractor",
+        "processor_class": "WhisperProcessor",
+        "feature_size": cfg.n_mels,
+        "sampling_rate": 16000,
+        "hop_length": 160,
+        "n_fft": 400,
+        "chunk_length": 30,
+        "n_samples": 480000,
+        "nb_max_frames": 3000,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": False,
+    }
 
 
 def save_openai_checkpoint(model, path: str | Path) -> Path:
