@@ -65,7 +65,10 @@ def inspect(args: argparse.Namespace) -> int:
     lens = logit_lens(model, cache)
     print("\ndecoder logit lens (top-1 token at each position; the last row is the model's prediction):")
     print("\n".join("  " + line for line in lens.table(model)))
-    print("  saturation layer per position: " + " ".join(str(int(s)) for s in lens.saturation_layer[0]))
+    print(
+        "  saturation block per position (-1: the embedding): "
+        + " ".join(str(int(s)) for s in lens.saturation_layer[0])
+    )
     return 0
 
 

@@ -27,7 +27,7 @@ class LogitLens:
     final_token: torch.Tensor  # [batch, pos]: the model's top-1 prediction
     final_prob: torch.Tensor  # [layer, batch, pos]
     final_rank: torch.Tensor  # [layer, batch, pos], 0 = top-1
-    saturation_layer: torch.Tensor  # [batch, pos]: first layer index from which top-1 stays final
+    saturation_layer: torch.Tensor  # [batch, pos]: first block from whose output top-1 stays final (-1: embed)
 
     def table(self, model: HookedWhisper, batch_index: int = 0) -> list[str]:
         """One line per layer: that layer's top-1 token at every position."""
@@ -53,7 +53,7 @@ def logit_lens(model: HookedWhisper, cache: WhisperActivationCache, k: int = 5) 
     # Saturation: the earliest layer after which the top-1 token never changes again.
     agrees = top_tokens[..., 0] == final_token
     stays = agrees.flip(0).cumprod(0).flip(0)
-    saturation = stays.shape[0] - stays.sum(0)
+    saturation = stays.shape[0] - stays.sum(0) - 1  # a block index, as the labels "block l"; -1 is the embedding
     n_blocks = len(labels) - 1  # entries: the embedding, then the output of each block
     names = ["embed"] + [f"block {l}" for l in range(n_blocks)]
     return LogitLens(names, top_tokens, top_probs, final_token, final_prob, final_rank, saturation)

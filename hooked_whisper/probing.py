@@ -110,7 +110,7 @@ def extract_activations(
     for start in tqdm(starts, desc="extracting activations", disable=not progress, unit="batch"):
         waveforms = audio_clips(list(clips[start : start + batch_size]), sample_rate)
         seconds = [w.shape[0] / SAMPLE_RATE for w in waveforms]
-        mel = model.to_mel(waveforms)
+        mel = model.to_mel(waveforms, SAMPLE_RATE)
         with torch.no_grad():
             if needs_decoder:
                 # The last prompt position needs no transcript: skip generating one. (Multilingual

@@ -19,10 +19,14 @@ def test_last_layer_of_the_lens_is_the_model(tiny_en):
     assert torch.allclose(lens.top_probs[-1], probs.topk(3, dim=-1).values, atol=1e-5)
     assert (lens.final_rank[-1] == 0).all()
     # Saturation: from that layer on, the lens's top-1 is the final prediction.
-    for pos, layer in enumerate(lens.saturation_layer[0].tolist()):
-        assert (lens.top_tokens[layer:, 0, pos, 0] == lens.final_token[0, pos]).all()
-        if layer > 0:
-            assert lens.top_tokens[layer - 1, 0, pos, 0] != lens.final_token[0, pos]
+    # Saturation: from that block on (row block + 1, after the embedding row), the lens's top-1
+    # is the final prediction; labels and saturation count blocks the same way.
+    for pos, block in enumerate(lens.saturation_layer[0].tolist()):
+        row = block + 1
+        assert lens.labels[row] == ("embed" if block == -1 else f"block {block}")
+        assert (lens.top_tokens[row:, 0, pos, 0] == lens.final_token[0, pos]).all()
+        if row > 0:
+            assert lens.top_tokens[row - 1, 0, pos, 0] != lens.final_token[0, pos]
 
 
 def test_encoder_lens_last_layer_is_the_transcript(tiny_en):
