@@ -48,3 +48,20 @@ def test_transcribe_json_with_word_timestamps(tmp_path):
     assert [w["word"].strip() for w in words][:3] == ["He", "was", "not"]
     assert all(0 <= w["start"] <= w["end"] <= 30 for w in words)
     assert result["windows"][0]["skipped"] is False
+
+
+def test_transcribe_reports_bad_files_and_keeps_the_good_ones(tmp_path):
+    """Files are checked before the model loads; a bad one is one line on stderr and an error
+    entry in --json; the good ones are transcribed; the exit status says something failed.
+    Timestamps are decoded by default, so the whole clip is transcribed."""
+    missing = tmp_path / "missing.wav"
+    done = subprocess.run(
+        [sys.executable, "-m", "hooked_whisper.cli", "transcribe", "--json", str(DATA / "cards_001.wav"), str(missing)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"hooked-whisper: {missing}: no audio file at {missing}"]
+    good, bad = json.loads(done.stdout)
+    assert good["text"].strip() and good["tokens"][0] >= 50363  # decoded with timestamps
+    assert bad == {"file": str(missing), "error": f"no audio file at {missing}"}
