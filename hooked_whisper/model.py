@@ -240,8 +240,9 @@ class HookedWhisper(HookedRootModule):
     def _is_single_clip(self, audio: AudioInput) -> bool:
         """A path, a 1-D waveform, one multi-channel clip or a 2-D mel is one clip (results come
         unwrapped); lists and batched arrays are batches."""
-        mel = self._ready_mel(audio)
-        return audio.ndim == 2 if mel is not None else is_single_clip(audio)  # type: ignore[union-attr]
+        if isinstance(audio, (np.ndarray, torch.Tensor)) and tuple(audio.shape) == (self.cfg.n_mels, self.cfg.n_frames):
+            return True  # one mel (shape only: the caller has already converted and checked it)
+        return is_single_clip(audio)
 
     # ------------------------------------------------------------------ the forward pass
     def encode(

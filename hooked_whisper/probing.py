@@ -233,9 +233,7 @@ def fold_assignment(labels: torch.Tensor, groups: Sequence | None, folds: int, s
     group_ids = list(range(n)) if groups is None else list(groups)
     if len(group_ids) != n:
         raise ValueError(f"{len(group_ids)} groups for {n} examples: one group per example is needed")
-    members: dict = {}
-    for i, g in enumerate(group_ids):
-        members.setdefault(g, []).append(i)
+    members = _group_members(group_ids)
     if len(members) < folds:
         raise ValueError(f"{len(members)} groups cannot fill {folds} folds: use folds <= {len(members)}")
     by_class: dict[int, list] = {}
@@ -341,9 +339,7 @@ def _group_permutation(groups: Sequence | None, n: int, seed: int) -> torch.Tens
     generator = torch.Generator().manual_seed(seed)
     if groups is None:
         return torch.randperm(n, generator=generator)
-    members: dict = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
+    members = _group_members(groups)
     by_size: dict[int, list[list[int]]] = {}
     for idx in members.values():
         by_size.setdefault(len(idx), []).append(idx)
@@ -353,3 +349,11 @@ def _group_permutation(groups: Sequence | None, n: int, seed: int) -> torch.Tens
         for dst, src in zip(same_size, (same_size[k] for k in perm)):
             order[dst] = torch.tensor(src)
     return order
+
+
+def _group_members(groups: Sequence) -> dict:
+    """Each group's example indices, in order of first appearance."""
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    return members

@@ -129,10 +129,20 @@ def transcribe(
         max_new_tokens=max_new_tokens or model.cfg.n_text_ctx // 2,
         stop_on_loop=stop_on_loop,
     )
+
+    def attempt_options(t: float, prompt: list[int] | None = None) -> DecodingOptions:
+        """The options of the attempt at temperature ``t``: beam search at 0, sampling above."""
+        return replace(
+            base_options,
+            temperature=t,
+            prompt=prompt,
+            beam_size=base_options.beam_size if t == 0 else None,
+            patience=base_options.patience if t == 0 else None,
+            best_of=base_options.best_of if t > 0 else None,
+        )
+
     for t in temperatures:  # every attempt's options, checked before any audio is encoded
-        replace(
-            base_options, temperature=t, beam_size=beam_size if t == 0 else None, best_of=best_of if t > 0 else None
-        ).check(model)
+        attempt_options(t).check(model)
 
     def window(seek: int, size: int) -> torch.Tensor:
         part = mel[:, seek : seek + size]
@@ -150,15 +160,7 @@ def transcribe(
         for attempt, t in enumerate(temperatures):
             if show and attempt > 0:
                 bar.set_postfix_str(f"window at {time_offset:.1f} s: retrying at temperature {t}")
-            options = replace(
-                base_options,
-                temperature=t,
-                prompt=prompt,
-                beam_size=base_options.beam_size if t == 0 else None,
-                patience=base_options.patience if t == 0 else None,
-                best_of=base_options.best_of if t > 0 else None,
-            )
-            result = decode_window(model, encoder_out, options, generator)[0]
+            result = decode_window(model, encoder_out, attempt_options(t, prompt), generator)[0]
             too_repetitive = (
                 compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold
             )
