@@ -8,7 +8,8 @@ transcription, openai-whisper and CTranslate2), side by side in one process on t
 3. greedy transcription (``benchmarks/decoding.py``);
 4. peak memory of each run above (the process's peak resident memory is reset before each run,
    Linux ``/proc/self/clear_refs``; reported as MiB above the memory in use before it);
-5. ``from_pretrained`` time and peak memory, in a fresh process per model, against the model's size.
+5. ``from_pretrained`` time and peak memory, and resident memory after one ``generate``, in a fresh
+   process per model, against the model's size.
 
 Median of ``--repeats`` runs after a warm-up; ratio = HookedWhisper time / reference time.
 
@@ -56,9 +57,7 @@ def peak_extra_mib(fn) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    gc.collect()
-    _LIBC.malloc_trim(0)  # hand freed heap back, so "in use" means live memory
-    before = _status("VmRSS")
+    before = resident_mib()  # freed heap handed back, so "in use" means live memory
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak to the current resident size
     fn()
@@ -137,32 +136,63 @@ def cache_rows(model: HookedWhisper, hf_eager, name: str, repeats: int) -> list[
     return rows
 
 
+def resident_mib() -> float:
+    """Resident memory now, after handing freed heap back to the system."""
+    gc.collect()
+    _LIBC.malloc_trim(0)
+    return _status("VmRSS")
+
+
+def warm_torch_kernels() -> None:
+    """Run the kernels a transcription uses (STFT, convolutions, attention, matmul) once on
+    throwaway tensors, so that torch's own first-use caches (FFT plans, oneDNN primitives,
+    thread scratch) are in place before a measurement: the same for any model."""
+    import torch.nn.functional as F
+
+    x = torch.randn(1, 80, 3000)
+    torch.stft(torch.randn(480000), 400, 160, window=torch.hann_window(400), return_complex=True)
+    F.gelu(F.conv1d(F.conv1d(x, torch.randn(64, 80, 3), padding=1), torch.randn(64, 64, 3), stride=2, padding=1))
+    q = torch.randn(1, 2, 1500, 32)
+    F.scaled_dot_product_attention(q, q, q)
+    torch.randn(1500, 64) @ torch.randn(64, 256)
+
+
 LOAD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 import torch
-from benchmarks.performance import peak_extra_mib
-from hooked_whisper import HookedWhisper, HookedWhisperConfig
-# Build one small model first: the first use of the meta device loads ~120 MB of torch code,
-# a one-time cost that has nothing to do with the checkpoint.
-with torch.device("meta"):
-    HookedWhisper(HookedWhisperConfig(d_model=64, n_heads=1, n_encoder_layers=1, n_decoder_layers=1))
+from benchmarks.performance import CLIP, peak_extra_mib, resident_mib, warm_torch_kernels
+from hooked_whisper import HookedWhisper
+if {warm!r}:
+    warm_torch_kernels()
+before = resident_mib()
 box = {{}}
 start = time.perf_counter()
 peak = peak_extra_mib(lambda: box.setdefault("m", HookedWhisper.from_pretrained({source!r})))
 seconds = time.perf_counter() - start
 size = sum(p.numel() * p.element_size() for p in box["m"].state_dict().values()) / 2**20
-print(json.dumps({{"seconds": seconds, "peak_mib": peak, "model_mib": size}}))
+box["m"].generate(CLIP)
+resident = resident_mib() - before
+print(json.dumps({{"seconds": seconds, "peak_mib": peak, "model_mib": size, "resident_mib": resident}}))
 """
 
 
-def loading_row(name: str) -> dict:
+def _load_in_fresh_process(name: str, warm: bool) -> dict:
     root = str(Path(__file__).parent.parent)
-    done = subprocess.run(
-        [sys.executable, "-c", LOAD.format(root=root, source=name)], capture_output=True, text=True, check=True
-    )
-    row = {"model": name, **json.loads(done.stdout.strip().splitlines()[-1])}
-    row["peak_over_size"] = row["peak_mib"] / row["model_mib"]
+    code = LOAD.format(root=root, source=name, warm=warm)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def loading_row(name: str) -> dict:
+    """``from_pretrained`` time and peak, and resident memory after it plus one ``generate``,
+    as a multiple of the parameter bytes: with torch cold (all of it counted) and with torch's
+    kernels warmed on throwaway tensors first (what the model itself holds)."""
+    cold, warm = _load_in_fresh_process(name, warm=False), _load_in_fresh_process(name, warm=True)
+    row = {"model": name, **{k: cold[k] for k in ("seconds", "peak_mib", "model_mib")}}
+    row["peak_over_size"] = cold["peak_mib"] / cold["model_mib"]
+    row["resident_over_size"] = cold["resident_mib"] / cold["model_mib"]
+    row["resident_over_size_warm_torch"] = warm["resident_mib"] / warm["model_mib"]
     print(_brief(row), flush=True)
     return row
 
@@ -193,10 +223,14 @@ def main() -> None:
         write_results(
             "performance_loading",
             "from_pretrained of the bundled checkpoints (CTranslate2 fp16 files, loaded to fp32), each in a fresh "
-            "process; peak = MiB above the memory in use before loading.",
-            ["model", "seconds", "peak_mib", "model_mib", "peak_over_size"],
+            "process; peak = MiB above the memory in use before loading; resident = memory held after loading "
+            "and one generate (freed heap returned first), over the parameter bytes; warm_torch = the same with "
+            "torch's kernels (STFT, conv, attention) run once on throwaway tensors beforehand.",
+            ["model", "seconds", "peak_mib", "model_mib", "peak_over_size", "resident_over_size"]
+            + ["resident_over_size_warm_torch"],
             [loading_row(name) for name in args.models],
-            {"seconds": ".2f", "peak_mib": ".0f", "model_mib": ".0f", "peak_over_size": ".2f"},
+            {"seconds": ".2f", "peak_mib": ".0f", "model_mib": ".0f"}
+            | dict.fromkeys(["peak_over_size", "resident_over_size", "resident_over_size_warm_torch"], ".2f"),
         )
     if "forward" in args.parts or "cache" in args.parts:
         forward, caches = [], []

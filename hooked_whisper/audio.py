@@ -235,10 +235,10 @@ def log_mel_spectrogram(
     floored at 1e-10, dynamic range cut to 8 (80 dB) below each example's peak, then scaled to
     roughly [-1, 1]. The last STFT frame is dropped so 30 s give exactly 3000 frames.
     """
-    window = torch.hann_window(N_FFT, device=waveform.device)
+    window = torch.hann_window(N_FFT, device=waveform.device, dtype=waveform.dtype)
     stft = torch.stft(waveform, N_FFT, HOP_LENGTH, window=window, return_complex=True)
     power = (stft[..., :-1].abs() ** 2).contiguous()
-    mel = mel_filters(n_mels, str(waveform.device)).T @ power
+    mel = mel_filters(n_mels, str(waveform.device)).to(power.dtype).T @ power
     log_spec = mel.clamp(min=1e-10).log10()
     peak = log_spec.amax(dim=(-2, -1), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - 8.0)

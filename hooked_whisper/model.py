@@ -102,7 +102,8 @@ class HookedWhisper(HookedRootModule):
         self.decode_offset = 0  # first decoder position of the current decode() call
         # Hooks and decode_offset are state shared by every caller: one call at a time (see hooks()).
         self._lock = threading.RLock()
-        self.init_weights()
+        if not self.embed.W_E.is_meta:  # on meta (from_pretrained) the checkpoint fills them, and
+            self.init_weights()  # random init there would import torch's compiler stack (~140 MiB)
         self.setup()
         self.hook_layouts: dict[str, HookLayout] = {name: layout_of(name) for name in self.hook_dict}
 

@@ -78,6 +78,35 @@ def assert_within_float32_spread(actual, expected, exact, name: str = "", factor
 
 
 @pytest.fixture(scope="session")
+def float32_spread(tiny_en, tiny_en_float64) -> float:
+    """float32's measured relative error on tiny.en at this run's thread count: the largest
+    ``max|float32 - float64| / max|float64|`` over the logits and every cached activation of
+    a real clip. Tests comparing two float32 paths allow a few times this, scaled by the
+    magnitude they compare (see ``spread_bound``)."""
+    with torch.no_grad():
+        logits, cache = tiny_en.run_with_cache(DATA / CLIPS[0])
+        exact_logits, exact = tiny_en_float64.run_with_cache(DATA / CLIPS[0], cache["hook_tokens"])
+    pairs = [(logits, exact_logits)] + [(cache[k], exact[k]) for k in cache.keys() if cache[k].is_floating_point()]
+    finite = [(a.double()[b.isfinite()], b[b.isfinite()]) for a, b in pairs]  # masked scores are -inf in both
+    return max(((a - b).abs().max() / b.abs().max()).item() for a, b in finite if b.abs().max() > 0)
+
+
+def spread_bound(spread: float, magnitude: torch.Tensor | float, factor: float = 8.0) -> float:
+    """The largest difference two float32 computations of one quantity may show: ``factor``
+    times the measured relative error, times the magnitude compared (its largest value)."""
+    magnitude = float(torch.as_tensor(magnitude).detach().abs().max())
+    return factor * spread * magnitude + torch.finfo(torch.float32).eps * magnitude
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, spread: float, name: str = "") -> None:
+    """Two float32 computations of one quantity agree within ``spread_bound``."""
+    assert actual.shape == expected.shape, f"{name}: {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    diff = (actual.detach().double() - expected.detach().double()).abs().max().item()
+    bound = spread_bound(spread, expected)
+    assert diff <= bound, f"{name}: differ by {diff:.3g}, over the float32 spread bound {bound:.3g}"
+
+
+@pytest.fixture(scope="session")
 def base() -> HookedWhisper:
     return HookedWhisper.from_pretrained("base")
 

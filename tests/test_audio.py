@@ -56,7 +56,7 @@ def test_bad_audio_errors(tiny_en, tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite"):
         load_audio(np.array([0.1, np.nan, 0.2], dtype=np.float32), sample_rate=16000)
     with pytest.raises(ValueError, match="over the 30 s window"):
-        tiny_en.to_mel(torch.full((16000 * 31,), 0.01))
+        tiny_en.to_mel(torch.full((16000 * 31,), 0.01), sample_rate=16000)
     with pytest.raises(FileNotFoundError, match="no audio file"):
         load_audio(tmp_path / "missing.wav")
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")

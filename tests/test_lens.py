@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from hooked_whisper.lens import logit_lens
-from tests.conftest import DATA
+from tests.conftest import DATA, assert_close, spread_bound
 
 
-def test_last_layer_of_the_lens_is_the_model(tiny_en):
+def test_last_layer_of_the_lens_is_the_model(tiny_en, float32_spread):
     with torch.no_grad():
         logits, cache = tiny_en.run_with_cache(DATA / "cards_005.wav")
     lens = logit_lens(tiny_en, cache, k=3)
     assert lens.labels == ["embed", "block 0", "block 1", "block 2", "block 3"]
     probs = logits.softmax(-1)
     assert torch.equal(lens.final_token, logits.argmax(-1))
-    assert torch.allclose(lens.top_probs[-1], probs.topk(3, dim=-1).values, atol=1e-5)
+    assert_close(lens.top_probs[-1], probs.topk(3, dim=-1).values, float32_spread, "lens probabilities")
     assert (lens.final_rank[-1] == 0).all()
     # Saturation: from that layer on, the lens's top-1 is the final prediction.
     # Saturation: from that block on (row block + 1, after the embedding row), the lens's top-1
@@ -44,23 +44,25 @@ def test_encoder_lens_last_layer_is_the_transcript(tiny_en):
         encoder_lens(tiny_en, clip, layers=[4])
 
 
-def test_logit_attribution_sums_to_the_logit(base):
+def test_logit_attribution_sums_to_the_logit(tiny_en, float32_spread):
     from hooked_whisper.lens import logit_attribution
 
+    model = tiny_en
     with torch.no_grad():
-        logits, cache = base.run_with_cache(DATA / "librivox_0880.wav")
+        logits, cache = model.run_with_cache(DATA / "librivox_0880.wav")
+    tol = spread_bound(float32_spread, logits)
     for position in (-1, 5):
         token = int(logits[0, position].argmax())
-        attr = logit_attribution(base, cache, token, position=position)
-        assert abs(attr.total - float(logits[0, position, token])) < 1e-4
-        n = base.cfg.n_decoder_layers * base.cfg.n_heads
-        assert len(attr.labels) == len(attr.values) == 2 + 2 * n + base.cfg.n_decoder_layers + 2
-        assert "XL5H7" in attr.labels and "mlp 5" in attr.labels
+        attr = logit_attribution(model, cache, token, position=position)
+        assert abs(attr.total - float(logits[0, position, token])) <= tol
+        n = model.cfg.n_decoder_layers * model.cfg.n_heads
+        assert len(attr.labels) == len(attr.values) == 2 + 2 * n + model.cfg.n_decoder_layers + 2
+        assert "XL3H5" in attr.labels and "mlp 3" in attr.labels
     other = int(logits[0, 5].topk(2).indices[1])
-    diff = logit_attribution(base, cache, token, position=5, incorrect_token=other)
-    assert abs(diff.total - float(logits[0, 5, token] - logits[0, 5, other])) < 1e-4
+    diff = logit_attribution(model, cache, token, position=5, incorrect_token=other)
+    assert abs(diff.total - float(logits[0, 5, token] - logits[0, 5, other])) <= 2 * tol
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        logit_attribution(base, cache, 10**6)
+        logit_attribution(model, cache, 10**6)
 
 
 def test_plots_are_written(tiny_en, tmp_path):

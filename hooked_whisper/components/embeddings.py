@@ -14,10 +14,16 @@ from hooked_whisper.config import HookedWhisperConfig
 
 
 def sinusoids(n_positions: int, d_model: int) -> Float[torch.Tensor, "pos d_model"]:
-    """Whisper's encoder position table: sines then cosines, geometric timescales up to 10000."""
-    inv_timescales = torch.exp(-torch.log(torch.tensor(10000.0)) / (d_model // 2 - 1) * torch.arange(d_model // 2))
-    t = torch.arange(n_positions)[:, None] * inv_timescales[None, :]
-    return torch.cat([t.sin(), t.cos()], dim=1)
+    """Whisper's encoder position table: sines then cosines, geometric timescales up to 10000.
+
+    Computed on the CPU and moved to the default device: on the meta device (how
+    ``from_pretrained`` builds the model) these ops would pull in torch's compiler stack,
+    some 140 MiB of modules, for a table the checkpoint replaces anyway."""
+    cpu = torch.device("cpu")
+    step = -torch.log(torch.tensor(10000.0, device=cpu)) / (d_model // 2 - 1)
+    inv_timescales = torch.exp(step * torch.arange(d_model // 2, device=cpu))
+    t = torch.arange(n_positions, device=cpu)[:, None] * inv_timescales[None, :]
+    return torch.cat([t.sin(), t.cos()], dim=1).to(torch.get_default_device())
 
 
 class AudioEmbed(nn.Module):
