@@ -1,4 +1,5 @@
-"""hooked-whisper: Whisper rewritten with a TransformerLens HookPoint at every site."""
+"""hooked-whisper: Whisper (and the Qwen2-Audio audio LLM) rewritten with a TransformerLens
+HookPoint at every site."""
 
 from __future__ import annotations
 
@@ -11,13 +12,22 @@ if TYPE_CHECKING:
     from hooked_whisper.config import HookedWhisperConfig
     from hooked_whisper.decoding import DecoderCache
     from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.qwen2_audio import HookedQwen2Audio
 
-__all__ = ["DecoderCache", "HookedWhisper", "HookedWhisperConfig", "WhisperActivationCache", "load_audio"]
+__all__ = [
+    "DecoderCache",
+    "HookedQwen2Audio",
+    "HookedWhisper",
+    "HookedWhisperConfig",
+    "WhisperActivationCache",
+    "load_audio",
+]
 __version__ = "0.1.0"
 
 # Imported on first use, so that `hooked-whisper --help` answers without loading torch.
 _HOMES = {
     "DecoderCache": "hooked_whisper.decoding",
+    "HookedQwen2Audio": "hooked_whisper.qwen2_audio",
     "HookedWhisper": "hooked_whisper.model",
     "HookedWhisperConfig": "hooked_whisper.config",
     "WhisperActivationCache": "hooked_whisper.cache",

@@ -145,6 +145,89 @@ class HookedWhisperConfig:
 
 
 @dataclass
+class HookedQwen2AudioConfig:
+    """An audio LLM in the Qwen2-Audio family: a Whisper-shaped audio encoder (``audio``, whose
+    decoder fields are unused), a linear projector, and a Qwen2 decoder-only language model.
+
+    The language model's names follow TransformerLens: ``n_layers``, ``n_key_value_heads``
+    (grouped-query attention), ``d_mlp`` of the gated MLP, ``rope_theta`` and ``eps`` of RMSNorm.
+    """
+
+    audio: HookedWhisperConfig
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_key_value_heads: int
+    d_mlp: int
+    d_vocab: int
+    d_head: int | None = None
+    rope_theta: float = 10000.0
+    eps: float = 1e-6
+    n_ctx: int = 32768
+    audio_token_id: int = 151646
+    eos_token_ids: tuple[int, ...] = (151643, 151645)  # <|endoftext|>, <|im_end|>
+    normalization_type: str = "RMS"  # read by TransformerLens' cache methods
+
+    def __post_init__(self) -> None:
+        if isinstance(self.audio, dict):
+            self.audio = HookedWhisperConfig(**self.audio)
+        if self.d_head is None:
+            self.d_head = self.d_model // self.n_heads
+        self.eos_token_ids = tuple(self.eos_token_ids)
+
+    @property
+    def n_audio_tokens(self) -> int:
+        """Audio positions after the encoder's average pooling by two (750 for 30 s)."""
+        return self.audio.n_audio_ctx // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> HookedQwen2AudioConfig:
+        """From a Hugging Face ``Qwen2AudioConfig`` dictionary (``config.json``)."""
+        audio, text = cfg["audio_config"], cfg["text_config"]
+        if audio.get("activation_function", "gelu") != "gelu" or audio.get("scale_embedding", False):
+            raise ValueError("the audio encoder must use exact GELU and no embedding scale, as Qwen2-Audio does")
+        if text.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={text['hidden_act']!r}: only Qwen2's SiLU-gated MLP is implemented")
+        if text.get("use_sliding_window", False):
+            raise ValueError("use_sliding_window=True is not implemented; every Qwen2-Audio release leaves it off")
+        rope = text.get("rope_parameters") or {"rope_type": "default", "rope_theta": text.get("rope_theta", 1e6)}
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"rope_type={rope['rope_type']!r}: only the default rotary embedding is implemented")
+        if text.get("tie_word_embeddings", False):
+            raise ValueError("tie_word_embeddings=True: Qwen2-Audio's unembedding is its own matrix")
+        heads = audio["encoder_attention_heads"]
+        eos = cfg.get("eos_token_id") or text.get("eos_token_id") or cls.eos_token_ids
+        return cls(
+            audio=HookedWhisperConfig(
+                d_model=audio["d_model"],
+                n_heads=heads,
+                n_encoder_layers=audio["encoder_layers"],
+                n_decoder_layers=0,
+                n_mels=audio["num_mel_bins"],
+                d_head=audio["d_model"] // heads,
+                d_mlp=audio["encoder_ffn_dim"],
+                n_audio_ctx=audio.get("max_source_positions", 1500),
+                d_vocab=0,
+            ),
+            d_model=text["hidden_size"],
+            n_layers=text["num_hidden_layers"],
+            n_heads=text["num_attention_heads"],
+            n_key_value_heads=text.get("num_key_value_heads", text["num_attention_heads"]),
+            d_mlp=text["intermediate_size"],
+            d_vocab=text["vocab_size"],
+            d_head=text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"],
+            rope_theta=float(rope["rope_theta"]),
+            eps=text.get("rms_norm_eps", 1e-6),
+            n_ctx=text.get("max_position_embeddings", 32768),
+            audio_token_id=cfg.get("audio_token_index", cfg.get("audio_token_id", 151646)),
+            eos_token_ids=tuple(eos) if isinstance(eos, (list, tuple)) else (eos,),
+        )
+
+
+@dataclass
 class GenerationConfig:
     suppress_tokens: list[int] = field(default_factory=list)  # masked at every step
     begin_suppress_tokens: list[int] = field(default_factory=list)  # masked at the first step only

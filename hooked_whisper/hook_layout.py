@@ -3,9 +3,10 @@ its axes mean. The model declares one ``HookLayout`` per hook name (``model.hook
 the toolkit (patching sites, time windows, pooling, cache views) reads it instead of parsing
 names, so a new hook or a new model only has to be described here once.
 
-Positions come in three units: mel frames (100 per second: ``hook_mel`` and the first
+Positions come in these units: mel frames (100 per second: ``hook_mel`` and the first
 convolution), audio positions (50 per second: after the stride-2 convolution, the encoder, and
-the keys and values cross-attention reads) and decoder tokens.
+the keys and values cross-attention reads), pooled audio tokens (25 per second, in an audio LLM)
+and decoder tokens.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 Stack = Literal["audio", "encoder", "decoder"]  # audio: the front end before the first encoder block
-Unit = Literal["mel_frame", "audio_position", "token"]
+Unit = Literal["mel_frame", "audio_position", "audio_token", "token"]
 
-POSITIONS_PER_SECOND: dict[str, int] = {"mel_frame": 100, "audio_position": 50}
+# audio_token: an audio LLM's encoder output after pooling pairs of positions (40 ms each).
+POSITIONS_PER_SECOND: dict[str, int] = {"mel_frame": 100, "audio_position": 50, "audio_token": 25}
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,24 @@ def layout_of(name: str) -> HookLayout:
     if leaf in _HEADED or leaf.endswith("_input"):
         return HookLayout(stack, layer, 1, query_unit, head_axis=2)
     return HookLayout(stack, layer, 1, query_unit)
+
+
+_POOLED = ("hook_pooled", "hook_encoder_out", "hook_audio_embeds")
+
+
+def qwen2_audio_layout_of(name: str) -> HookLayout:
+    """The layout of a HookedQwen2Audio hook: Whisper's for the audio encoder, pooled audio
+    positions (25 per second) from the pooling to the projector, tokens in the language model
+    (the audio is there too, as the placeholder positions)."""
+    if name.startswith(("hook_mel", "encoder_embed.", "encoder_blocks.")):
+        return layout_of(name)
+    if name in _POOLED or name.startswith("encoder_ln_final."):
+        return HookLayout("encoder", None, 1, "audio_token")
+    match = re.match(r"^blocks\.(\d+)\.(.*)$", name)
+    layer = int(match.group(1)) if match else None
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in _PATTERNS:
+        return HookLayout("decoder", layer, 2, "token", head_axis=1, key_unit="token")
+    if leaf in ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z"):
+        return HookLayout("decoder", layer, 1, "token", head_axis=2)
+    return HookLayout("decoder", layer, 1, "token")

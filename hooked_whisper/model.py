@@ -9,9 +9,6 @@ the (tied) token embedding.
 
 from __future__ import annotations
 
-import difflib
-import functools
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +18,6 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import nn
-from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.audio import (
@@ -39,41 +35,13 @@ from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, La
 from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
 from hooked_whisper.decoding.cache import DecoderCache
 from hooked_whisper.hook_layout import HookLayout, layout_of
+from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
 
 
-def _serialised(method: Callable) -> Callable:
-    """Run ``method`` holding the model's lock (see ``HookedWhisper.hooks``)."""
-
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-
-    return locked
-
-
-def _checked(fn: Callable) -> Callable:
-    """``fn`` as a forward hook that may return None or a tensor of the shape and dtype it was
-    given; anything else is an error naming the hook (not a failure deep inside a later layer)."""
-
-    def hook(x: torch.Tensor, hook: HookPoint):
-        out = fn(x, hook=hook)
-        if out is not None and not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype):
-            got = f"shape {tuple(out.shape)}, {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
-                f"the hook on {hook.name} returned {got}; a hook returns None or a tensor of the shape "
-                f"and dtype it was given (shape {tuple(x.shape)}, {x.dtype})"
-            )
-        return out
-
-    hook.__name__ = getattr(fn, "__name__", repr(fn))
-    return hook
-
-
-class HookedWhisper(HookedRootModule):
+class HookedWhisper(HookedAudioModel):
     def __init__(
         self,
         cfg: HookedWhisperConfig,
@@ -101,20 +69,10 @@ class HookedWhisper(HookedRootModule):
 
         self.decode_offset = 0  # first decoder position of the current decode() call
         # Hooks and decode_offset are state shared by every caller: one call at a time (see hooks()).
-        self._lock = threading.RLock()
         if not self.embed.W_E.is_meta:  # on meta (from_pretrained) the checkpoint fills them, and
             self.init_weights()  # random init there would import torch's compiler stack (~140 MiB)
         self.setup()
         self.hook_layouts: dict[str, HookLayout] = {name: layout_of(name) for name in self.hook_dict}
-
-    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle cannot copy a lock
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
 
     def init_weights(self, std: float = 0.02) -> None:
         """Random weights for a model built from a config alone (checkpoints overwrite them)."""
@@ -255,7 +213,7 @@ class HookedWhisper(HookedRootModule):
             resid = block(resid)
         return self.hook_encoder_out(self.encoder_ln_final(resid))
 
-    @_serialised
+    @serialised
     def new_decoder_cache(self, encoder_out: Float[torch.Tensor, "batch audio_pos d_model"]) -> DecoderCache:
         """Cross-attention K/V of every decoder layer (their hooks fire now), and an empty KV cache."""
         return DecoderCache(
@@ -263,7 +221,7 @@ class HookedWhisper(HookedRootModule):
             self_kv=[None] * self.cfg.n_decoder_layers,
         )
 
-    @_serialised
+    @serialised
     def decode(
         self,
         tokens: Int[torch.Tensor, "batch pos"],
@@ -284,7 +242,7 @@ class HookedWhisper(HookedRootModule):
             resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i])
         return self.decoder_ln_final(resid) @ self.W_U
 
-    @_serialised
+    @serialised
     def forward(
         self, audio: AudioInput, tokens: TokensInput | None = None, sample_rate: int | None = None
     ) -> Float[torch.Tensor, "batch pos d_vocab"]:
@@ -331,30 +289,29 @@ class HookedWhisper(HookedRootModule):
             raise ValueError("tokens are empty: give at least the start-of-transcript token (model.prompt())")
         return tokens if tokens.ndim == 2 else tokens.unsqueeze(0)
 
+    # ------------------------------------------------------------------ what the toolkit asks of a model
+    def position_count(self, unit: str) -> int:
+        """How many positions an audio-side hook has in ``unit`` (see ``hook_layout``)."""
+        return {"mel_frame": self.cfg.n_frames, "audio_position": self.cfg.n_audio_ctx}[unit]
+
+    def head_count(self, layout: HookLayout) -> int:
+        return self.cfg.n_heads
+
+    def probe_tokens(self) -> list[list[int]]:
+        """The decoder input that probes read at ``prompt_end``: the transcription prompt
+        (English for multilingual models rather than a detected language)."""
+        return [self.prompt("en" if self.cfg.is_multilingual else None)]
+
+    def prompt_length(self, tokens: torch.Tensor) -> int:
+        """How many of one row's ``tokens`` are the prompt (the special tokens before the text)."""
+        return int(((tokens > self.special.eot) & (tokens < self.special.timestamp_begin)).sum())
+
+    def real_length(self, tokens: torch.Tensor) -> int:
+        """One row's length without its end-of-text padding."""
+        real = (tokens != self.special.eot).nonzero()
+        return int(real.max()) + 1 if len(real) else 1
+
     # ------------------------------------------------------------------ hooks
-    def check_hook_name(self, name: str) -> None:
-        """Raise a ValueError naming the closest valid hooks if ``name`` is not one."""
-        if name not in self.hook_dict:
-            close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
-            hint = f"; closest valid names: {', '.join(close)}" if close else ""
-            raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
-
-    def hook_layout(self, name: str) -> HookLayout:
-        """Which stack and layer ``name`` is on and what its axes hold (positions and their
-        unit: mel frames, audio positions or tokens; heads)."""
-        self.check_hook_name(name)
-        return self.hook_layouts[name]
-
-    def _enable_hook_with_name(self, name: str, hook: Callable, dir: Any):  # noqa: A002 (TransformerLens' signature)
-        self.check_hook_name(name)
-        super()._enable_hook_with_name(name, hook, dir)
-
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:  # noqa: A002
-        if isinstance(name, str):
-            self.check_hook_name(name)
-        with self._lock:
-            super().add_hook(name, _checked(hook) if dir == "fwd" else hook, dir, is_permanent, level, prepend)
-
     @contextmanager
     def opt_in(self, **flags: bool) -> Iterator[HookedWhisper]:
         """Switch opt-in hooks (``use_attn_result``, ``use_split_qkv_input``,
@@ -371,21 +328,6 @@ class HookedWhisper(HookedRootModule):
             finally:
                 for name, value in old.items():
                     setattr(self.cfg, name, value)
-
-    @contextmanager
-    def hooks(  # type: ignore[override]
-        self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False
-    ) -> Iterator[HookedWhisper]:
-        """Hooks for the duration of the block, removed even if it raises.
-
-        The block holds the model's lock, as does every forward pass, generation and
-        transcription: a model shared between threads runs one caller at a time, and no caller
-        sees another's hooks. (For parallel work use one model per thread or process.)
-        """
-        with self._lock:
-            checked = [(name, _checked(fn)) for name, fn in fwd_hooks]
-            with super().hooks(checked, list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
-                yield model
 
     def run_with_cache(  # type: ignore[override]
         self,
@@ -414,7 +356,7 @@ class HookedWhisper(HookedRootModule):
 
     # ------------------------------------------------------------------ generation and transcription
     @torch.no_grad()
-    @_serialised
+    @serialised
     def generate(
         self,
         audio: AudioInput,
@@ -467,7 +409,7 @@ class HookedWhisper(HookedRootModule):
         return padded_tokens(results, self.special.eot).to(self.device)
 
     @torch.no_grad()
-    @_serialised
+    @serialised
     def detect_language(
         self, audio: AudioInput, sample_rate: int | None = None
     ) -> dict[str, float] | list[dict[str, float]]:
@@ -482,7 +424,7 @@ class HookedWhisper(HookedRootModule):
         return ranked[0] if self._is_single_clip(audio) else ranked
 
     @torch.no_grad()
-    @_serialised
+    @serialised
     def transcribe(
         self,
         audio: AudioInput,

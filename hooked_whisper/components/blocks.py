@@ -1,16 +1,20 @@
-"""Encoder and decoder blocks: pre-LayerNorm residual blocks with hooks between every step."""
+"""Encoder and decoder blocks: pre-norm residual blocks with hooks between every step (Whisper's
+encoder and decoder, and the decoder-only language model of an audio LLM)."""
 
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.components.attention import Attention, KeyValue
+from hooked_whisper.components.gated_mlp import GatedMLP
 from hooked_whisper.components.layer_norm import LayerNorm
 from hooked_whisper.components.mlp import MLP
-from hooked_whisper.config import HookedWhisperConfig
+from hooked_whisper.components.rms_norm import RMSNorm
+from hooked_whisper.components.rotary_attention import RotaryAttention
+from hooked_whisper.config import HookedQwen2AudioConfig, HookedWhisperConfig
 
 
 def per_head(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -46,9 +50,13 @@ class EncoderBlock(nn.Module):
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
-    def forward(self, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
+    def forward(
+        self,
+        resid: Float[torch.Tensor, "batch pos d_model"],
+        key_mask: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        attn_out, _ = self.attn(*self_attention_inputs(self, resid))
+        attn_out, _ = self.attn(*self_attention_inputs(self, resid), key_mask=key_mask)
         resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
         resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
         return resid
@@ -105,3 +113,33 @@ class DecoderBlock(nn.Module):
 
         resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln3(resid))))
         return resid, self_kv
+
+
+class LanguageModelBlock(nn.Module):
+    """A decoder-only block (Qwen2): RMSNorm, rotary self-attention, RMSNorm, gated MLP. Audio
+    reaches it as embeddings at the audio-token positions, not through cross-attention."""
+
+    def __init__(self, cfg: HookedQwen2AudioConfig):
+        super().__init__()
+        self.ln1 = RMSNorm(cfg.d_model, cfg.eps)
+        self.attn = RotaryAttention(cfg)
+        self.ln2 = RMSNorm(cfg.d_model, cfg.eps)
+        self.mlp = GatedMLP(cfg.d_model, cfg.d_mlp)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(
+        self,
+        resid: Float[torch.Tensor, "batch pos d_model"],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past_kv: KeyValue | None = None,
+    ) -> tuple[Float[torch.Tensor, "batch pos d_model"], KeyValue]:
+        resid = self.hook_resid_pre(resid)
+        attn_out, kv = self.attn(self.ln1(resid), cos, sin, past_kv)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
+        resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+        return resid, kv

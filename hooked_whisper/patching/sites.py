@@ -64,12 +64,13 @@ def resolve(model: HookedWhisper, site: Site | str) -> Site:
     if site.head is not None:
         if layout.head_axis is None:
             raise ValueError(f"{site.hook} has no head axis; patch a per-head hook (hook_z, hook_q, ...) for heads")
-        if not 0 <= site.head < model.cfg.n_heads:
-            raise ValueError(f"head {site.head} out of range: this model has heads 0..{model.cfg.n_heads - 1}")
+        n_heads = model.head_count(layout)
+        if not 0 <= site.head < n_heads:
+            raise ValueError(f"head {site.head} out of range: {site.hook} has heads 0..{n_heads - 1}")
     if isinstance(site.positions, Seconds):
         site = replace(site, positions=layout.positions(site.positions.start, site.positions.end), label=site.name)
     if site.positions is not None and layout.unit != "token":
-        limit = model.cfg.n_frames if layout.unit == "mel_frame" else model.cfg.n_audio_ctx
+        limit = model.position_count(layout.unit)
         bad = [p for p in site.positions if not 0 <= p < limit]
         if bad:
             raise ValueError(f"positions {bad[:3]}... lie outside the {limit} positions of {site.hook}")

@@ -1,0 +1,108 @@
+"""What every hooked audio model here shares: hook names checked with a suggestion, hook
+return values checked, hooks that never outlive their block, and one caller at a time.
+
+The hooks live on the model, and so does per-call state such as the decoder's position offset:
+every forward pass, generation and ``hooks()`` block holds the model's lock, so a model shared
+between threads runs one caller at a time and no caller sees another's hooks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from hooked_whisper.hook_layout import HookLayout
+
+
+def serialised(method: Callable) -> Callable:
+    """Run ``method`` holding the model's lock (see ``HookedAudioModel.hooks``)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def checked(fn: Callable) -> Callable:
+    """``fn`` as a forward hook that may return None or a tensor of the shape and dtype it was
+    given; anything else is an error naming the hook (not a failure deep inside a later layer)."""
+
+    def hook(x: torch.Tensor, hook: HookPoint):
+        out = fn(x, hook=hook)
+        if out is not None and not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype):
+            got = f"shape {tuple(out.shape)}, {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"the hook on {hook.name} returned {got}; a hook returns None or a tensor of the shape "
+                f"and dtype it was given (shape {tuple(x.shape)}, {x.dtype})"
+            )
+        return out
+
+    hook.__name__ = getattr(fn, "__name__", repr(fn))
+    return hook
+
+
+class HookedAudioModel(HookedRootModule):
+    """Subclasses build their modules, call ``setup()`` and fill ``hook_layouts``."""
+
+    hook_layouts: dict[str, HookLayout]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle cannot copy a lock
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def check_hook_name(self, name: str) -> None:
+        """Raise a ValueError naming the closest valid hooks if ``name`` is not one."""
+        if name not in self.hook_dict:
+            close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
+            hint = f"; closest valid names: {', '.join(close)}" if close else ""
+            raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
+
+    def hook_layout(self, name: str) -> HookLayout:
+        """Which stack and layer ``name`` is on and what its axes hold (positions and their
+        unit: mel frames, audio positions or tokens; heads)."""
+        self.check_hook_name(name)
+        return self.hook_layouts[name]
+
+    def _enable_hook_with_name(self, name: str, hook: Callable, dir: Any):  # noqa: A002 (TransformerLens' signature)
+        self.check_hook_name(name)
+        super()._enable_hook_with_name(name, hook, dir)
+
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:  # noqa: A002
+        if isinstance(name, str):
+            self.check_hook_name(name)
+        with self._lock:
+            super().add_hook(name, checked(hook) if dir == "fwd" else hook, dir, is_permanent, level, prepend)
+
+    @contextmanager
+    def hooks(  # type: ignore[override]
+        self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False
+    ) -> Iterator[HookedAudioModel]:
+        """Hooks for the duration of the block, removed even if it raises.
+
+        The block holds the model's lock, as does every forward pass, generation and
+        transcription: a model shared between threads runs one caller at a time, and no caller
+        sees another's hooks. (For parallel work use one model per thread or process.)
+        """
+        with self._lock:
+            wrapped = [(name, checked(fn)) for name, fn in fwd_hooks]
+            with super().hooks(wrapped, list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
+                yield model

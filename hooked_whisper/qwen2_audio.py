@@ -1,0 +1,400 @@
+"""HookedQwen2Audio: an audio LLM (Qwen2-Audio) as a TransformerLens ``HookedRootModule``.
+
+The architecture in one page: log-mel [batch, 128, 3000] -> Whisper's encoder (the same
+components as HookedWhisper, with padding frames hidden from self-attention) -> average pooling
+by two -> LayerNorm -> ``hook_encoder_out`` [batch, 750, d_audio] -> a linear projector ->
+``hook_audio_embeds`` [batch, 750, d_model]. The language model is decoder-only: the prompt's
+audio placeholder tokens (one per real audio position, 40 ms each) take the audio embeddings
+in place of their own, and causal self-attention reads them; there is no cross-attention.
+
+Hook names follow HookedWhisper for the audio side (``encoder_blocks.{l}...``) and
+TransformerLens' decoder-only models for the language model (``blocks.{l}...``, ``ln_final``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import nn
+from transformer_lens import ActivationCache
+from transformer_lens.hook_points import HookPoint
+
+from hooked_whisper.audio import (
+    HOP_LENGTH,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    AudioInput,
+    audio_clips,
+    log_mel_spectrogram,
+    pad_or_trim,
+)
+from hooked_whisper.components import AudioEmbed, EncoderBlock, LayerNorm
+from hooked_whisper.components.attention import KeyValue
+from hooked_whisper.components.blocks import LanguageModelBlock
+from hooked_whisper.components.rms_norm import RMSNorm
+from hooked_whisper.components.rotary_attention import rotary_tables
+from hooked_whisper.config import HookedQwen2AudioConfig
+from hooked_whisper.hook_layout import HookLayout, qwen2_audio_layout_of
+from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+AUDIO_SLOT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    """Log-mel windows and how many frames of each are audio (the rest is padding, which the
+    encoder's self-attention does not read). What ``HookedQwen2Audio.to_mel`` returns."""
+
+    mel: Float[torch.Tensor, "batch n_mels frames"]
+    n_frames: Int[torch.Tensor, " batch"]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.mel.shape
+
+    def expand(self, batch: int, *_: int) -> AudioFeatures:
+        """The same clip repeated ``batch`` times (as ``Tensor.expand`` on a mel)."""
+        return AudioFeatures(self.mel.expand(batch, -1, -1), self.n_frames.expand(batch))
+
+    @property
+    def n_audio_tokens(self) -> Int[torch.Tensor, " batch"]:
+        """Audio positions each clip gives the language model: one per two encoder positions,
+        counting only positions whose frames are audio."""
+        return (encoder_positions(self.n_frames) - 2) // 2 + 1
+
+
+def encoder_positions(n_frames: torch.Tensor) -> torch.Tensor:
+    """Encoder positions (after the stride-2 convolution) that cover ``n_frames`` mel frames."""
+    return (n_frames - 1) // 2 + 1
+
+
+@dataclass
+class LanguageModelCache:
+    """Rotated keys and values of every layer for the positions decoded so far."""
+
+    kv: list[KeyValue | None]
+    position: int = 0
+
+    @classmethod
+    def empty(cls, n_layers: int) -> LanguageModelCache:
+        return cls([None] * n_layers)
+
+
+class Qwen2AudioActivationCache(ActivationCache):
+    """TransformerLens' cache; ``cache.decoder`` is the language model (already named
+    ``blocks.{l}``), so the toolkit's lenses read it as they read HookedWhisper's decoder."""
+
+    @property
+    def decoder(self) -> ActivationCache:
+        return self
+
+
+@dataclass
+class TextTokenizer:
+    """The checkpoint's ``tokenizer.json`` (byte-level BPE with the chat and audio specials)."""
+
+    path: Path
+    _tokenizer: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(self.path))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special)
+
+
+class HookedQwen2Audio(HookedAudioModel):
+    def __init__(self, cfg: HookedQwen2AudioConfig, tokenizer: TextTokenizer | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        a = cfg.audio
+
+        self.hook_mel = HookPoint()  # [batch, n_mels, 3000]
+        self.encoder_embed = AudioEmbed(a)
+        self.encoder_blocks = nn.ModuleList([EncoderBlock(a) for _ in range(a.n_encoder_layers)])
+        self.hook_pooled = HookPoint()  # [batch, n_audio_ctx // 2, d_audio]: pairs of positions averaged
+        self.encoder_ln_final = LayerNorm(a)
+        self.hook_encoder_out = HookPoint()  # [batch, n_audio_ctx // 2, d_audio]
+        self.W_audio_proj = nn.Parameter(torch.empty(a.d_model, cfg.d_model))
+        self.b_audio_proj = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_audio_embeds = HookPoint()  # [batch, n_audio_ctx // 2, d_model]: what the placeholders get
+
+        self.hook_tokens = HookPoint()  # [batch, pos]
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]: token embeddings, before audio is put in
+        self.blocks = nn.ModuleList([LanguageModelBlock(cfg) for _ in range(cfg.n_layers)])
+        self.ln_final = RMSNorm(cfg.d_model, cfg.eps)
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+
+        self.decode_offset = 0  # first position of the current decode() call (read by patching hooks)
+        if not self.W_E.is_meta:  # from_pretrained builds on meta and assigns the checkpoint
+            self.init_weights()
+        self.setup()
+        self.hook_layouts: dict[str, HookLayout] = {name: qwen2_audio_layout_of(name) for name in self.hook_dict}
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random weights for a model built from a config alone (checkpoints overwrite them)."""
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.lstrip("_").startswith("W_") and leaf != "W_pos":
+                nn.init.normal_(p, std=std)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_E.dtype
+
+    # ------------------------------------------------------------------ text
+    def _need_tokenizer(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise ValueError(
+                "this model has no tokenizer (its folder had no tokenizer.json): pass token ids instead of text"
+            )
+        return self.tokenizer
+
+    def to_tokens(self, text: str) -> Int[torch.Tensor, "1 pos"]:
+        return torch.tensor([self._need_tokenizer().encode(text)], device=self.device)
+
+    def to_string(self, tokens: torch.Tensor | Sequence[int], skip_special: bool = True) -> str:
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        return self._need_tokenizer().decode(ids, skip_special)
+
+    def prompt(self, instruction: str = "Transcribe the audio.", n_audio_tokens: int = 1) -> str:
+        """The chat prompt the Qwen2-Audio processor writes for one clip and one instruction, with
+        the audio placeholder repeated ``n_audio_tokens`` times (as the processor expands it)."""
+        audio = AUDIO_SLOT.replace("<|AUDIO|>", "<|AUDIO|>" * n_audio_tokens)
+        return (
+            f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nAudio 1: {audio}\n"
+            f"{instruction}<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    # ------------------------------------------------------------------ audio
+    def to_mel(self, audio: AudioInput | AudioFeatures, sample_rate: int | None = None) -> AudioFeatures:
+        """Log-mel windows of 30 s and the number of audio frames in each (``AudioFeatures``).
+
+        ``audio`` follows ``hooked_whisper.audio.audio_clips`` (paths, waveforms, lists; arrays at
+        ``sample_rate``). A clip over 30 s is refused, not truncated. A bare log-mel is refused
+        too: it does not say how many of its frames are audio, which changes the result."""
+        if isinstance(audio, AudioFeatures):
+            return audio
+        if isinstance(audio, torch.Tensor) and audio.ndim == 3:
+            raise ValueError(
+                "a log-mel alone does not say how many of its frames are audio (the encoder hides the "
+                "padding): pass the waveform, or AudioFeatures(mel, n_frames)"
+            )
+        waveforms = audio_clips(audio, sample_rate)
+        for i, w in enumerate(waveforms):
+            if w.shape[-1] > N_SAMPLES or w.shape[-1] == 0:
+                raise ValueError(
+                    f"clip {i} lasts {w.shape[-1] / SAMPLE_RATE:.2f} s; this model reads 0-30 s per clip: cut "
+                    "longer audio into 30 s pieces (nothing is truncated silently)"
+                )
+        mel = torch.stack([log_mel_spectrogram(pad_or_trim(w), self.cfg.audio.n_mels) for w in waveforms])
+        n_frames = torch.tensor([math.ceil(w.shape[-1] / HOP_LENGTH) for w in waveforms])
+        return AudioFeatures(mel.to(self.device, self.dtype), n_frames.to(self.device))
+
+    @serialised
+    def encode(
+        self, audio: AudioInput | AudioFeatures, sample_rate: int | None = None
+    ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
+        """Audio embeddings for every pooled position; a clip's first ``n_audio_tokens`` of them
+        are what its placeholders receive."""
+        features = self.to_mel(audio, sample_rate)
+        resid = self.encoder_embed(self.hook_mel(features.mel))
+        real = encoder_positions(features.n_frames)
+        key_mask = None
+        if bool((real < resid.shape[1]).any()):
+            key_mask = torch.arange(resid.shape[1], device=resid.device)[None, :] < real[:, None]
+        for block in self.encoder_blocks:
+            resid = block(resid, key_mask=key_mask)
+        pooled = self.hook_pooled(F.avg_pool1d(resid.transpose(1, 2), 2, 2).transpose(1, 2))
+        encoder_out = self.hook_encoder_out(self.encoder_ln_final(pooled))
+        return self.hook_audio_embeds(encoder_out @ self.W_audio_proj + self.b_audio_proj)
+
+    # ------------------------------------------------------------------ the language model
+    def _insert_audio(self, embeds: torch.Tensor, tokens: torch.Tensor, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """Each row's placeholder positions, in order, take that row's first audio embeddings."""
+        slots = tokens == self.cfg.audio_token_id
+        counts = slots.sum(-1)
+        if int(counts.max()) > audio_embeds.shape[1]:
+            raise ValueError(
+                f"a prompt has {int(counts.max())} audio placeholders, more than the {audio_embeds.shape[1]} "
+                "audio positions of a 30 s window"
+            )
+        taken = torch.arange(audio_embeds.shape[1], device=tokens.device)[None, :] < counts[:, None]
+        out = embeds.clone()
+        out[slots] = audio_embeds[taken].to(embeds.dtype)
+        return out
+
+    @serialised
+    def decode(
+        self,
+        tokens: Int[torch.Tensor, "batch pos"],
+        audio_embeds: Float[torch.Tensor, "batch audio_pos d_model"] | None = None,
+        cache: LanguageModelCache | None = None,
+    ) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        """Language-model logits. ``audio_embeds`` fill the placeholders of a prompt; with
+        ``cache`` the tokens continue the positions already in it, which is extended in place."""
+        cache = cache if cache is not None else LanguageModelCache.empty(self.cfg.n_layers)
+        self.decode_offset = cache.position
+        tokens = self.hook_tokens(tokens)
+        resid = self.hook_embed(F.embedding(tokens, self.W_E))
+        if bool((tokens == self.cfg.audio_token_id).any()):
+            if audio_embeds is None:
+                raise ValueError("these tokens hold audio placeholders: pass the audio embeddings (model.encode)")
+            resid = self._insert_audio(resid, tokens, audio_embeds)
+        positions = torch.arange(cache.position, cache.position + tokens.shape[1], device=tokens.device)
+        assert self.cfg.d_head is not None
+        cos, sin = rotary_tables(positions, self.cfg.d_head, self.cfg.rope_theta, resid.dtype)
+        for i, block in enumerate(self.blocks):
+            resid, cache.kv[i] = block(resid, cos, sin, cache.kv[i])
+        cache.position += tokens.shape[1]
+        return self.ln_final(resid) @ self.W_U
+
+    def check_tokens(self, tokens: torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str) -> torch.Tensor:
+        """Token ids as ``[batch, pos]`` on the model's device, or a clear error."""
+        if isinstance(tokens, str):
+            return self.to_tokens(tokens)
+        tokens = torch.as_tensor(tokens, device=self.device)
+        if tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:
+            raise ValueError(
+                f"tokens are integer ids shaped [pos] or [batch, pos]; got {tuple(tokens.shape)} {tokens.dtype}"
+            )
+        tokens = tokens if tokens.ndim == 2 else tokens.unsqueeze(0)
+        if tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab:
+            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}); got {tokens.min()}..{tokens.max()}")
+        return tokens
+
+    def tokens_for(
+        self, features: AudioFeatures, tokens: Any, audio_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``tokens`` (ids or prompt text; default: the transcription prompt) laid out for these
+        clips: one placeholder per audio position. A prompt with a single placeholder is
+        expanded; any other count that does not match the clip is an error."""
+        if tokens is None:
+            tokens = self.prompt()
+        tokens = self.check_tokens(tokens)
+        if tokens.shape[0] == 1 and features.shape[0] > 1:
+            tokens = tokens.expand(features.shape[0], -1)
+        if tokens.shape[0] != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} clips but {tokens.shape[0]} token sequences")
+        rows = []
+        for row, want in zip(tokens, features.n_audio_tokens.tolist()):
+            slots = (row == self.cfg.audio_token_id).nonzero().flatten()
+            if len(slots) == 1 and want != 1:
+                at = int(slots[0])
+                row = torch.cat([row[:at], row[at : at + 1].expand(want), row[at + 1 :]])
+            elif len(slots) != want:
+                raise ValueError(
+                    f"the prompt has {len(slots)} audio placeholders but the clip gives {want} audio positions: "
+                    "write one placeholder (it is expanded) or build the prompt with model.prompt(n_audio_tokens=...)"
+                )
+            rows.append(row)
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError("clips of different lengths give prompts of different lengths: run them one at a time")
+        return torch.stack(rows)
+
+    @serialised
+    def forward(
+        self, audio: AudioInput | AudioFeatures, tokens: Any = None, sample_rate: int | None = None
+    ) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        """Logits ``[batch, pos, d_vocab]`` of the prompt ``tokens`` (default: the transcription
+        prompt) with ``audio`` at its placeholders."""
+        features = self.to_mel(audio, sample_rate)
+        return self.decode(self.tokens_for(features, tokens), self.encode(features))
+
+    def run_with_cache(  # type: ignore[override]
+        self, audio: AudioInput | AudioFeatures, tokens: Any = None, sample_rate: int | None = None, **kwargs: Any
+    ) -> tuple[torch.Tensor, Qwen2AudioActivationCache]:
+        """Logits and every hooked activation (or those ``names_filter`` selects)."""
+        names = kwargs.get("names_filter")
+        for name in [names] if isinstance(names, str) else names if isinstance(names, list) else []:
+            self.check_hook_name(name)
+        logits, cache = super().run_with_cache(self.to_mel(audio, sample_rate), tokens, **kwargs)
+        return logits, Qwen2AudioActivationCache(cache, self, not kwargs.get("remove_batch_dim", False))
+
+    @torch.no_grad()
+    @serialised
+    def generate(
+        self,
+        audio: AudioInput | AudioFeatures,
+        tokens: Any = None,
+        max_new_tokens: int = 64,
+        fwd_hooks: Sequence[tuple[Any, Any]] = (),
+        sample_rate: int | None = None,
+    ) -> Int[torch.Tensor, "batch pos"]:
+        """Greedy continuation of the prompt (default: the transcription prompt), reading the
+        audio once and each new token through the key/value cache; ``fwd_hooks`` are live at
+        every step. Rows that reach an end token are padded with it. Returns prompt + new tokens."""
+        features = self.to_mel(audio, sample_rate)
+        prompt = self.tokens_for(features, tokens)
+        with self.hooks(fwd_hooks=list(fwd_hooks)):
+            audio_embeds = self.encode(features)
+            cache = LanguageModelCache.empty(self.cfg.n_layers)
+            logits = self.decode(prompt, audio_embeds, cache)
+            eos = torch.tensor(self.cfg.eos_token_ids, device=self.device)
+            out, done = prompt, torch.zeros(prompt.shape[0], dtype=torch.bool, device=self.device)
+            for step in range(max_new_tokens):
+                next_token = logits[:, -1].argmax(-1)
+                next_token = torch.where(done, eos[0], next_token)
+                out = torch.cat([out, next_token[:, None]], dim=1)
+                done |= torch.isin(next_token, eos)
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                logits = self.decode(next_token[:, None], cache=cache)
+        return out
+
+    # ------------------------------------------------------------------ what the toolkit asks of a model
+    def position_count(self, unit: str) -> int:
+        """How many positions an audio-side hook has in ``unit`` (see ``hook_layout``)."""
+        n = self.cfg.audio.n_audio_ctx
+        return {"mel_frame": 2 * n, "audio_position": n, "audio_token": n // 2}[unit]
+
+    def head_count(self, layout: HookLayout) -> int:
+        return self.cfg.audio.n_heads if layout.is_encoder_side else self.cfg.n_heads
+
+    def probe_tokens(self) -> None:
+        """Probes read the language model on the default transcription prompt alone."""
+        return None
+
+    def prompt_length(self, tokens: torch.Tensor) -> int:
+        return tokens.shape[-1]
+
+    def real_length(self, tokens: torch.Tensor) -> int:
+        return tokens.shape[-1]
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> HookedQwen2Audio:
+        """Load a Hugging Face Qwen2-Audio checkpoint: a local folder (``config.json``, safetensors
+        shards, ``tokenizer.json``) or a Hub repo id such as ``Qwen/Qwen2-Audio-7B-Instruct``
+        (downloaded, or read from the local Hub cache when offline)."""
+        from weights_conversion.qwen2_audio import load_qwen2_audio_folder
+        from weights_conversion.resolve import download
+
+        path = Path(name_or_path).expanduser()
+        folder = path if path.is_dir() else download(str(name_or_path))
+        cfg, state_dict, tokenizer = load_qwen2_audio_folder(folder)
+        with torch.device("meta"):
+            model = cls(cfg, TextTokenizer(tokenizer) if tokenizer else None)
+        model.load_state_dict(state_dict, assign=True, strict=True)
+        return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
