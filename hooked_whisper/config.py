@@ -166,6 +166,7 @@ class HookedQwen2AudioConfig:
     n_ctx: int = 32768
     audio_token_id: int = 151646
     eos_token_ids: tuple[int, ...] = (151643, 151645)  # <|endoftext|>, <|im_end|>
+    use_split_qkv_input: bool = False  # blocks.{l}.hook_{q,k,v}_input: the block input per head
     normalization_type: str = "RMS"  # read by TransformerLens' cache methods
 
     def __post_init__(self) -> None:

@@ -55,6 +55,7 @@ class HookedAudioModel(HookedRootModule):
     """Subclasses build their modules, call ``setup()`` and fill ``hook_layouts``."""
 
     hook_layouts: dict[str, HookLayout]
+    OPT_IN_FLAGS: tuple[str, ...] = ()  # config switches for hooks that cost memory, as in TransformerLens
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,3 +107,20 @@ class HookedAudioModel(HookedRootModule):
             wrapped = [(name, checked(fn)) for name, fn in fwd_hooks]
             with super().hooks(wrapped, list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
                 yield model
+
+    @contextmanager
+    def opt_in(self, **flags: bool) -> Iterator[HookedAudioModel]:
+        """Switch opt-in hooks (``OPT_IN_FLAGS``, e.g. ``use_split_qkv_input``) on or off for the
+        duration of the block, holding the model's lock."""
+        unknown = set(flags) - set(self.OPT_IN_FLAGS)
+        if unknown:
+            raise ValueError(f"not an opt-in hook flag: {', '.join(sorted(unknown))}")
+        with self._lock:
+            old = {name: getattr(self.cfg, name) for name in flags}
+            try:
+                for name, value in flags.items():
+                    setattr(self.cfg, name, value)
+                yield self
+            finally:
+                for name, value in old.items():
+                    setattr(self.cfg, name, value)

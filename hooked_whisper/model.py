@@ -9,8 +9,7 @@ the (tied) token embedding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
 
 
 class HookedWhisper(HookedAudioModel):
+    OPT_IN_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_cross_kv_input")
+
     def __init__(
         self,
         cfg: HookedWhisperConfig,
@@ -211,6 +212,12 @@ class HookedWhisper(HookedAudioModel):
         resid = self.encoder_embed(mel)
         for block in self.encoder_blocks:
             resid = block(resid)
+        return self.finish_encoder(resid)
+
+    def finish_encoder(
+        self, resid: Float[torch.Tensor, "batch audio_pos d_model"]
+    ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
+        """From the last encoder block's output to what cross-attention reads."""
         return self.hook_encoder_out(self.encoder_ln_final(resid))
 
     @serialised
@@ -312,23 +319,6 @@ class HookedWhisper(HookedAudioModel):
         return int(real.max()) + 1 if len(real) else 1
 
     # ------------------------------------------------------------------ hooks
-    @contextmanager
-    def opt_in(self, **flags: bool) -> Iterator[HookedWhisper]:
-        """Switch opt-in hooks (``use_attn_result``, ``use_split_qkv_input``,
-        ``use_cross_kv_input``) on or off for the duration of the block, holding the model's lock."""
-        unknown = set(flags) - {"use_attn_result", "use_split_qkv_input", "use_cross_kv_input"}
-        if unknown:
-            raise ValueError(f"not an opt-in hook flag: {', '.join(sorted(unknown))}")
-        with self._lock:
-            old = {name: getattr(self.cfg, name) for name in flags}
-            try:
-                for name, value in flags.items():
-                    setattr(self.cfg, name, value)
-                yield self
-            finally:
-                for name, value in old.items():
-                    setattr(self.cfg, name, value)
-
     def run_with_cache(  # type: ignore[override]
         self,
         audio: AudioInput,

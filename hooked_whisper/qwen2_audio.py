@@ -117,6 +117,8 @@ class TextTokenizer:
 
 
 class HookedQwen2Audio(HookedAudioModel):
+    OPT_IN_FLAGS = ("use_split_qkv_input",)
+
     def __init__(self, cfg: HookedQwen2AudioConfig, tokenizer: TextTokenizer | None = None):
         super().__init__()
         self.cfg = cfg
@@ -224,6 +226,13 @@ class HookedQwen2Audio(HookedAudioModel):
             key_mask = torch.arange(resid.shape[1], device=resid.device)[None, :] < real[:, None]
         for block in self.encoder_blocks:
             resid = block(resid, key_mask=key_mask)
+        return self.finish_encoder(resid)
+
+    def finish_encoder(
+        self, resid: Float[torch.Tensor, "batch audio_pos d_audio"]
+    ) -> Float[torch.Tensor, "batch audio_token d_model"]:
+        """From the last encoder block's output to what the language model reads: pooling by two,
+        the final LayerNorm, the projector."""
         pooled = self.hook_pooled(F.avg_pool1d(resid.transpose(1, 2), 2, 2).transpose(1, 2))
         encoder_out = self.hook_encoder_out(self.encoder_ln_final(pooled))
         return self.hook_audio_embeds(encoder_out @ self.W_audio_proj + self.b_audio_proj)

@@ -223,3 +223,55 @@ def test_bad_inputs_are_refused_with_the_fix(pair):
         model.to_tokens("hello")
     with pytest.raises(ValueError, match="no hook named 'blocks.0.hook_resid_pr'"):
         model.run_with_cache(pair.clip, prompt_ids(pair, 1), names_filter=["blocks.0.hook_resid_pr"], sample_rate=16000)
+
+
+def test_path_patching_into_the_language_model(pair):
+    """Sender: an audio-encoder MLP; receiver: one key/value group of a language-model layer,
+    through its keys and values only. Checked against the same change made by hand on
+    ``hook_k`` and ``hook_v``."""
+    from hooked_whisper.patching import Receiver, cross_attention_receivers, path_patch
+
+    model = pair.model
+    other = load_audio(DATA / "goforward.wav")[: len(pair.clip)]
+    other = torch.nn.functional.pad(other, (0, len(pair.clip) - len(other)))
+    ids = model.tokens_for(model.to_mel(pair.clip, 16000), prompt_ids(pair, 1))
+    receivers = cross_attention_receivers(model, via="k")
+    assert len(receivers) == model.cfg.n_layers * model.cfg.n_key_value_heads
+    layer, group = model.cfg.n_layers - 1, model.cfg.n_key_value_heads - 1
+    sender = "encoder_blocks.0.hook_mlp_out"
+
+    def metric(out: torch.Tensor) -> torch.Tensor:
+        return out[:, -1].log_softmax(-1)[:, 7]
+
+    kw = dict(tokens=ids, sample_rate=16000, progress=False)
+    same = path_patch(model, pair.clip, pair.clip, sender, receivers[:2], metric, **kw)
+    with torch.no_grad():
+        baseline = metric(model(pair.clip, ids, sample_rate=16000))
+    assert torch.allclose(same, baseline.expand(2))
+    ours = path_patch(model, pair.clip, other, sender, [Receiver(layer, group, "kv")], metric, **kw)
+
+    with torch.no_grad():  # by hand: the changed audio embeddings, added at layer `layer`'s key input
+        _, base_cache = model.run_with_cache(pair.clip, ids, sample_rate=16000)
+        _, source_cache = model.run_with_cache(other, ids, sample_rate=16000)
+        last = base_cache[f"encoder_blocks.{model.cfg.audio.n_encoder_layers - 1}.hook_resid_post"]
+        changed = model.finish_encoder(last + source_cache[sender] - base_cache[sender])
+        slots = (ids[0] == model.cfg.audio_token_id).nonzero().flatten()
+        resid = base_cache[f"blocks.{layer}.hook_resid_pre"].clone()
+        resid[0, slots] += (changed - base_cache["hook_audio_embeds"])[0, : len(slots)]
+        attn, x = model.blocks[layer].attn, model.blocks[layer].ln1(resid)
+        new = {"k": x @ attn._W_K[group] + attn._b_K[group], "v": x @ attn._W_V[group] + attn._b_V[group]}
+
+        def replace_group(x, hook):
+            x = x.clone()
+            x[:, :, group] = new[hook.name[-1]]
+            return x
+
+        hooks = [(f"blocks.{layer}.attn.hook_{part}", replace_group) for part in "kv"]
+        by_hand = metric(model.run_with_hooks(pair.clip, ids, fwd_hooks=hooks, sample_rate=16000))
+    exact = path_patch(
+        copy.deepcopy(model).double(), pair.clip, other, sender, [Receiver(layer, group, "kv")], metric, **kw
+    )
+    assert_within_float32_spread(by_hand, ours, exact, "path patch vs by hand")
+    assert (ours - baseline).abs() > 100 * (ours.double() - exact).abs()  # the patch did something
+    with pytest.raises(ValueError, match="audio-side sender"):
+        path_patch(model, pair.clip, other, "blocks.0.hook_mlp_out", receivers[-1:], metric, **kw)

@@ -121,11 +121,15 @@ class LanguageModelBlock(nn.Module):
 
     def __init__(self, cfg: HookedQwen2AudioConfig):
         super().__init__()
+        self.cfg = cfg
         self.ln1 = RMSNorm(cfg.d_model, cfg.eps)
         self.attn = RotaryAttention(cfg)
         self.ln2 = RMSNorm(cfg.d_model, cfg.eps)
         self.mlp = GatedMLP(cfg.d_model, cfg.d_mlp)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
+        self.hook_k_input = HookPoint()  # [batch, pos, kv_head, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, kv_head, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
@@ -139,7 +143,14 @@ class LanguageModelBlock(nn.Module):
         past_kv: KeyValue | None = None,
     ) -> tuple[Float[torch.Tensor, "batch pos d_model"], KeyValue]:
         resid = self.hook_resid_pre(resid)
-        attn_out, kv = self.attn(self.ln1(resid), cos, sin, past_kv)
+        if self.cfg.use_split_qkv_input:  # each head (key/value group) reads its own copy
+            q_in = self.ln1(self.hook_q_input(per_head(resid, self.cfg.n_heads)))
+            kv_copies = per_head(resid, self.cfg.n_key_value_heads)
+            k_in, v_in = self.ln1(self.hook_k_input(kv_copies)), self.ln1(self.hook_v_input(kv_copies))
+            attn_out, kv = self.attn(q_in, cos, sin, past_kv, k_in, v_in)
+        else:
+            normalized = self.ln1(resid)
+            attn_out, kv = self.attn(normalized, cos, sin, past_kv)
         resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
         resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
         return resid, kv

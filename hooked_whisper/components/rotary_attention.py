@@ -75,16 +75,21 @@ class RotaryAttention(nn.Module):
 
     def forward(
         self,
-        x: Float[torch.Tensor, "batch pos d_model"],
+        x: Float[torch.Tensor, "batch pos d_model"] | Float[torch.Tensor, "batch pos head d_model"],
         cos: torch.Tensor,
         sin: torch.Tensor,
         past_kv: KeyValue | None = None,
+        key_input: Float[torch.Tensor, "batch pos kv_head d_model"] | None = None,
+        value_input: Float[torch.Tensor, "batch pos kv_head d_model"] | None = None,
     ) -> tuple[Float[torch.Tensor, "batch pos d_model"], KeyValue]:
         """Attend causally; ``past_kv`` holds the rotated keys and values of earlier positions
-        (generation), and the full (keys, values) come back for the next step."""
+        (generation), and the full (keys, values) come back for the next step. Keys and values
+        read ``x`` unless per-group inputs are given (``use_split_qkv_input``)."""
+        key_input = x if key_input is None else key_input
+        value_input = x if value_input is None else value_input
         q = self.hook_rot_q(rotate(self.hook_q(project(x, self.W_Q, self.b_Q)), cos, sin))
-        k = self.hook_rot_k(rotate(self.hook_k(project(x, self._W_K, self._b_K)), cos, sin))
-        v = self.hook_v(project(x, self._W_V, self._b_V))
+        k = self.hook_rot_k(rotate(self.hook_k(project(key_input, self._W_K, self._b_K)), cos, sin))
+        v = self.hook_v(project(value_input, self._W_V, self._b_V))
         if past_kv is not None:
             k, v = torch.cat([past_kv[0], k], dim=1), torch.cat([past_kv[1], v], dim=1)
         q_len, k_len = q.shape[1], k.shape[1]

@@ -1,7 +1,12 @@
 """Path patching: the effect of a sender (an encoder or decoder component, or one head) on
 receiver heads through one route only, with everything in between held at its base value.
 Encoder senders reach decoder heads through their cross-attention keys and/or values; decoder
-senders reach later heads through their query, key or value input."""
+senders reach later heads through their query, key or value input.
+
+In an audio LLM (HookedQwen2Audio) the audio reaches the language model as embeddings at the
+audio-placeholder positions: an encoder sender reaches a language-model head (a key/value
+group) through its keys and/or values at those positions, by the residual stream directly,
+skipping the blocks before it."""
 
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ class Receiver:
     """A decoder attention head that receives the sender's effect.
 
     ``kind="cross_attn"`` with ``via`` in ``"k"``, ``"v"``, ``"kv"``: through the keys and/or
-    values it reads from the encoder output. ``kind="attn"`` with ``via`` in ``"q"``, ``"k"``,
+    values it reads from the encoder output (in an audio LLM: key/value group ``head`` of
+    language-model layer ``layer``, at the audio positions). ``kind="attn"`` with ``via`` in ``"q"``, ``"k"``,
     ``"v"`` (any combination): through that head's input from the decoder residual stream.
     """
 
@@ -40,7 +46,37 @@ class Receiver:
 
 
 def cross_attention_receivers(model: HookedWhisper, via: str = "kv") -> list[Receiver]:
-    return [Receiver(l, h, via) for l in range(model.cfg.n_decoder_layers) for h in range(model.cfg.n_heads)]
+    """Every head that reads the audio: each cross-attention head of each decoder layer (in an
+    audio LLM, each key/value group of each language-model layer)."""
+    layers, heads = _audio_readers(model)
+    return [Receiver(l, h, via) for l in range(layers) for h in range(heads)]
+
+
+def _is_audio_llm(model) -> bool:
+    return hasattr(model, "W_audio_proj")
+
+
+def _audio_readers(model) -> tuple[int, int]:
+    """(layers, heads per layer) that read the audio directly."""
+    if _is_audio_llm(model):
+        return model.cfg.n_layers, model.cfg.n_key_value_heads
+    return model.cfg.n_decoder_layers, model.cfg.n_heads
+
+
+def _audio_receiver_hooks(model, r: Receiver, row: int, base_out: torch.Tensor, patched_out: torch.Tensor, tokens):
+    """Hooks giving receiver ``r`` (in batch row ``row``) the patched audio through its keys
+    and/or values only, and the opt-in flag that creates their per-head inputs."""
+    if not _is_audio_llm(model):  # the head's own copy of the encoder output
+        hooks = [
+            (f"decoder_blocks.{r.layer}.hook_cross_{part}_input", _set_head(row, r.head, patched_out)) for part in r.via
+        ]
+        return hooks, "use_cross_kv_input"
+    # The group's own copy of the block input, changed at the audio positions only.
+    slots = (tokens[0] == model.cfg.audio_token_id).nonzero().flatten()
+    change = torch.zeros(1, tokens.shape[1], base_out.shape[-1], dtype=base_out.dtype, device=base_out.device)
+    change[0, slots] = (patched_out - base_out)[0, : len(slots)]
+    hooks = [(f"blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, change)) for part in r.via]
+    return hooks, "use_split_qkv_input"
 
 
 def _sender_delta(model: HookedWhisper, sender: Site, base: dict, source: dict) -> torch.Tensor:
@@ -52,7 +88,7 @@ def _sender_delta(model: HookedWhisper, sender: Site, base: dict, source: dict) 
         block, kind = hook.split(".")[0:2], hook.split(".")[2]
         stack = model.encoder_blocks if block[0] == "encoder_blocks" else model.decoder_blocks
         W_O = getattr(stack[int(block[1])], kind).W_O
-        heads = [sender.head] if sender.head is not None else list(range(model.cfg.n_heads))
+        heads = [sender.head] if sender.head is not None else list(range(W_O.shape[0]))
         delta = torch.einsum("bphd,hdm->bpm", delta[:, :, heads], W_O[heads])
     elif sender.head is not None:
         raise ValueError(f"a head sender must be an attention hook_z, not {hook}")
@@ -93,39 +129,46 @@ def path_patch(
     sender = resolve(model, sender)
     receivers = list(receivers)
     for r in receivers:
-        if not (0 <= r.layer < model.cfg.n_decoder_layers and 0 <= r.head < model.cfg.n_heads):
+        layers, heads = (
+            _audio_readers(model) if r.kind == "cross_attn" else (model.cfg.n_decoder_layers, model.cfg.n_heads)
+        )
+        if not (0 <= r.layer < layers and 0 <= r.head < heads):
             raise ValueError(f"receiver {r.name} does not exist in this model")
         allowed = set("kv") if r.kind == "cross_attn" else set("qkv")
         if not r.via or not set(r.via) <= allowed:
             raise ValueError(f"receiver {r.name}: via must use {sorted(allowed)}")
     to_encoder = model.hook_layouts[sender.hook].is_encoder_side
+    if _is_audio_llm(model) and not to_encoder:
+        raise ValueError(
+            "in an audio LLM, path patching runs from an audio-side sender (encoder, pooling, projector) "
+            "to language-model key/value groups reading the audio (cross_attention_receivers(model))"
+        )
     if any((r.kind == "cross_attn") != to_encoder for r in receivers):
         raise ValueError(
             "encoder senders reach decoder heads through cross-attention receivers; decoder senders "
             "reach later decoder heads through self-attention (kind='attn') receivers"
         )
     mel, tokens = prepare(model, base, tokens, sample_rate)
-    n_enc = model.cfg.n_encoder_layers
-    needed = {sender.hook, f"encoder_blocks.{n_enc - 1}.hook_resid_post", "hook_encoder_out"}
-    base_cache = source_cache(model, mel, tokens, needed)
+    last_encoder = f"encoder_blocks.{len(model.encoder_blocks) - 1}.hook_resid_post"
+    audio_out = "hook_audio_embeds" if _is_audio_llm(model) else "hook_encoder_out"
+    base_cache = source_cache(model, mel, tokens, {sender.hook, last_encoder, audio_out})
     delta = _sender_delta(model, sender, base_cache, source_cache(model, source, tokens, {sender.hook}, sample_rate))
-    encoder_out = base_cache["hook_encoder_out"]  # the base run already computed it
+    encoder_out = base_cache[audio_out]  # the base run already computed it
     values = []
     groups = [receivers] if jointly else [receivers[i : i + batch_size] for i in range(0, len(receivers), batch_size)]
     for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, unit="batch"):
         rows = [0] * len(chunk) if jointly else list(range(len(chunk)))
         batch = 1 if jointly else len(chunk)
         hooks = []
+        flag = "use_split_qkv_input"
         if to_encoder:
-            # The receiver head reads its own copy of the encoder output (use_cross_kv_input):
-            # that copy is the base output with the sender's change, through encoder_ln_final.
+            # The base encoder output with the sender's change, through what follows the last
+            # encoder block (it is on the path), reaches each receiver through its own input copy.
             with torch.no_grad():
-                patched_out = model.encoder_ln_final(base_cache[f"encoder_blocks.{n_enc - 1}.hook_resid_post"] + delta)
+                patched_out = model.finish_encoder(base_cache[last_encoder] + delta)
             for row, r in zip(rows, chunk):
-                for part in r.via:
-                    hooks.append(
-                        (f"decoder_blocks.{r.layer}.hook_cross_{part}_input", _set_head(row, r.head, patched_out))
-                    )
+                receiver_hooks, flag = _audio_receiver_hooks(model, r, row, encoder_out, patched_out, tokens)
+                hooks += receiver_hooks
         else:
             sender_layer = model.hook_layouts[sender.hook].layer if sender.hook.startswith("decoder_blocks.") else -1
             for row, r in zip(rows, chunk):
@@ -135,7 +178,6 @@ def path_patch(
                     hooks.append(
                         (f"decoder_blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, delta))
                     )
-        flag = "use_cross_kv_input" if to_encoder else "use_split_qkv_input"
         with torch.no_grad(), model.opt_in(**{flag: True}), model.hooks(fwd_hooks=hooks):
             values.append(metric(model.decode(tokens.expand(batch, -1), encoder_out.expand(batch, -1, -1))))
     return torch.cat(values)
