@@ -1,4 +1,5 @@
-"""Command line: ``hooked-whisper inspect CLIP`` and ``hooked-whisper transcribe FILE...``."""
+"""Command line: ``hooked-whisper inspect CLIP``, ``hooked-whisper transcribe FILE...`` and
+``hooked-whisper extract MANIFEST`` (one process, or one per GPU under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,40 @@ def transcribe(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def extract(args: argparse.Namespace) -> int:
+    """Pooled activations of every clip in a manifest into a folder of shards plus an index."""
+    import os
+
+    import torch
+
+    from hooked_whisper import HookedWhisper
+    from hooked_whisper.extraction import Manifest
+    from hooked_whisper.probing import extract_activations
+
+    manifest = Manifest.read(args.manifest)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":  # one GPU per process under torchrun / accelerate
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    model = HookedWhisper.from_pretrained(args.model, device=device)
+    pooling = int(args.decoder_pooling) if args.decoder_pooling.lstrip("-").isdigit() else args.decoder_pooling
+    store = extract_activations(
+        model,
+        manifest,
+        args.hooks,
+        pooling=args.pooling,
+        decoder_pooling=pooling,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+        shard_size=args.shard_size,
+        dtype=getattr(torch, args.dtype),
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{args.out}: {store.n} clips x {len(store.hooks)} hooks; {len(store.failed)} failed to load")
+        for clip, reason in store.failed.items():
+            print(f"hooked-whisper: {clip}: {reason}", file=sys.stderr)
+    return 0
+
+
 MODEL_HELP = (
     "'tiny.en' or 'base' (bundled by the weights extra), a Hugging Face repo id such as "
     "'openai/whisper-small', or a path to a checkpoint (default: %(default)s)"
@@ -145,6 +180,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--beam-size", type=int, default=None, help="beam search instead of greedy decoding")
     p.add_argument("--json", action="store_true", help="print the full result (segments, words, windows) as JSON")
     p.set_defaults(run=transcribe)
+    p = sub.add_parser(
+        "extract",
+        help="pooled activations of a corpus into safetensors shards (resumable; one process per GPU under torchrun)",
+    )
+    p.add_argument("manifest", help="a file of audio paths, or a TSV with path (and label, group) columns")
+    p.add_argument("--model", default="tiny.en", help=MODEL_HELP)
+    p.add_argument("--hooks", nargs="+", required=True, help="hook names, e.g. encoder_blocks.3.hook_resid_post")
+    p.add_argument("--pooling", default="mean_audio", help="encoder pooling: mean_audio, mean or none")
+    p.add_argument("--decoder-pooling", default="prompt_end", help="last, prompt_end, mean, none or a position")
+    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=256, help="clips per shard (a multiple of --batch-size)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    p.set_defaults(run=extract)
     args = parser.parse_args(argv)
     from weights_conversion import CheckpointError
 

@@ -3,6 +3,7 @@ hook with cross-validation, next to a majority-class baseline and a shuffled-lab
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from hooked_whisper.audio import SAMPLE_RATE, audio_clips
 from hooked_whisper.hook_layout import HookLayout
 
 if TYPE_CHECKING:
+    from hooked_whisper.extraction import Manifest
     from hooked_whisper.model import HookedWhisper
 
 ENCODER_POOLINGS = ("mean_audio", "mean", "none")
@@ -25,57 +27,87 @@ DECODER_POOLINGS = ("last", "prompt_end", "mean", "none")
 
 
 class ActivationStore:
-    """Pooled activations per hook, in memory or as safetensors shards on disk (one per batch),
-    so a large dataset never has to fit in memory at once."""
+    """Pooled activations per hook, one row per clip, in memory. ``ActivationStore.open(folder)``
+    reads a folder written by ``extract_activations(..., out_dir=folder)`` (or the
+    ``hooked-whisper extract`` command) lazily instead."""
 
-    def __init__(self, hooks: list[str], out_dir: str | Path | None = None):
+    def __init__(self, hooks: list[str]):
         self.hooks = hooks
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self._memory: dict[str, list[torch.Tensor | list[torch.Tensor]]] = {h: [] for h in hooks}
-        self._shards: list[Path] = []
+        self._memory: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
         self.n = 0
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ShardedActivationStore:
+        return ShardedActivationStore(folder)
 
     def append(self, batch: dict[str, list[torch.Tensor]]) -> None:
         """Add one batch: for each hook, one tensor per clip (shapes may differ with pooling='none')."""
-        size = len(next(iter(batch.values())))
-        if self.out_dir is None:
-            for hook, rows in batch.items():
-                self._memory[hook].extend(rows)
-        else:
-            from safetensors.torch import save_file
+        for hook, rows in batch.items():
+            self._memory[hook].extend(rows)
+        self.n += len(next(iter(batch.values())))
 
-            path = self.out_dir / f"shard_{len(self._shards):05d}.safetensors"
-            save_file(
-                {f"{hook}/{i}": row.contiguous() for hook, rows in batch.items() for i, row in enumerate(rows)},
-                str(path),
-            )
-            self._shards.append(path)
-        self.n += size
-
-    def rows(self, hook: str) -> list[torch.Tensor]:
+    def _check(self, hook: str) -> None:
         if hook not in self.hooks:
             raise KeyError(f"{hook!r} was not extracted; this store has {self.hooks}")
-        if self.out_dir is None:
-            return list(self._memory[hook])  # type: ignore[arg-type]
-        from safetensors import safe_open
 
-        out = []
-        for path in self._shards:
-            with safe_open(str(path), "pt") as f:
-                count = sum(1 for k in f.keys() if k.rsplit("/", 1)[0] == hook)
-                out += [f.get_tensor(f"{hook}/{i}") for i in range(count)]
-        return out
+    def rows(self, hook: str) -> list[torch.Tensor]:
+        self._check(hook)
+        return list(self._memory[hook])
 
     def __getitem__(self, hook: str) -> torch.Tensor:
         """``[n_clips, ...]`` for pooled activations (pooling='none' rows differ in length: use ``rows``)."""
         return torch.stack(self.rows(hook))
 
 
+class ShardedActivationStore(ActivationStore):
+    """An extraction folder read lazily: ``store[hook]`` reads that hook's tensors from each
+    shard (memory-mapped) and nothing else. Rows are the clips that loaded, in manifest order;
+    ``labels``, ``groups`` and ``clips`` follow them, ``failed`` maps the others to the reason."""
+
+    def __init__(self, folder: str | Path):
+        from hooked_whisper.extraction import INDEX
+
+        self.folder = Path(folder)
+        path = self.folder / INDEX
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the extraction into {self.folder} has not finished")
+        self.index = json.loads(path.read_text())
+        ok = [e for e in self.index["rows"] if "error" not in e]
+        self.hooks = self.index["hooks"]
+        self.n = len(ok)
+        self.labels = [e["label"] for e in ok]
+        self.groups = [e["group"] for e in ok]
+        self.clips = [e["clip"] for e in ok]
+        self.failed = {e["clip"]: e["error"] for e in self.index["rows"] if "error" in e}
+
+    def _read(self, hook: str) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+        from safetensors import safe_open
+
+        from hooked_whisper.extraction import ROWS_KEY
+
+        out = []
+        for name in self.index["shards"]:
+            with safe_open(str(self.folder / name), "pt") as f:
+                keys = [k for k in f.keys() if k == hook or k.startswith(f"{hook}/")]
+                out.append((f.get_tensor(ROWS_KEY).tolist(), {k: f.get_tensor(k) for k in keys}))
+        return out
+
+    def rows(self, hook: str) -> list[torch.Tensor]:
+        self._check(hook)
+        rows = []
+        for held, tensors in self._read(hook):
+            rows += list(tensors[hook]) if hook in tensors else [tensors[f"{hook}/{r}"] for r in held]
+        return rows
+
+    def __getitem__(self, hook: str) -> torch.Tensor:
+        self._check(hook)
+        parts = [tensors[hook] for _, tensors in self._read(hook) if hook in tensors]
+        return torch.cat(parts) if parts else torch.stack(self.rows(hook))
+
+
 def extract_activations(
     model: HookedWhisper,
-    clips: Sequence,
+    clips: Sequence | Manifest,
     hooks: Sequence[str],
     pooling: str | int = "mean_audio",
     decoder_pooling: str | int = "last",
@@ -83,8 +115,11 @@ def extract_activations(
     out_dir: str | Path | None = None,
     sample_rate: int | None = None,
     progress: bool = True,
+    shard_size: int = 256,
+    dtype: torch.dtype = torch.float32,
 ) -> ActivationStore:
-    """Activations at ``hooks`` for every clip (paths or waveforms at ``sample_rate``), pooled.
+    """Activations at ``hooks`` for every clip (paths or waveforms at ``sample_rate``, or a
+    ``Manifest`` with labels and groups), pooled.
 
     Encoder hooks use ``pooling``: ``"mean_audio"`` averages the frames that hold real audio
     (50 per second; the zero padding up to 30 s is left out), ``"mean"`` all 1500, ``"none"``
@@ -93,8 +128,17 @@ def extract_activations(
     end-of-text), ``"prompt_end"`` (the last token of the transcription prompt, English for
     multilingual models, which predicts the first word; no transcript is generated), an
     int position, ``"mean"`` over real tokens, or ``"none"``.
+
+    With ``out_dir`` the activations go to safetensors shards of ``shard_size`` clips (in
+    ``dtype``) and the result is read back lazily (``ActivationStore.open``): memory stays
+    bounded whatever the corpus size, a rerun resumes, clips that fail to load are recorded and
+    skipped, and under ``torchrun`` each process extracts its share (see
+    ``hooked_whisper.extraction``). Without it everything is kept in memory.
     """
-    if len(clips) == 0:
+    from hooked_whisper.extraction import Manifest, extract_to_folder
+
+    manifest = clips if isinstance(clips, Manifest) else Manifest(list(clips), [None] * len(clips), [None] * len(clips))
+    if len(manifest.clips) == 0:
         raise ValueError("no clips given: the dataset is empty")
     hooks = list(hooks)
     for name in hooks:
@@ -103,33 +147,49 @@ def extract_activations(
         raise ValueError(f"encoder pooling must be one of {ENCODER_POOLINGS}, not {pooling!r}")
     if decoder_pooling not in DECODER_POOLINGS and not isinstance(decoder_pooling, int):
         raise ValueError(f"decoder pooling must be one of {DECODER_POOLINGS} or a position, not {decoder_pooling!r}")
+    pooled_batch = partial(_pooled_batch, model, hooks, pooling, decoder_pooling)
+    if out_dir is not None:
+        settings = {"model": str(getattr(model, "name_or_path", type(model).__name__))}
+        settings |= {"pooling": pooling, "decoder_pooling": decoder_pooling}
+        extract_to_folder(
+            manifest, out_dir, hooks, pooled_batch, settings, batch_size, shard_size, dtype, sample_rate,
+            max_seconds=30.0, progress=progress,
+        )  # fmt: skip
+        return ActivationStore.open(out_dir)
+    store = ActivationStore(hooks)
+    starts = range(0, len(manifest.clips), batch_size)
+    for start in tqdm(starts, desc="extracting activations", disable=not progress, unit="batch"):
+        waveforms = audio_clips(list(manifest.clips[start : start + batch_size]), sample_rate)
+        store.append({k: [r.detach().to("cpu", dtype) for r in v] for k, v in pooled_batch(waveforms).items()})
+    return store
+
+
+def _pooled_batch(
+    model: HookedWhisper, hooks: list[str], pooling, decoder_pooling, waveforms: list[torch.Tensor]
+) -> dict[str, list[torch.Tensor]]:
+    """One pooled activation per clip and hook for a batch of 16 kHz waveforms."""
     layouts = {h: model.hook_layout(h) for h in hooks}
     needs_decoder = any(layout.unit == "token" for layout in layouts.values())
-    store = ActivationStore(hooks, out_dir)
-    starts = range(0, len(clips), batch_size)
-    for start in tqdm(starts, desc="extracting activations", disable=not progress, unit="batch"):
-        waveforms = audio_clips(list(clips[start : start + batch_size]), sample_rate)
-        seconds = [w.shape[0] / SAMPLE_RATE for w in waveforms]
-        mel = model.to_mel(waveforms, SAMPLE_RATE)
-        with torch.no_grad():
-            if needs_decoder:
-                # The last prompt position needs no transcript: skip generating one.
-                tokens_in = model.probe_tokens() if decoder_pooling == "prompt_end" else None
-                _, cache = model.run_with_cache(mel, tokens_in, names_filter=[*hooks, "hook_tokens"])
-                tokens = cache["hook_tokens"]
-            else:
-                cache, tokens = {}, None
-                with model.hooks(fwd_hooks=[(h, partial(_store, cache)) for h in hooks]):
-                    model.encode(mel)
-        batch: dict[str, list[torch.Tensor]] = {}
-        for hook in hooks:
-            acts, layout = cache[hook], layouts[hook]
-            if layout.unit != "token":
-                batch[hook] = [_pool_audio(acts[i], layout, seconds[i], pooling) for i in range(len(waveforms))]
-            else:
-                batch[hook] = [_pool_decoder(model, acts[i], tokens[i], decoder_pooling) for i in range(len(waveforms))]
-        store.append({k: [r.detach().float().cpu() for r in v] for k, v in batch.items()})
-    return store
+    seconds = [w.shape[0] / SAMPLE_RATE for w in waveforms]
+    mel = model.to_mel(waveforms, SAMPLE_RATE)
+    with torch.no_grad():
+        if needs_decoder:
+            # The last prompt position needs no transcript: skip generating one.
+            tokens_in = model.probe_tokens() if decoder_pooling == "prompt_end" else None
+            _, cache = model.run_with_cache(mel, tokens_in, names_filter=[*hooks, "hook_tokens"])
+            tokens = cache["hook_tokens"]
+        else:
+            cache, tokens = {}, None
+            with model.hooks(fwd_hooks=[(h, partial(_store, cache)) for h in hooks]):
+                model.encode(mel)
+    batch: dict[str, list[torch.Tensor]] = {}
+    for hook in hooks:
+        acts, layout = cache[hook], layouts[hook]
+        if layout.unit != "token":
+            batch[hook] = [_pool_audio(acts[i], layout, seconds[i], pooling) for i in range(len(waveforms))]
+        else:
+            batch[hook] = [_pool_decoder(model, acts[i], tokens[i], decoder_pooling) for i in range(len(waveforms))]
+    return batch
 
 
 def _store(cache: dict, x: torch.Tensor, hook) -> None:

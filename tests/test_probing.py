@@ -23,7 +23,9 @@ def test_mean_pooling_ignores_padding_frames(tiny_en, tmp_path, float32_spread):
         assert not torch.allclose(store[hook][i], cache[hook][0].mean(0), atol=1e-2)
         last = cache["decoder_blocks.2.hook_resid_post"][0, -1]  # the position that predicts end-of-text
         assert_close(store["decoder_blocks.2.hook_resid_post"][i], last, float32_spread, "pooled decoder")
-    sharded = extract_activations(tiny_en, clips, [hook], batch_size=1, out_dir=tmp_path / "shards", progress=False)
+    sharded = extract_activations(
+        tiny_en, clips, [hook], batch_size=1, shard_size=1, out_dir=tmp_path / "shards", progress=False
+    )
     assert len(list((tmp_path / "shards").glob("*.safetensors"))) == 2
     assert_close(sharded[hook], store[hook], float32_spread, "batch of 1 vs 2")
 
