@@ -85,28 +85,41 @@ def plot_encoder_lens(rows: list[EncoderLensRow], path: str | Path | None = None
     return _save(fig, path)
 
 
-def plot_probes(reports: dict[str, ProbeReport], path: str | Path | None = None, title: str = "linear probes"):
-    """Probe accuracy by layer, one line per report, with majority and shuffled-label controls."""
+def plot_probes(
+    reports: dict[str, ProbeReport],
+    path: str | Path | None = None,
+    title: str = "linear probes",
+    chance: float | None = None,
+):
+    """Accuracy by relative depth (0: the input, 1: the last layer), one line per report, with its
+    95% interval, the control task (dotted) and the permuted-label accuracy (dashed) drawn in the
+    same colour; ``chance`` as a grey line."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, (name, report) in enumerate(reports.items()):
-        rows = [r for r in report.results if r.layer is not None]
-        layers = [r.layer for r in rows]
+        rows = report.results
+        depth = [_depth(r, report) for r in rows]
         color = f"C{i}"
-        ax.errorbar(
-            layers,
-            [r.accuracy for r in rows],
-            yerr=[r.accuracy_std for r in rows],
-            color=color,
-            marker="o",
-            capsize=2,
-            label=f"{name}",
-        )
-        ax.plot(layers, [r.shuffled for r in rows], color=color, linestyle=":", alpha=0.7)
-        ax.plot(layers, [r.majority for r in rows], color=color, linestyle="--", alpha=0.4)
+        accuracy = [r.accuracy for r in rows]
+        ax.plot(depth, accuracy, color=color, marker="o", label=name)
+        ax.fill_between(depth, [r.ci_low for r in rows], [r.ci_high for r in rows], color=color, alpha=0.15)
+        ax.plot(depth, [r.control for r in rows], color=color, linestyle=":", alpha=0.8)
+        ax.plot(depth, [r.shuffled for r in rows], color=color, linestyle="--", alpha=0.5)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linewidth=0.8)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("layer")
+    ax.set_xlabel("relative depth (input = 0, last layer = 1; conv stem in between)")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(title + "  (dotted: shuffled labels, dashed: majority class)")
-    ax.legend(fontsize=8)
+    ax.set_title(title + "\n(band: 95% interval; dotted: control task; dashed: permuted labels)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def _depth(result, report: ProbeReport) -> float:
+    """Where a probed hook sits: 0 for the log-mel input, 0.5 / n for the conv stem, (l + 1) / n
+    for block l of n."""
+    if result.layer is not None and report.n_layers:
+        return (result.layer + 1) / report.n_layers
+    if "conv" in result.hook and report.n_layers:
+        return 0.5 / report.n_layers
+    return 0.0

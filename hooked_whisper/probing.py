@@ -1,5 +1,6 @@
-"""Linear probes over layers: extract pooled activations for a set of clips, then fit a probe per
-hook with cross-validation, next to a majority-class baseline and a shuffled-label control."""
+"""Linear probes over layers: extract pooled activations for a set of clips (in memory, or into
+shards for a corpus: ``hooked_whisper.extraction``), then fit a probe per hook with
+group-disjoint cross-validation and its controls (``hooked_whisper.probe_fitting``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ from tqdm.auto import tqdm
 
 from hooked_whisper.audio import SAMPLE_RATE, audio_clips
 from hooked_whisper.hook_layout import HookLayout
+from hooked_whisper.probe_fitting import (
+    L2_GRID,
+    control_labels,
+    cross_validate,
+    fold_assignment,
+    online_code_length,
+    permutation_accuracies,
+    wilson_interval,
+)
 
 if TYPE_CHECKING:
     from hooked_whisper.extraction import Manifest
@@ -228,10 +238,23 @@ def _pool_decoder(model: HookedWhisper, x: torch.Tensor, tokens: torch.Tensor, p
 class ProbeResult:
     hook: str
     layer: int | None
-    accuracy: float  # mean over folds
-    accuracy_std: float
+    accuracy: float  # out-of-fold, over every example
+    accuracy_std: float  # spread over folds
+    ci_low: float  # 95% Wilson interval of the accuracy
+    ci_high: float
     majority: float  # always predicting the training folds' most common class
-    shuffled: float  # the same probe trained on shuffled labels: chance for this dataset
+    shuffled: float  # mean accuracy with labels permuted between groups (chance for this design)
+    p_value: float  # permutation test: P(permuted accuracy >= accuracy)
+    control: float  # control task: a random label per group (Hewitt and Liang)
+    selectivity: float  # accuracy - control
+    l2: float  # median strength chosen inside the training folds
+    code_bits: float | None = None  # online (prequential) code length of the labels, if asked
+    uniform_bits: float | None = None  # the same with no features: n log2(classes)
+
+    @property
+    def compression(self) -> float | None:
+        """Uniform code length over online code length: above 1 when the features hold the label."""
+        return None if self.code_bits is None else self.uniform_bits / self.code_bits  # type: ignore[operator]
 
 
 @dataclass
@@ -241,90 +264,26 @@ class ProbeReport:
     n: int
     method: str
     folds: int
+    permutations: int
+    n_layers: int | None = None  # for relative depth in the table
 
     def table(self) -> str:
-        lines = ["| hook | accuracy | majority baseline | shuffled labels |", "|---|---|---|---|"]
-        lines += [
-            f"| {r.hook} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.majority:.3f} | {r.shuffled:.3f} |"
-            for r in self.results
+        lines = [
+            "| hook | depth | accuracy | 95% CI | majority | permuted | p | control | selectivity | compression |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        for r in self.results:
+            depth = f"{(r.layer + 1) / self.n_layers:.2f}" if r.layer is not None and self.n_layers else "-"
+            compression = f"{r.compression:.2f}" if r.compression is not None else "-"
+            lines.append(
+                f"| {r.hook} | {depth} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.ci_low:.2f}-{r.ci_high:.2f} "
+                f"| {r.majority:.3f} | {r.shuffled:.3f} | {r.p_value:.3f} | {r.control:.3f} | {r.selectivity:+.3f} "
+                f"| {compression} |"
+            )
         return "\n".join(lines)
 
     def best(self) -> ProbeResult:
         return max(self.results, key=lambda r: r.accuracy)
-
-
-def _fit_predict(x_train, y_train, x_test, n_classes: int, method: str, l2: float) -> torch.Tensor:
-    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    if method == "ridge":  # one-hot least squares, closed form
-        targets = torch.nn.functional.one_hot(y_train, n_classes).float()
-        x1 = torch.cat([x_train, torch.ones(len(x_train), 1, device=x_train.device)], 1)
-        eye = torch.eye(x1.shape[1], device=x1.device) * l2
-        w = torch.linalg.solve(x1.T @ x1 + eye, x1.T @ targets)
-        return (torch.cat([x_test, torch.ones(len(x_test), 1, device=x_test.device)], 1) @ w).argmax(1)
-    w = torch.zeros(x_train.shape[1], n_classes, device=x_train.device, requires_grad=True)
-    b = torch.zeros(n_classes, device=x_train.device, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x_train @ w + b, y_train) + l2 * (w**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return (x_test @ w + b).argmax(1)
-
-
-def fold_assignment(labels: torch.Tensor, groups: Sequence | None, folds: int, seed: int) -> torch.Tensor:
-    """The test fold of every example. A group (a speaker, a video, the clean and noisy
-    versions of one clip) never spans two folds; groups are dealt to folds class by class (by
-    each group's most common label), so every fold holds every class where the groups allow.
-
-    Raises if there are fewer groups than folds, or if some training split would lack a class
-    (its probe could not learn that class, and the fold would score nothing meaningful)."""
-    n = len(labels)
-    group_ids = list(range(n)) if groups is None else list(groups)
-    if len(group_ids) != n:
-        raise ValueError(f"{len(group_ids)} groups for {n} examples: one group per example is needed")
-    members = _group_members(group_ids)
-    if len(members) < folds:
-        raise ValueError(f"{len(members)} groups cannot fill {folds} folds: use folds <= {len(members)}")
-    by_class: dict[int, list] = {}
-    for g, idx in members.items():
-        majority = int(torch.bincount(labels[idx]).argmax())
-        by_class.setdefault(majority, []).append(g)
-    generator = torch.Generator().manual_seed(seed)
-    fold_of = torch.empty(n, dtype=torch.long)
-    dealt = 0
-    for c in sorted(by_class):
-        gs = by_class[c]
-        for k in torch.randperm(len(gs), generator=generator).tolist():
-            fold_of[members[gs[k]]] = dealt % folds
-            dealt += 1
-    n_classes = int(labels.max()) + 1
-    for fold in range(folds):
-        train_classes = set(labels[fold_of != fold].tolist())
-        if len(train_classes) < n_classes:
-            missing = sorted(set(range(n_classes)) - train_classes)
-            raise ValueError(
-                f"fold {fold}'s training split has no example of class index {missing}: too few groups of "
-                "that class for this many folds; use fewer folds or more data"
-            )
-    return fold_of
-
-
-def _cross_validate(x, y, n_classes, fold_of, method, l2) -> tuple[list[float], list[float]]:
-    accs, majority = [], []
-    for fold in range(int(fold_of.max()) + 1):
-        test = fold_of == fold
-        pred = _fit_predict(x[~test], y[~test], x[test], n_classes, method, l2)
-        accs.append(float((pred == y[test]).float().mean()))
-        common = torch.bincount(y[~test], minlength=n_classes).argmax()
-        majority.append(float((y[test] == common).float().mean()))
-    return accs, majority
 
 
 def train_probes(
@@ -332,22 +291,26 @@ def train_probes(
     labels: Sequence,
     hooks: Sequence[str] | None = None,
     groups: Sequence | None = None,
-    method: str = "logistic",
+    method: str = "ridge",
     folds: int = 5,
     seed: int = 0,
-    l2: float = 1e-3,
+    l2: float | Sequence[float] = L2_GRID,
+    permutations: int = 100,
+    code_length: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> ProbeReport:
-    """A linear probe per hook, ``folds``-fold cross-validated (deterministic for a ``seed``).
+    """A linear probe per hook, cross-validated over ``folds`` group-disjoint folds, with its
+    controls (see ``hooked_whisper.probe_fitting``): majority baseline, a permutation test
+    (``permutations`` group-level label shuffles, p-value), the control task and selectivity,
+    a 95% interval, and with ``code_length=True`` the online code length (MDL probing).
 
     ``groups`` (one id per example: speaker, video, source clip) keeps each group inside one
-    fold, so the probe is scored on groups it never saw; folds are stratified by label (see
-    ``fold_assignment``).
-
-    ``method`` is ``"logistic"`` (multinomial, L-BFGS, L2 penalty ``l2``) or ``"ridge"``
-    (one-hot least squares). Features are standardised with the training fold's statistics.
-    Runs on the GPU when there is one (or on ``device``).
+    fold, so the probe is scored on groups it never saw; folds are stratified by label.
+    ``method`` is ``"ridge"`` (one-hot least squares, closed form: fast enough for thousands of
+    permutations) or ``"logistic"`` (multinomial, L-BFGS). ``l2`` is a strength, or a grid
+    searched by cross-validation inside each training split. Deterministic for a ``seed``; runs
+    on the GPU when there is one (or on ``device``).
     """
     hooks = list(
         hooks if hooks is not None else activations.hooks if isinstance(activations, ActivationStore) else activations
@@ -361,55 +324,51 @@ def train_probes(
         raise ValueError(f"probing needs at least two classes; the labels hold only {classes}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     y = torch.tensor([classes.index(label) for label in labels])
-    fold_of = shuffled_y = None
-    results = []
+    n_rows = activations.n if isinstance(activations, ActivationStore) else len(activations[hooks[0]])
+    if n_rows != len(y):
+        raise ValueError(f"{len(y)} labels for {n_rows} examples: one label per clip is needed")
+    if groups is not None and len(groups) != len(y):
+        raise ValueError(f"{len(groups)} groups for {len(y)} examples: one group per example is needed")
+    fold_of = fold_assignment(y, groups, folds, seed).to(device)
+    control_y = control_labels(y, groups, torch.Generator().manual_seed(seed + 2)).to(device)
+    y = y.to(device)
+    n_classes, results = len(classes), []
     for hook in tqdm(hooks, desc="training probes", disable=not progress, unit="hook"):
         x = activations[hook].float().to(device)
         if x.shape[0] != len(y):
             raise ValueError(f"{len(y)} labels for {x.shape[0]} examples at {hook}: one label per clip is needed")
         x = x.flatten(1)
-        if fold_of is None:
-            fold_of = fold_assignment(y, groups, folds, seed).to(device)
-            # The shuffled-label control moves labels between groups, each group's labels together.
-            shuffled_y = y[_group_permutation(groups, len(y), seed + 1)].to(device)
-            y = y.to(device)
-        accs, majority = _cross_validate(x, y, len(classes), fold_of, method, l2)
-        shuffled, _ = _cross_validate(x, shuffled_y, len(classes), fold_of, method, l2)
-        match = re.search(r"_blocks\.(\d+)\.", hook)
+        cv = cross_validate(x, y, groups, n_classes, fold_of, method, l2, seed)
+        correct = int((cv.predictions == y).sum())
+        accuracy = correct / len(y)
+        permuted = permutation_accuracies(x, y, groups, n_classes, fold_of, method, cv.l2, permutations, seed + 1)
+        control = cross_validate(x, control_y, groups, n_classes, fold_of, method, cv.l2[len(cv.l2) // 2], seed)
+        majority = [
+            float((y[fold_of == f] == torch.bincount(y[fold_of != f], minlength=n_classes).argmax()).float().mean())
+            for f in range(folds)
+        ]
+        low, high = wilson_interval(correct, len(y))
+        control_accuracy = float((control.predictions == control_y).float().mean())
+        code = (
+            online_code_length(x, y, groups, n_classes, sorted(cv.l2)[len(cv.l2) // 2], seed) if code_length else None
+        )
+        match = re.search(r"blocks\.(\d+)\.", hook)
         results.append(
             ProbeResult(
-                hook,
-                int(match.group(1)) if match else None,
-                sum(accs) / len(accs),
-                float(torch.tensor(accs).std()),
-                sum(majority) / len(majority),
-                sum(shuffled) / len(shuffled),
+                hook=hook,
+                layer=int(match.group(1)) if match else None,
+                accuracy=accuracy,
+                accuracy_std=float(torch.tensor(cv.fold_accuracies).std()),
+                ci_low=low,
+                ci_high=high,
+                majority=sum(majority) / len(majority),
+                shuffled=sum(permuted) / len(permuted) if permuted else float("nan"),
+                p_value=(1 + sum(p >= accuracy for p in permuted)) / (1 + len(permuted)),
+                control=control_accuracy,
+                selectivity=accuracy - control_accuracy,
+                l2=sorted(cv.l2)[len(cv.l2) // 2],
+                code_bits=code[0] if code else None,
+                uniform_bits=code[1] if code else None,
             )
         )
-    return ProbeReport(results, classes, len(y), method, folds)
-
-
-def _group_permutation(groups: Sequence | None, n: int, seed: int) -> torch.Tensor:
-    """A permutation of ``n`` examples that moves whole groups onto each other's places when
-    groups have equal sizes, and shuffles examples freely when there are no groups."""
-    generator = torch.Generator().manual_seed(seed)
-    if groups is None:
-        return torch.randperm(n, generator=generator)
-    members = _group_members(groups)
-    by_size: dict[int, list[list[int]]] = {}
-    for idx in members.values():
-        by_size.setdefault(len(idx), []).append(idx)
-    order = torch.arange(n)
-    for same_size in by_size.values():
-        perm = torch.randperm(len(same_size), generator=generator).tolist()
-        for dst, src in zip(same_size, (same_size[k] for k in perm)):
-            order[dst] = torch.tensor(src)
-    return order
-
-
-def _group_members(groups: Sequence) -> dict:
-    """Each group's example indices, in order of first appearance."""
-    members: dict = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    return members
+    return ProbeReport(results, classes, len(y), method, folds, permutations)

@@ -37,7 +37,12 @@ def test_probes_recover_a_planted_signal():
     noise = torch.randn(300, 40, generator=g)
     for method in ("logistic", "ridge"):
         report = train_probes(
-            {"encoder_blocks.3.signal": x, "encoder_blocks.0.noise": noise}, labels, method=method, progress=False
+            {"encoder_blocks.3.signal": x, "encoder_blocks.0.noise": noise},
+            labels,
+            method=method,
+            l2=0.01,
+            permutations=20 if method == "ridge" else 3,
+            progress=False,
         )
         signal, pure_noise = report.results
         assert signal.layer == 3 and signal.accuracy > 0.85, method
@@ -89,3 +94,29 @@ def test_mel_hook_pools_at_mel_frame_rate(tiny_en, float32_spread):
     assert_close(store["hook_mel"][0], cache["hook_mel"][0, :, :n].mean(-1), float32_spread, "hook_mel")
     conv1 = cache["encoder_embed.hook_conv1"][0, :n].mean(0)
     assert_close(store["encoder_embed.hook_conv1"][0], conv1, float32_spread, "conv1")
+
+
+def test_controls_separate_signal_from_chance():
+    """Features that encode the label: high selectivity, a small permutation p-value and a short
+    online code. Features independent of it: selectivity near 0, a large p-value, no compression.
+    Groups of two clips share a label, and the noise features also encode the group, which a
+    probe could memorise if groups leaked across folds."""
+    g = torch.Generator().manual_seed(0)
+    n_groups, per_group = 150, 2
+    group_label = torch.randint(0, 3, (n_groups,), generator=g)
+    groups = [i // per_group for i in range(n_groups * per_group)]
+    y = group_label[torch.tensor(groups)]
+    group_code = torch.randn(n_groups, 16, generator=g)[torch.tensor(groups)]  # identifies the group
+    informative = torch.nn.functional.one_hot(y, 3).float() * 2 + torch.randn(len(y), 16, generator=g)[:, :3]
+    features = {
+        "encoder_blocks.1.signal": torch.cat([informative, torch.randn(len(y), 13, generator=g)], 1),
+        "encoder_blocks.0.groups_only": group_code + 0.1 * torch.randn(len(y), 16, generator=g),
+    }
+    report = train_probes(features, y.tolist(), groups=groups, permutations=200, code_length=True, progress=False)
+    signal, memoriser = report.results
+    assert signal.accuracy > 0.8 and signal.selectivity > 0.4 and signal.p_value < 0.01
+    assert signal.ci_low < signal.accuracy < signal.ci_high
+    assert abs(memoriser.selectivity) < 0.15 and memoriser.p_value > 0.05
+    assert abs(memoriser.accuracy - 1 / 3) < 0.15 and abs(memoriser.shuffled - 1 / 3) < 0.1
+    assert signal.compression > 1.1 and memoriser.compression < 1.02
+    assert "selectivity" in report.table()
