@@ -211,7 +211,7 @@ class HookedWhisper(HookedAudioModel):
         mel = self.hook_mel(self.to_mel(audio, sample_rate))
         resid = self.encoder_embed(mel)
         for block in self.encoder_blocks:
-            resid = block(resid)
+            resid, _ = block(resid)
         return self.finish_encoder(resid)
 
     def finish_encoder(

@@ -225,7 +225,7 @@ class HookedQwen2Audio(HookedAudioModel):
         if bool((real < resid.shape[1]).any()):
             key_mask = torch.arange(resid.shape[1], device=resid.device)[None, :] < real[:, None]
         for block in self.encoder_blocks:
-            resid = block(resid, key_mask=key_mask)
+            resid, _ = block(resid, key_mask=key_mask)
         return self.finish_encoder(resid)
 
     def finish_encoder(

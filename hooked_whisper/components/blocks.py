@@ -3,6 +3,8 @@ encoder and decoder, and the decoder-only language model of an audio LLM)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from jaxtyping import Bool, Float
 from torch import nn
@@ -33,7 +35,36 @@ def self_attention_inputs(block: EncoderBlock | DecoderBlock, resid: torch.Tenso
     return normalized, normalized, normalized
 
 
-class EncoderBlock(nn.Module):
+class PreNormBlock(nn.Module):
+    """Two pre-norm residual sub-layers, attention (``ln1``, ``attn``) then MLP (``ln2``,
+    ``mlp``), with a hook on the stream and on each write. Subclasses build those four modules
+    and say how their attention is called (``attend``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
+        self.hook_k_input = HookPoint()  # [batch, pos, head (key/value group), d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, head (key/value group), d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def attend(self, resid: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, KeyValue]:
+        raise NotImplementedError
+
+    def forward(
+        self, resid: Float[torch.Tensor, "batch pos d_model"], *args: Any, **kwargs: Any
+    ) -> tuple[Float[torch.Tensor, "batch pos d_model"], KeyValue]:
+        resid = self.hook_resid_pre(resid)
+        attn_out, kv = self.attend(resid, *args, **kwargs)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
+        resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+        return resid, kv
+
+
+class EncoderBlock(PreNormBlock):
     def __init__(self, cfg: HookedWhisperConfig):
         super().__init__()
         self.cfg = cfg
@@ -41,25 +72,12 @@ class EncoderBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
-        self.hook_k_input = HookPoint()  # [batch, pos, head, d_model]
-        self.hook_v_input = HookPoint()  # [batch, pos, head, d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
-    def forward(
-        self,
-        resid: Float[torch.Tensor, "batch pos d_model"],
-        key_mask: Bool[torch.Tensor, "batch pos"] | None = None,
-    ) -> Float[torch.Tensor, "batch pos d_model"]:
-        resid = self.hook_resid_pre(resid)
-        attn_out, _ = self.attn(*self_attention_inputs(self, resid), key_mask=key_mask)
-        resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
-        resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
-        return resid
+    def attend(
+        self, resid: torch.Tensor, key_mask: Bool[torch.Tensor, "batch pos"] | None = None
+    ) -> tuple[torch.Tensor, KeyValue]:
+        """Self-attention over every position; ``key_mask`` (True = audio) hides padding."""
+        return self.attn(*self_attention_inputs(self, resid), key_mask=key_mask)
 
 
 class DecoderBlock(nn.Module):
@@ -115,7 +133,7 @@ class DecoderBlock(nn.Module):
         return resid, self_kv
 
 
-class LanguageModelBlock(nn.Module):
+class LanguageModelBlock(PreNormBlock):
     """A decoder-only block (Qwen2): RMSNorm, rotary self-attention, RMSNorm, gated MLP. Audio
     reaches it as embeddings at the audio-token positions, not through cross-attention."""
 
@@ -126,31 +144,15 @@ class LanguageModelBlock(nn.Module):
         self.attn = RotaryAttention(cfg)
         self.ln2 = RMSNorm(cfg.d_model, cfg.eps)
         self.mlp = GatedMLP(cfg.d_model, cfg.d_mlp)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
-        self.hook_k_input = HookPoint()  # [batch, pos, kv_head, d_model]
-        self.hook_v_input = HookPoint()  # [batch, pos, kv_head, d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
-    def forward(
-        self,
-        resid: Float[torch.Tensor, "batch pos d_model"],
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        past_kv: KeyValue | None = None,
-    ) -> tuple[Float[torch.Tensor, "batch pos d_model"], KeyValue]:
-        resid = self.hook_resid_pre(resid)
-        if self.cfg.use_split_qkv_input:  # each head (key/value group) reads its own copy
-            q_in = self.ln1(self.hook_q_input(per_head(resid, self.cfg.n_heads)))
-            kv_copies = per_head(resid, self.cfg.n_key_value_heads)
-            k_in, v_in = self.ln1(self.hook_k_input(kv_copies)), self.ln1(self.hook_v_input(kv_copies))
-            attn_out, kv = self.attn(q_in, cos, sin, past_kv, k_in, v_in)
-        else:
-            normalized = self.ln1(resid)
-            attn_out, kv = self.attn(normalized, cos, sin, past_kv)
-        resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
-        resid = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
-        return resid, kv
+    def attend(
+        self, resid: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past_kv: KeyValue | None = None
+    ) -> tuple[torch.Tensor, KeyValue]:
+        """Causal rotary self-attention; with ``use_split_qkv_input`` each query head and each
+        key/value group reads its own copy of the stream."""
+        if not self.cfg.use_split_qkv_input:
+            return self.attn(self.ln1(resid), cos, sin, past_kv)
+        q_in = self.ln1(self.hook_q_input(per_head(resid, self.cfg.n_heads)))
+        kv_copies = per_head(resid, self.cfg.n_key_value_heads)
+        k_in, v_in = self.ln1(self.hook_k_input(kv_copies)), self.ln1(self.hook_v_input(kv_copies))
+        return self.attn(q_in, cos, sin, past_kv, k_in, v_in)
