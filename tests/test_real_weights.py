@@ -22,7 +22,7 @@ def pair(request, hf_reference):
 
 def test_logits_match_hf_on_real_clips(pair):
     name, model, hf = pair
-    clips = [DATA / c for c in CLIPS[:3]] + [DATA / CLIPS[-1]]
+    clips = [DATA / CLIPS[0], DATA / CLIPS[-1]]  # a card-game and an audiobook recording
     mel = model.to_mel(clips)
     tokens = torch.tensor(
         [model.prompt("en") + model.tokenizer.encode(" he was not an ill disposed young man")] * len(clips)
