@@ -71,15 +71,29 @@ class _Reader:
         if count * item.itemsize != n_bytes:
             raise ValueError(f"{self.source}: variable {name} has {n_bytes} bytes for shape {shape}")
         floating = dtype_id in (0, 4, 5)
-        out = torch.empty(count, dtype=torch.float32 if floating else torch.from_numpy(np.empty(0, item)).dtype)
-        step = max(1, _CHUNK_BYTES // item.itemsize)
-        for start in range(0, count, step):
-            n = min(step, count - start)
-            values = torch.from_numpy(np.frombuffer(self.take(n * item.itemsize), dtype=item).copy())
+        dtype = torch.float32 if floating else torch.from_numpy(np.empty(0, item)).dtype
+        if name in COLUMN_MAJOR and len(shape) == 2:
+            # Filled in the layout the model keeps it in, so that no second copy is ever made.
+            out = torch.empty(shape[1], shape[0], dtype=dtype).T
+        else:
+            out = torch.empty(shape, dtype=dtype)
+        row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        rows_per_step = max(1, _CHUNK_BYTES // (item.itemsize * row))
+        for start in range(0, shape[0] if shape else 1, rows_per_step):
+            n = min(rows_per_step, (shape[0] if shape else 1) - start)
+            values = torch.from_numpy(np.frombuffer(self.take(n * row * item.itemsize), dtype=item).copy())
             if dtype_id == 5:
                 values = values.view(torch.bfloat16)
-            out[start : start + n] = values
-        return out.reshape(shape)
+            if shape:
+                out[start : start + n] = values.view(n, *shape[1:])
+            else:
+                out.copy_(values.view(()))
+        return out
+
+
+# Variables the model stores column-major (hooked_whisper/components/layout.py): the token
+# embedding, whose transpose is the unembedding.
+COLUMN_MAJOR = {"decoder/embeddings/weight"}
 
 
 def read_model_bin(parts: list[Path]) -> dict[str, torch.Tensor]:

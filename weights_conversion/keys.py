@@ -35,8 +35,10 @@ def tensor_specs(cfg: HookedWhisperConfig) -> list[TensorSpec]:
     assert m is not None
 
     # nn.Linear stores [out, in]; TransformerLens-style weights are [in, out], split per head.
+    # Built directly in the memory order the model keeps them in (components/layout.py), so that
+    # loading copies nothing more: [h, d, dh] in shape, laid out as [d, h, dh].
     def qkv_in(w: torch.Tensor) -> torch.Tensor:  # [h*dh, d] -> [h, d, dh]
-        return w.T.reshape(d, h, dh).permute(1, 0, 2).contiguous()
+        return w.T.contiguous().view(d, h, dh).permute(1, 0, 2)
 
     def qkv_out(w: torch.Tensor) -> torch.Tensor:
         return w.permute(1, 0, 2).reshape(d, h * dh).T.contiguous()
@@ -55,6 +57,12 @@ def tensor_specs(cfg: HookedWhisperConfig) -> list[TensorSpec]:
 
     def transpose(w: torch.Tensor) -> torch.Tensor:
         return w.T.contiguous()
+
+    def column_major(w: torch.Tensor) -> torch.Tensor:  # the embedding, so that W_E.T is contiguous
+        return w.T.contiguous().T
+
+    def row_major(w: torch.Tensor) -> torch.Tensor:
+        return w.contiguous()
 
     specs: list[TensorSpec] = []
 
@@ -93,7 +101,14 @@ def tensor_specs(cfg: HookedWhisperConfig) -> list[TensorSpec]:
         mlp(hf, oa, f"{hk}.mlp")
     norm("encoder.layer_norm", "encoder.ln_post", "encoder_ln_final")
 
-    add("decoder.embed_tokens.weight", "decoder.token_embedding.weight", "embed.W_E", (cfg.d_vocab, d))
+    add(
+        "decoder.embed_tokens.weight",
+        "decoder.token_embedding.weight",
+        "embed.W_E",
+        (cfg.d_vocab, d),
+        column_major,
+        row_major,
+    )
     add("decoder.embed_positions.weight", "decoder.positional_embedding", "pos_embed.W_pos", (cfg.n_text_ctx, d))
     for i in range(cfg.n_decoder_layers):
         hf, oa, hk = f"decoder.layers.{i}", f"decoder.blocks.{i}", f"decoder_blocks.{i}"
