@@ -3,11 +3,15 @@ strength chosen inside the training folds, and the controls a probe result is re
 
 - Folds never split a group (a speaker, a video, the clean and noisy copies of one clip).
 - The L2 strength is chosen by cross-validation on each training split alone (nested).
-- Permutation test: labels permuted between groups (a group's clips keep one label), the whole
-  cross-validation rerun; p = (1 + #{permuted >= observed}) / (1 + repeats).
+- Permutation test: labels permuted between groups (a group's clips keep one label; a group that
+  mixes labels, such as a clip and its noisy copy, is shuffled within itself), the whole
+  cross-validation rerun; p = (1 + #{permuted >= observed}) / (1 + repeats), on balanced accuracy
+  (mean recall per class), whose chance level does not move with the class balance that a
+  permutation of unequal groups changes.
 - Control task (Hewitt and Liang, 2019): every group gets a random label drawn from the label
-  distribution; selectivity = accuracy - control accuracy. A probe that memorises groups scores
-  well on the control task when groups leak across folds, and at chance when they do not.
+  distribution; selectivity = balanced accuracy - control balanced accuracy. A probe that
+  memorises groups scores well on the control task when groups leak across folds, and at chance
+  when they do not.
 - Online (prequential) code length (Voita and Titov, 2020): the bits needed to transmit the
   labels block by block, each block coded by a probe trained on the blocks before it; shorter
   than the uniform code when the features hold the label, and it still ranks layers whose
@@ -124,30 +128,45 @@ def fold_assignment(labels: torch.Tensor, groups: Sequence | None, folds: int, s
     return fold_of
 
 
-def group_labels(y: torch.Tensor, groups: Sequence | None) -> tuple[list[list[int]], torch.Tensor]:
-    """(members of each group, each group's most common label)."""
-    members = list(group_members(list(range(len(y))) if groups is None else list(groups)).values())
-    return members, torch.tensor([int(torch.bincount(y[idx]).argmax()) for idx in members])
+def _split_groups(y: torch.Tensor, groups: Sequence | None) -> tuple[list[list[int]], list[list[int]]]:
+    """(groups whose examples share one label, groups that mix labels), as index lists."""
+    members = group_members(list(range(len(y))) if groups is None else list(groups)).values()
+    pure = [idx for idx in members if len(set(y[idx].tolist())) == 1]
+    mixed = [idx for idx in members if len(set(y[idx].tolist())) > 1]
+    return pure, mixed
 
 
 def permuted_labels(y: torch.Tensor, groups: Sequence | None, generator: torch.Generator) -> torch.Tensor:
-    """Labels permuted between groups: each group takes another group's label, for all its clips."""
-    members, labels = group_labels(y, groups)
-    shuffled = labels[torch.randperm(len(labels), generator=generator)]
-    out = torch.empty_like(y)
-    for idx, label in zip(members, shuffled.tolist()):
-        out[idx] = label
+    """Labels shuffled within what the groups allow: a group whose clips share a label takes
+    another such group's label (for all its clips); a group that mixes labels (a clip and its
+    noisy copy) has its labels shuffled among its own clips."""
+    pure, mixed = _split_groups(y, groups)
+    out = y.clone()
+    labels = [int(y[idx[0]]) for idx in pure]
+    for idx, k in zip(pure, torch.randperm(len(pure), generator=generator).tolist()):
+        out[idx] = labels[k]
+    for idx in mixed:
+        out[idx] = y[idx][torch.randperm(len(idx), generator=generator)]
     return out
 
 
 def control_labels(y: torch.Tensor, groups: Sequence | None, generator: torch.Generator) -> torch.Tensor:
-    """The control task: every group gets a random label drawn from the groups' label distribution."""
-    members, labels = group_labels(y, groups)
-    drawn = labels[torch.randint(len(labels), (len(labels),), generator=generator)]
+    """The control task: a random label per group (per clip inside groups that mix labels),
+    drawn from the examples' label distribution. Only memorising groups can predict it."""
+    pure, mixed = _split_groups(y, groups)
     out = torch.empty_like(y)
-    for idx, label in zip(members, drawn.tolist()):
-        out[idx] = label
+    for idx in pure:
+        out[idx] = y[int(torch.randint(len(y), (1,), generator=generator))]
+    for idx in mixed:
+        out[idx] = y[torch.randint(len(y), (len(idx),), generator=generator)]
     return out
+
+
+def balanced_accuracy(predictions: torch.Tensor, y: torch.Tensor, n_classes: int) -> float:
+    """Mean recall over the classes present: chance is 1 / classes whatever the class balance,
+    so it is the statistic the permutation test and the control task compare."""
+    recalls = [(predictions[y == c] == c).float().mean() for c in range(n_classes) if (y == c).any()]
+    return float(torch.stack(recalls).mean())
 
 
 # ------------------------------------------------------------------------------------ cross-validation
@@ -193,21 +212,21 @@ def cross_validate(x, y, groups, n_classes, fold_of, method, l2: float | Sequenc
 
 
 def permutation_accuracies(x, y, groups, n_classes, fold_of, method, l2s, repeats, seed) -> list[float]:
-    """Cross-validated accuracy on ``repeats`` group-level label permutations, each fold at the
-    strength chosen for the real labels. Ridge reuses one solve per fold for every permutation."""
+    """Cross-validated balanced accuracy on ``repeats`` label permutations (``permuted_labels``),
+    each fold at the strength chosen for the real labels. Ridge reuses one solve per fold."""
     generator = torch.Generator().manual_seed(seed)
     perms = [permuted_labels(y.cpu(), groups, generator).to(y.device) for _ in range(repeats)]
-    correct = torch.zeros(repeats, device=y.device)
+    predictions = [torch.empty_like(y) for _ in perms]
     for fold in range(int(fold_of.max()) + 1):
         test = fold_of == fold
         if method == "ridge":
             operator = ridge_operator(x[~test], x[test], l2s[fold])
-            for i, p in enumerate(perms):
-                correct[i] += ((operator @ _one_hot(p[~test], n_classes)).argmax(1) == p[test]).sum()
+            for p, pred in zip(perms, predictions):
+                pred[test] = (operator @ _one_hot(p[~test], n_classes)).argmax(1)
         else:
-            for i, p in enumerate(perms):
-                correct[i] += (predict(x[~test], p[~test], x[test], n_classes, method, l2s[fold]) == p[test]).sum()
-    return (correct / len(y)).tolist()
+            for p, pred in zip(perms, predictions):
+                pred[test] = predict(x[~test], p[~test], x[test], n_classes, method, l2s[fold])
+    return [balanced_accuracy(pred, p, n_classes) for pred, p in zip(predictions, perms)]
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -225,7 +244,7 @@ def online_code_length(x, y, groups, n_classes, l2: float, seed: int) -> tuple[f
     whole; the first 1/16 of the examples is sent with the uniform code, then each block (to
     1/8, 1/4, 1/2, all) is coded by a logistic probe trained on everything before it."""
     generator = torch.Generator().manual_seed(seed)
-    members, _ = group_labels(y.cpu(), groups)
+    members = list(group_members(list(range(len(y))) if groups is None else list(groups)).values())
     order = [i for k in torch.randperm(len(members), generator=generator).tolist() for i in members[k]]
     order_t = torch.tensor(order, device=y.device)
     x, y = x[order_t], y[order_t]

@@ -20,6 +20,7 @@ from hooked_whisper.audio import SAMPLE_RATE, audio_clips
 from hooked_whisper.hook_layout import HookLayout
 from hooked_whisper.probe_fitting import (
     L2_GRID,
+    balanced_accuracy,
     control_labels,
     cross_validate,
     fold_assignment,
@@ -239,14 +240,15 @@ class ProbeResult:
     hook: str
     layer: int | None
     accuracy: float  # out-of-fold, over every example
+    balanced_accuracy: float  # mean recall per class (chance: 1 / classes)
     accuracy_std: float  # spread over folds
     ci_low: float  # 95% Wilson interval of the accuracy
     ci_high: float
     majority: float  # always predicting the training folds' most common class
-    shuffled: float  # mean accuracy with labels permuted between groups (chance for this design)
-    p_value: float  # permutation test: P(permuted accuracy >= accuracy)
-    control: float  # control task: a random label per group (Hewitt and Liang)
-    selectivity: float  # accuracy - control
+    shuffled: float  # mean balanced accuracy with permuted labels (chance for this design)
+    p_value: float  # permutation test: P(permuted balanced accuracy >= balanced accuracy)
+    control: float  # balanced accuracy on the control task: a random label per group (Hewitt and Liang)
+    selectivity: float  # balanced accuracy - control
     l2: float  # median strength chosen inside the training folds
     code_bits: float | None = None  # online (prequential) code length of the labels, if asked
     uniform_bits: float | None = None  # the same with no features: n log2(classes)
@@ -268,17 +270,16 @@ class ProbeReport:
     n_layers: int | None = None  # for relative depth in the table
 
     def table(self) -> str:
-        lines = [
-            "| hook | depth | accuracy | 95% CI | majority | permuted | p | control | selectivity | compression |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        columns = ["hook", "depth", "accuracy", "95% CI", "balanced", "majority", "permuted", "p", "control"]
+        columns += ["selectivity", "compression"]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for r in self.results:
             depth = f"{(r.layer + 1) / self.n_layers:.2f}" if r.layer is not None and self.n_layers else "-"
             compression = f"{r.compression:.2f}" if r.compression is not None else "-"
             lines.append(
                 f"| {r.hook} | {depth} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.ci_low:.2f}-{r.ci_high:.2f} "
-                f"| {r.majority:.3f} | {r.shuffled:.3f} | {r.p_value:.3f} | {r.control:.3f} | {r.selectivity:+.3f} "
-                f"| {compression} |"
+                f"| {r.balanced_accuracy:.3f} | {r.majority:.3f} | {r.shuffled:.3f} | {r.p_value:.3f} "
+                f"| {r.control:.3f} | {r.selectivity:+.3f} | {compression} |"
             )
         return "\n".join(lines)
 
@@ -341,6 +342,7 @@ def train_probes(
         cv = cross_validate(x, y, groups, n_classes, fold_of, method, l2, seed)
         correct = int((cv.predictions == y).sum())
         accuracy = correct / len(y)
+        balanced = balanced_accuracy(cv.predictions, y, n_classes)
         permuted = permutation_accuracies(x, y, groups, n_classes, fold_of, method, cv.l2, permutations, seed + 1)
         control = cross_validate(x, control_y, groups, n_classes, fold_of, method, cv.l2[len(cv.l2) // 2], seed)
         majority = [
@@ -348,7 +350,7 @@ def train_probes(
             for f in range(folds)
         ]
         low, high = wilson_interval(correct, len(y))
-        control_accuracy = float((control.predictions == control_y).float().mean())
+        control_balanced = balanced_accuracy(control.predictions, control_y, n_classes)
         code = (
             online_code_length(x, y, groups, n_classes, sorted(cv.l2)[len(cv.l2) // 2], seed) if code_length else None
         )
@@ -358,14 +360,15 @@ def train_probes(
                 hook=hook,
                 layer=int(match.group(1)) if match else None,
                 accuracy=accuracy,
+                balanced_accuracy=balanced,
                 accuracy_std=float(torch.tensor(cv.fold_accuracies).std()),
                 ci_low=low,
                 ci_high=high,
                 majority=sum(majority) / len(majority),
                 shuffled=sum(permuted) / len(permuted) if permuted else float("nan"),
-                p_value=(1 + sum(p >= accuracy for p in permuted)) / (1 + len(permuted)),
-                control=control_accuracy,
-                selectivity=accuracy - control_accuracy,
+                p_value=(1 + sum(p >= balanced for p in permuted)) / (1 + len(permuted)),
+                control=control_balanced,
+                selectivity=balanced - control_balanced,
                 l2=sorted(cv.l2)[len(cv.l2) // 2],
                 code_bits=code[0] if code else None,
                 uniform_bits=code[1] if code else None,

@@ -120,3 +120,19 @@ def test_controls_separate_signal_from_chance():
     assert abs(memoriser.accuracy - 1 / 3) < 0.15 and abs(memoriser.shuffled - 1 / 3) < 0.1
     assert signal.compression > 1.1 and memoriser.compression < 1.02
     assert "selectivity" in report.table()
+
+
+def test_controls_when_a_group_mixes_labels():
+    """Clean/noisy pairs: each group (a source clip) holds one clip of each label, so labels are
+    shuffled within the pairs and the control task draws a label per clip."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.tensor([0, 1] * 100)
+    groups = [i // 2 for i in range(200)]
+    source = torch.randn(100, 8, generator=g)[torch.tensor(groups)]  # what the two copies share
+    features = {
+        "encoder_blocks.1.noise_level": torch.cat([source, y[:, None] * 1.5 + torch.randn(200, 1, generator=g)], 1),
+        "encoder_blocks.0.source_only": source + 0.1 * torch.randn(200, 8, generator=g),
+    }
+    signal, source_only = train_probes(features, y.tolist(), groups=groups, permutations=100, progress=False).results
+    assert signal.p_value < 0.02 and signal.selectivity > 0.3
+    assert source_only.p_value > 0.05 and abs(source_only.selectivity) < 0.15
