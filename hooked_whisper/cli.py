@@ -28,6 +28,8 @@ def summarize_cache(cache) -> list[str]:
 
 
 def inspect(args: argparse.Namespace) -> int:
+    if not Path(args.clip).is_file():  # answered before torch is imported
+        raise FileNotFoundError(f"no audio file at {args.clip}")
     import torch
 
     from hooked_whisper import HookedWhisper, load_audio
