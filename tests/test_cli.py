@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import DATA
 
 
@@ -34,15 +36,20 @@ def test_inspect_missing_file_is_a_clear_error(tmp_path):
     assert done.returncode != 0 and "no audio file at" in done.stderr
 
 
-def test_transcribe_json_with_word_timestamps(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "hooked_whisper.cli", "transcribe", str(DATA / "librivox_0880.wav"), "--word-timestamps"]
-        + ["--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result = json.loads(done.stdout)
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """The command line in this process (the model loads faster than a fresh interpreter)."""
+    from hooked_whisper.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+def test_transcribe_json_with_word_timestamps(capsys):
+    code, out, _ = run_cli(["transcribe", str(DATA / "librivox_0880.wav"), "--word-timestamps", "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)
     assert result["text"].strip().startswith("He was not an")
     words = [w for seg in result["segments"] for w in seg["words"]]
     assert [w["word"].strip() for w in words][:3] == ["He", "was", "not"]
@@ -50,18 +57,14 @@ def test_transcribe_json_with_word_timestamps(tmp_path):
     assert result["windows"][0]["skipped"] is False
 
 
-def test_transcribe_reports_bad_files_and_keeps_the_good_ones(tmp_path):
+def test_transcribe_reports_bad_files_and_keeps_the_good_ones(tmp_path, capsys):
     """Files are checked before the model loads; a bad one is one line on stderr and an error
     entry in --json; the good ones are transcribed; the exit status says something failed.
     Timestamps are decoded by default, so the whole clip is transcribed."""
     missing = tmp_path / "missing.wav"
-    done = subprocess.run(
-        [sys.executable, "-m", "hooked_whisper.cli", "transcribe", "--json", str(DATA / "cards_001.wav"), str(missing)],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [f"hooked-whisper: {missing}: no audio file at {missing}"]
-    good, bad = json.loads(done.stdout)
+    code, out, err = run_cli(["transcribe", "--json", str(DATA / "cards_001.wav"), str(missing)], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [f"hooked-whisper: {missing}: no audio file at {missing}"]
+    good, bad = json.loads(out)
     assert good["text"].strip() and good["tokens"][0] >= 50363  # decoded with timestamps
     assert bad == {"file": str(missing), "error": f"no audio file at {missing}"}
