@@ -118,7 +118,7 @@ def long_form(tiny_en, openai_reference):
         verbose=None,
         word_timestamps=True,
     )
-    ours = tiny_en.transcribe(audio, word_timestamps=True, progress=False)
+    ours = tiny_en.transcribe(audio, sample_rate=16000, word_timestamps=True, progress=False)
     return audio, ref, ours
 
 
