@@ -29,6 +29,17 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def proc_status_mib(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (VmRSS, VmHWM) in MiB (Linux; NaN elsewhere)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 

@@ -23,16 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import proc_status_mib, write_results  # noqa: E402
 
 HOOKS = ["encoder_blocks.3.hook_resid_post", "decoder_blocks.3.hook_resid_post"]
-
-
-def peak_mib() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -53,7 +46,7 @@ def worker(args: argparse.Namespace) -> None:
         shard_size=args.shard_size, decoder_pooling="prompt_end", progress=False,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    stats = {"rank": rank, "threads": torch.get_num_threads(), "seconds": seconds, "peak_mib": peak_mib()}
+    stats = {"rank": rank, "threads": torch.get_num_threads(), "seconds": seconds, "peak_mib": proc_status_mib("VmHWM")}
     Path(args.stats, f"rank{rank}.json").write_text(json.dumps(stats))
 
 

@@ -32,19 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from benchmarks import decoding  # noqa: E402
-from benchmarks.common import DATA, RESULTS, machine, median_time, write_results  # noqa: E402
+from benchmarks.common import DATA, RESULTS, machine, median_time, proc_status_mib, write_results  # noqa: E402
 from hooked_whisper import HookedWhisper  # noqa: E402
 from weights_conversion import save_hf_folder  # noqa: E402
 
 CLIP = DATA / "librivox_0870.wav"
 _LIBC = ctypes.CDLL("libc.so.6")
-
-
-def _status(field: str) -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def peak_extra_mib(fn) -> float:
@@ -61,7 +54,7 @@ def peak_extra_mib(fn) -> float:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak to the current resident size
     fn()
-    return _status("VmHWM") - before
+    return proc_status_mib("VmHWM") - before
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -140,7 +133,7 @@ def resident_mib() -> float:
     """Resident memory now, after handing freed heap back to the system."""
     gc.collect()
     _LIBC.malloc_trim(0)
-    return _status("VmRSS")
+    return proc_status_mib("VmRSS")
 
 
 def warm_torch_kernels() -> None:

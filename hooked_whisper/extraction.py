@@ -119,18 +119,22 @@ def _shard_path(folder: Path, shard: int) -> Path:
     return folder / f"shard-{shard:05d}.safetensors"
 
 
+def _read_shard(path: Path) -> tuple[list[int], dict[str, str], set[str]]:
+    """(the manifest rows a shard holds, the rows that failed with their reasons, its keys)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        failed = json.loads((f.metadata() or {}).get("failed", "{}"))
+        return f.get_tensor(ROWS_KEY).tolist(), failed, set(f.keys())
+
+
 def _shard_is_complete(path: Path, rows: range, hooks: Sequence[str]) -> bool:
     """A shard counts as done only if it opens and holds every hook and exactly its rows (the
     ones that loaded; the rest are listed as failed in its metadata)."""
-    from safetensors import safe_open
-
     if not path.is_file():
         return False
     try:
-        with safe_open(str(path), "pt") as f:
-            failed = json.loads((f.metadata() or {}).get("failed", "{}"))
-            held = f.get_tensor(ROWS_KEY).tolist()
-            keys = set(f.keys())
+        held, failed, keys = _read_shard(path)
     except Exception:
         return False
     expected = [r for r in rows if str(r) not in failed]
@@ -224,15 +228,11 @@ def _write_shard(clips, folder, shard, rows, pooled_batch, batch_size, dtype, sa
 
 
 def _write_index(folder: Path, n: int, shard_size: int, clips: Manifest) -> None:
-    from safetensors import safe_open
-
     entries: list[dict] = []
     shards = []
     for shard in range(math.ceil(n / shard_size)):
         path = _shard_path(folder, shard)
-        with safe_open(str(path), "pt") as f:
-            held = f.get_tensor(ROWS_KEY).tolist()
-            failed = json.loads((f.metadata() or {}).get("failed", "{}"))
+        held, failed, _ = _read_shard(path)
         shards.append(path.name)
         position = {row: i for i, row in enumerate(held)}
         for row in _rows(shard, shard_size, n):

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
@@ -60,6 +61,24 @@ class HookedAudioModel(HookedRootModule):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.RLock()
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random weights for a model built from a config alone (checkpoints overwrite them):
+        every ``W_*`` matrix but position tables (the audio stem's is fixed sinusoids). A model built
+        on the meta device (``from_pretrained``) is left alone: the checkpoint fills it, and
+        random init there would import torch's compiler stack (~140 MiB)."""
+        if next(self.parameters()).is_meta:
+            return
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1].lstrip("_")
+            if leaf.startswith("W_") and leaf != "W_pos":
+                nn.init.normal_(p, std=std)
+
+    def check_names_filter(self, names_filter: Any) -> None:
+        """Every name in a ``run_with_cache`` filter given as a string or list must be a hook."""
+        if isinstance(names_filter, (str, list)):
+            for name in [names_filter] if isinstance(names_filter, str) else names_filter:
+                self.check_hook_name(name)
 
     def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle cannot copy a lock
         state = self.__dict__.copy()

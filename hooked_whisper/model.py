@@ -70,18 +70,15 @@ class HookedWhisper(HookedAudioModel):
 
         self.decode_offset = 0  # first decoder position of the current decode() call
         # Hooks and decode_offset are state shared by every caller: one call at a time (see hooks()).
-        if not self.embed.W_E.is_meta:  # on meta (from_pretrained) the checkpoint fills them, and
-            self.init_weights()  # random init there would import torch's compiler stack (~140 MiB)
+        self.init_weights()
         self.setup()
         self.hook_layouts: dict[str, HookLayout] = {name: layout_of(name) for name in self.hook_dict}
 
     def init_weights(self, std: float = 0.02) -> None:
-        """Random weights for a model built from a config alone (checkpoints overwrite them)."""
-        for name, p in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.startswith("W_") and leaf != "W_pos":
-                nn.init.normal_(p, std=std)
-        nn.init.normal_(self.pos_embed.W_pos, std=std)
+        """The shared random init, then the decoder's learned positions."""
+        super().init_weights(std)
+        if not self.pos_embed.W_pos.is_meta:
+            nn.init.normal_(self.pos_embed.W_pos, std=std)
 
     # ------------------------------------------------------------------ weights, TransformerLens style
     @property
@@ -334,9 +331,7 @@ class HookedWhisper(HookedAudioModel):
         the tokens used. ``cache.encoder`` and ``cache.decoder`` are TransformerLens-style views
         (``blocks.{l}`` names) for ``accumulated_resid``, ``decompose_resid`` and friends.
         """
-        if isinstance(names_filter, (str, list)):
-            for name in [names_filter] if isinstance(names_filter, str) else names_filter:
-                self.check_hook_name(name)
+        self.check_names_filter(names_filter)
         # forward() encodes once and, without tokens, decodes greedily from that same encoder
         # output; the teacher-forced pass runs last, so the cache holds its activations.
         logits, cache_dict = super().run_with_cache(

@@ -130,7 +130,7 @@ def fold_assignment(labels: torch.Tensor, groups: Sequence | None, folds: int, s
 
 def _split_groups(y: torch.Tensor, groups: Sequence | None) -> tuple[list[list[int]], list[list[int]]]:
     """(groups whose examples share one label, groups that mix labels), as index lists."""
-    members = group_members(list(range(len(y))) if groups is None else list(groups)).values()
+    members = group_members(list(range(len(y))) if groups is None else groups).values()
     pure = [idx for idx in members if len(set(y[idx].tolist())) == 1]
     mixed = [idx for idx in members if len(set(y[idx].tolist())) > 1]
     return pure, mixed
@@ -244,7 +244,7 @@ def online_code_length(x, y, groups, n_classes, l2: float, seed: int) -> tuple[f
     whole; the first 1/16 of the examples is sent with the uniform code, then each block (to
     1/8, 1/4, 1/2, all) is coded by a logistic probe trained on everything before it."""
     generator = torch.Generator().manual_seed(seed)
-    members = list(group_members(list(range(len(y))) if groups is None else list(groups)).values())
+    members = list(group_members(list(range(len(y))) if groups is None else groups).values())
     order = [i for k in torch.randperm(len(members), generator=generator).tolist() for i in members[k]]
     order_t = torch.tensor(order, device=y.device)
     x, y = x[order_t], y[order_t]

@@ -351,9 +351,8 @@ def train_probes(
         ]
         low, high = wilson_interval(correct, len(y))
         control_balanced = balanced_accuracy(control.predictions, control_y, n_classes)
-        code = (
-            online_code_length(x, y, groups, n_classes, sorted(cv.l2)[len(cv.l2) // 2], seed) if code_length else None
-        )
+        median_l2 = sorted(cv.l2)[len(cv.l2) // 2]
+        code = online_code_length(x, y, groups, n_classes, median_l2, seed) if code_length else None
         match = re.search(r"blocks\.(\d+)\.", hook)
         results.append(
             ProbeResult(
@@ -369,7 +368,7 @@ def train_probes(
                 p_value=(1 + sum(p >= balanced for p in permuted)) / (1 + len(permuted)),
                 control=control_balanced,
                 selectivity=balanced - control_balanced,
-                l2=sorted(cv.l2)[len(cv.l2) // 2],
+                l2=median_l2,
                 code_bits=code[0] if code else None,
                 uniform_bits=code[1] if code else None,
             )

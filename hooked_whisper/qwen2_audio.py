@@ -143,17 +143,9 @@ class HookedQwen2Audio(HookedAudioModel):
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
 
         self.decode_offset = 0  # first position of the current decode() call (read by patching hooks)
-        if not self.W_E.is_meta:  # from_pretrained builds on meta and assigns the checkpoint
-            self.init_weights()
+        self.init_weights()
         self.setup()
         self.hook_layouts: dict[str, HookLayout] = {name: qwen2_audio_layout_of(name) for name in self.hook_dict}
-
-    def init_weights(self, std: float = 0.02) -> None:
-        """Random weights for a model built from a config alone (checkpoints overwrite them)."""
-        for name, p in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.lstrip("_").startswith("W_") and leaf != "W_pos":
-                nn.init.normal_(p, std=std)
 
     @property
     def device(self) -> torch.device:
@@ -333,9 +325,7 @@ class HookedQwen2Audio(HookedAudioModel):
         self, audio: AudioInput | AudioFeatures, tokens: Any = None, sample_rate: int | None = None, **kwargs: Any
     ) -> tuple[torch.Tensor, Qwen2AudioActivationCache]:
         """Logits and every hooked activation (or those ``names_filter`` selects)."""
-        names = kwargs.get("names_filter")
-        for name in [names] if isinstance(names, str) else names if isinstance(names, list) else []:
-            self.check_hook_name(name)
+        self.check_names_filter(kwargs.get("names_filter"))
         logits, cache = super().run_with_cache(self.to_mel(audio, sample_rate), tokens, **kwargs)
         return logits, Qwen2AudioActivationCache(cache, self, not kwargs.get("remove_batch_dim", False))
 
