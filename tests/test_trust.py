@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -78,8 +79,14 @@ def test_weight_edits_reach_every_path(tiny_en, edit):
 
 def test_parameters_are_the_only_copy_of_the_weights(tiny_en):
     """The fast kernels read views of the parameters: nothing else holds weight-sized tensors."""
-    attn = tiny_en.decoder_blocks[0].attn
-    assert attn.W_Q.shape == (6, 384, 64) and attn.W_Q.permute(1, 0, 2).is_contiguous()
+    from hooked_whisper.components.attention import heads_side_by_side
+
+    attn, mlp = tiny_en.decoder_blocks[0].attn, tiny_en.decoder_blocks[0].mlp
+    # nn.Linear's [out, in] memory order (the one half-precision CPU kernels read fast)
+    assert attn.W_Q.shape == (6, 384, 64) and attn.W_Q.transpose(1, 2).is_contiguous()
+    assert heads_side_by_side(attn.W_Q).data_ptr() == attn.W_Q.data_ptr()
+    assert attn.W_O.shape == (6, 64, 384) and attn.W_O.flatten(0, 1).T.is_contiguous()
+    assert mlp.W_in.T.is_contiguous() and mlp.W_out.T.is_contiguous()
     assert tiny_en.W_U.is_contiguous() and tiny_en.W_U.data_ptr() == tiny_en.W_E.data_ptr()
     assert not hasattr(__import__("hooked_whisper.components.attention").components.attention, "_DERIVED")
 
@@ -177,14 +184,27 @@ def test_loading_errors_name_the_file(tiny_en, hf_export, tmp_path):
     good = hf_export(tiny_en, "tiny.en")
 
     def broken(name: str, write) -> str:
+        """A copy of the export with one file broken by ``write``. The weights are linked, not
+        copied (a case that breaks them replaces the link), and each copy is removed once read,
+        so the test needs about one checkpoint's worth of disk at a time."""
         folder = tmp_path / name
         folder.mkdir()
         for f in good.iterdir():
-            (folder / f.name).write_bytes(f.read_bytes())
+            if f.name == "model.safetensors":
+                (folder / f.name).symlink_to(f)
+            else:
+                (folder / f.name).write_bytes(f.read_bytes())
         write(folder)
-        with pytest.raises((CheckpointError, ValueError)) as err:
-            HookedWhisper.from_pretrained(folder)
+        try:
+            with pytest.raises((CheckpointError, ValueError)) as err:
+                HookedWhisper.from_pretrained(folder)
+        finally:
+            shutil.rmtree(folder)
         return str(err.value)
+
+    def replace_weights(folder, data: bytes) -> None:  # never write through the link into the export
+        (folder / "model.safetensors").unlink()
+        (folder / "model.safetensors").write_bytes(data)
 
     assert "config.json as JSON" in broken("config", lambda f: (f / "config.json").write_text("{oops"))
     assert "generation_config.json as JSON" in broken("gen", lambda f: (f / "generation_config.json").write_text("[1,"))
@@ -205,7 +225,7 @@ def test_loading_errors_name_the_file(tiny_en, hf_export, tmp_path):
 
     def truncate(folder):
         data = (folder / "model.safetensors").read_bytes()
-        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+        replace_weights(folder, data[: len(data) // 2])
 
     message = broken("truncated", truncate)
     assert "model.safetensors" in message and "truncated" in message
@@ -222,6 +242,7 @@ def test_loading_errors_name_the_file(tiny_en, hf_export, tmp_path):
 
         sd = load_file(str(folder / "model.safetensors"))
         sd["model.decoder.layers.0.fc1.weight"][0, 0] = float("nan")
+        (folder / "model.safetensors").unlink()
         save_file(sd, str(folder / "model.safetensors"))
 
     assert "NaN or infinite" in broken("nan", nan)
