@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -55,3 +56,19 @@ def write_results(name: str, header: str, columns: list[str], rows: list[dict], 
     table = "\n".join(lines) + "\n"
     (RESULTS / f"{name}.md").write_text(table)
     return table
+
+
+def debian_files(folder: Path, packages: list[str]) -> Path:
+    """Debian ``packages`` fetched with ``apt-get download`` into ``folder`` (once) and unpacked
+    there; returns the folder they unpacked into."""
+    unpacked = folder / "x"
+    if not unpacked.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(["apt-get", "download", *packages], cwd=folder, check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as err:
+            hint = f"could not fetch {packages} with apt-get download ({err}); run it by hand into {folder}"
+            raise SystemExit(hint) from err
+        for deb in folder.glob("*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+    return unpacked

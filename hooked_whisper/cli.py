@@ -95,28 +95,33 @@ def transcribe(args: argparse.Namespace) -> int:
     results = []
     if waveforms:
         model = HookedWhisper.from_pretrained(args.model)
-        for f, waveform in waveforms.items():
+        files = list(waveforms)
+        for start in range(0, len(files), args.batch_size):  # a batch at a time, printed as it finishes
+            batch = files[start : start + args.batch_size]
             # Timestamps are always decoded (as openai-whisper's command line does): without them
             # Whisper tends to stop after the first sentence of a long window. Shown when asked.
-            result = model.transcribe(
-                waveform,
+            transcripts = model.transcribe(
+                [waveforms[f] for f in batch],
                 sample_rate=SAMPLE_RATE,
                 language=args.language,
                 task=args.task,
                 timestamps=True,
                 word_timestamps=args.word_timestamps,
                 beam_size=args.beam_size,
+                batch_size=args.batch_size,
+                fallback=args.fallback,
             )
-            if args.json:
-                results.append({"file": f, **result.to_dict()})
-            elif args.timestamps or args.word_timestamps:
-                print(f"{f} ({result.language})")
-                for seg in result.segments:
-                    print(f"[{format_time(seg.start)} --> {format_time(seg.end)}]{seg.text}")
-                    for w in seg.words or []:
-                        print(f"    {format_time(w.start)} {format_time(w.end)} {w.probability:.2f}{w.word}")
-            else:
-                print(f"{f}\t{result.text.strip()}")
+            for f, result in zip(batch, transcripts):
+                if args.json:
+                    results.append({"file": f, **result.to_dict()})
+                elif args.timestamps or args.word_timestamps:
+                    print(f"{f} ({result.language})")
+                    for seg in result.segments:
+                        print(f"[{format_time(seg.start)} --> {format_time(seg.end)}]{seg.text}")
+                        for w in seg.words or []:
+                            print(f"    {format_time(w.start)} {format_time(w.end)} {w.probability:.2f}{w.word}")
+                else:
+                    print(f"{f}\t{result.text.strip()}")
     if args.json:
         results += [{"file": f, "error": message} for f, message in failures.items()]
         order = {f: i for i, f in enumerate(args.files)}
@@ -180,6 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timestamps", action="store_true", help="print segments with their times (always decoded)")
     p.add_argument("--word-timestamps", action="store_true", help="also time each word (alignment heads + DTW)")
     p.add_argument("--beam-size", type=int, default=None, help="beam search instead of greedy decoding")
+    p.add_argument("--batch-size", type=int, default=8, help="files decoded together (default: 8)")
+    p.add_argument(
+        "--fallback",
+        default="loop-aware",
+        choices=["loop-aware", "openai"],
+        help="loop-aware: a looping attempt moves to the next temperature at once; openai: its exact algorithm",
+    )
     p.add_argument("--json", action="store_true", help="print the full result (segments, words, windows) as JSON")
     p.set_defaults(run=transcribe)
     p = sub.add_parser(

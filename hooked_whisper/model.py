@@ -32,7 +32,7 @@ from hooked_whisper.audio import (
 from hooked_whisper.cache import WhisperActivationCache
 from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
 from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
-from hooked_whisper.decoding.cache import DecoderCache
+from hooked_whisper.decoding.cache import DecoderCache, heads_first
 from hooked_whisper.hook_layout import HookLayout, layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
@@ -69,6 +69,7 @@ class HookedWhisper(HookedAudioModel):
         self.decoder_ln_final = LayerNorm(cfg)
 
         self.decode_offset = 0  # first decoder position of the current decode() call
+        self.decode_padded = False  # whether its rows are left-padded (batched transcription)
         # Hooks and decode_offset are state shared by every caller: one call at a time (see hooks()).
         self.init_weights()
         self.setup()
@@ -221,7 +222,7 @@ class HookedWhisper(HookedAudioModel):
     def new_decoder_cache(self, encoder_out: Float[torch.Tensor, "batch audio_pos d_model"]) -> DecoderCache:
         """Cross-attention K/V of every decoder layer (their hooks fire now), and an empty KV cache."""
         return DecoderCache(
-            cross_kv=[block.cross_kv(encoder_out) for block in self.decoder_blocks],
+            cross_kv=[heads_first(block.cross_kv(encoder_out)) for block in self.decoder_blocks],
             self_kv=[None] * self.cfg.n_decoder_layers,
         )
 
@@ -238,12 +239,14 @@ class HookedWhisper(HookedAudioModel):
             if encoder_out is None:
                 raise ValueError("decode needs the encoder output, or a DecoderCache built from it")
             cache = self.new_decoder_cache(encoder_out)
-        # Hooks that address decoder positions read this to know where a KV-cached step starts.
-        self.decode_offset = cache.position
+        # Hooks that address decoder positions read these to know where a KV-cached step starts.
+        self.decode_offset, self.decode_padded = cache.position, cache.pad is not None
         tokens = self.hook_tokens(tokens)
-        resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens, self.decode_offset))
+        positions, self_mask = cache.positions(tokens.shape[1]), cache.self_attention_mask(tokens.shape[1])
+        pos_embed = self.pos_embed(tokens, self.decode_offset, positions)
+        resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(pos_embed)
         for i, block in enumerate(self.decoder_blocks):
-            resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i])
+            resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i], self_mask)
         return self.decoder_ln_final(resid) @ self.W_U
 
     @serialised
@@ -418,6 +421,8 @@ class HookedWhisper(HookedAudioModel):
         *,
         timestamps: bool = True,
         word_timestamps: bool = False,
+        batch_size: int = 1,
+        fallback: str = "loop-aware",
         fwd_hooks: list | None = None,
         sample_rate: int | None = None,
         **options: Any,
@@ -426,9 +431,12 @@ class HookedWhisper(HookedAudioModel):
         windows in sequence, temperature fallback, no-speech skipping, previous text as prompt.
 
         Returns a ``Transcript`` (``.text``, ``.tokens``, ``.segments``, ``.language``) for one
-        clip, a list for several. ``fwd_hooks`` apply to every forward pass (as
-        ``with model.hooks(...)`` does). Other options (``temperature``, ``beam_size``,
-        ``best_of``, ``compression_ratio_threshold``, ``logprob_threshold``,
+        clip, a list for several. ``batch_size`` clips are decoded together, each with its own
+        windows, previous text and fallback (greedy text is the same as one by one).
+        ``fallback="loop-aware"`` stops a looping attempt at once and moves to the next
+        temperature; ``"openai"`` runs openai's algorithm exactly. ``fwd_hooks`` apply to every
+        forward pass (as ``with model.hooks(...)`` does). Other options (``temperature``,
+        ``beam_size``, ``best_of``, ``compression_ratio_threshold``, ``logprob_threshold``,
         ``no_speech_threshold``, ``condition_on_previous_text``, ``initial_prompt``,
         ``max_new_tokens``, ``stop_on_loop``, ``seed``, ``progress``) are those of
         ``hooked_whisper.decoding.transcribe``.
@@ -439,18 +447,17 @@ class HookedWhisper(HookedAudioModel):
             self.prompt(language or "en", task)  # an unknown language or task is reported before any audio work
         mels = self._long_form_mels(audio, sample_rate)
         with self.hooks(fwd_hooks=fwd_hooks or []):
-            results = [
-                transcribe(
-                    self,
-                    mel,
-                    language=language,
-                    task=task,
-                    timestamps=timestamps,
-                    word_timestamps=word_timestamps,
-                    **options,
-                )
-                for mel in mels
-            ]
+            results = transcribe(
+                self,
+                mels,
+                language=language,
+                task=task,
+                timestamps=timestamps,
+                word_timestamps=word_timestamps,
+                batch_size=batch_size,
+                fallback=fallback,
+                **options,
+            )
         return results[0] if self._is_single_clip(audio) else results
 
     def _long_form_mels(self, audio: AudioInput, sample_rate: int | None) -> list[torch.Tensor]:

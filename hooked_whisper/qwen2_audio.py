@@ -38,6 +38,7 @@ from hooked_whisper.audio import (
 from hooked_whisper.components import AudioEmbed, EncoderBlock, LayerNorm
 from hooked_whisper.components.attention import KeyValue
 from hooked_whisper.components.blocks import LanguageModelBlock
+from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
 from hooked_whisper.components.rms_norm import RMSNorm
 from hooked_whisper.components.rotary_attention import rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
@@ -141,6 +142,7 @@ class HookedQwen2Audio(HookedAudioModel):
         self.blocks = nn.ModuleList([LanguageModelBlock(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = RMSNorm(cfg.d_model, cfg.eps)
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        keep_kernel_layouts(self, {"W_audio_proj": LINEAR, "W_U": LINEAR})  # nn.Linear's [out, in]
 
         self.decode_offset = 0  # first position of the current decode() call (read by patching hooks)
         self.init_weights()

@@ -30,33 +30,50 @@ def _same(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+# nn.Linear stores [out, in]; TransformerLens-style weights are [in, out], split per head. The
+# model keeps them in nn.Linear's memory order (hooked_whisper/components/layout.py), so each is
+# built as one copy of the checkpoint's tensor, viewed in the per-head shape: loading copies
+# nothing more.
+def linear_in(w: torch.Tensor) -> torch.Tensor:  # [out, in] -> [in, out]
+    return w.contiguous().clone().T
+
+
+def linear_out(w: torch.Tensor) -> torch.Tensor:
+    return w.T.contiguous()
+
+
+def heads_in_of(n: int, dh: int) -> Transform:
+    """q/k/v projections: [n*dh, d] -> [n, d, dh]."""
+    return lambda w: w.contiguous().clone().view(n, dh, -1).transpose(1, 2)
+
+
+def heads_out_of(n: int, dh: int) -> Transform:
+    return lambda w: w.transpose(1, 2).reshape(n * dh, -1).contiguous()
+
+
+def output_in_of(n: int, dh: int) -> Transform:
+    """The attention output projection: [d, n*dh] -> [n, dh, d]."""
+    return lambda w: w.contiguous().clone().view(-1, n, dh).permute(1, 2, 0)
+
+
+def output_out_of(n: int, dh: int) -> Transform:
+    return lambda w: w.permute(2, 0, 1).reshape(-1, n * dh).contiguous()
+
+
+def bias_in_of(n: int, dh: int) -> Transform:  # [n*dh] -> [n, dh]
+    return lambda b: b.reshape(n, dh).contiguous()
+
+
+def bias_out_of(n: int, dh: int) -> Transform:
+    return lambda b: b.reshape(n * dh).contiguous()
+
+
 def tensor_specs(cfg: HookedWhisperConfig) -> list[TensorSpec]:
     d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
     assert m is not None
-
-    # nn.Linear stores [out, in]; TransformerLens-style weights are [in, out], split per head.
-    # Built directly in the memory order the model keeps them in (components/layout.py), so that
-    # loading copies nothing more: [h, d, dh] in shape, laid out as [d, h, dh].
-    def qkv_in(w: torch.Tensor) -> torch.Tensor:  # [h*dh, d] -> [h, d, dh]
-        return w.T.contiguous().view(d, h, dh).permute(1, 0, 2)
-
-    def qkv_out(w: torch.Tensor) -> torch.Tensor:
-        return w.permute(1, 0, 2).reshape(d, h * dh).T.contiguous()
-
-    def heads_in(b: torch.Tensor) -> torch.Tensor:  # [h*dh] -> [h, dh]
-        return b.reshape(h, dh).contiguous()
-
-    def heads_out(b: torch.Tensor) -> torch.Tensor:
-        return b.reshape(h * dh).contiguous()
-
-    def o_in(w: torch.Tensor) -> torch.Tensor:  # [d, h*dh] -> [h, dh, d]
-        return w.T.reshape(h, dh, d).contiguous()
-
-    def o_out(w: torch.Tensor) -> torch.Tensor:
-        return w.reshape(h * dh, d).T.contiguous()
-
-    def transpose(w: torch.Tensor) -> torch.Tensor:
-        return w.T.contiguous()
+    qkv_in, qkv_out = heads_in_of(h, dh), heads_out_of(h, dh)
+    o_in, o_out = output_in_of(h, dh), output_out_of(h, dh)
+    heads_in, heads_out = bias_in_of(h, dh), bias_out_of(h, dh)
 
     def column_major(w: torch.Tensor) -> torch.Tensor:  # the embedding, so that W_E.T is contiguous
         return w.T.contiguous().T
@@ -83,9 +100,9 @@ def tensor_specs(cfg: HookedWhisperConfig) -> list[TensorSpec]:
         add(f"{hf}.out_proj.bias", f"{openai}.out.bias", f"{hooked}.b_O", (d,))
 
     def mlp(hf: str, openai: str, hooked: str) -> None:
-        add(f"{hf}.fc1.weight", f"{openai}.mlp.0.weight", f"{hooked}.W_in", (m, d), transpose, transpose)
+        add(f"{hf}.fc1.weight", f"{openai}.mlp.0.weight", f"{hooked}.W_in", (m, d), linear_in, linear_out)
         add(f"{hf}.fc1.bias", f"{openai}.mlp.0.bias", f"{hooked}.b_in", (m,))
-        add(f"{hf}.fc2.weight", f"{openai}.mlp.2.weight", f"{hooked}.W_out", (d, m), transpose, transpose)
+        add(f"{hf}.fc2.weight", f"{openai}.mlp.2.weight", f"{hooked}.W_out", (d, m), linear_in, linear_out)
         add(f"{hf}.fc2.bias", f"{openai}.mlp.2.bias", f"{hooked}.b_out", (d,))
 
     add("encoder.conv1.weight", "encoder.conv1.weight", "encoder_embed.W_conv1", (d, cfg.n_mels, 3))

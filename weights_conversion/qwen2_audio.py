@@ -10,7 +10,18 @@ import torch
 
 from hooked_whisper.config import HookedQwen2AudioConfig
 from weights_conversion.convert import CheckpointError, Naming, check_finite, convert_with_specs, read_json
-from weights_conversion.keys import TensorSpec, tensor_specs
+from weights_conversion.keys import (
+    TensorSpec,
+    bias_in_of,
+    bias_out_of,
+    heads_in_of,
+    heads_out_of,
+    linear_in,
+    linear_out,
+    output_in_of,
+    output_out_of,
+    tensor_specs,
+)
 
 # Released checkpoints name the parts as transformers 4 did; transformers 5 nests them under
 # "model.". Both are read; the newer names are written.
@@ -41,48 +52,39 @@ def qwen2_audio_specs(cfg: HookedQwen2AudioConfig) -> list[TensorSpec]:
     def same(t: torch.Tensor) -> torch.Tensor:
         return t
 
-    def transpose(t: torch.Tensor) -> torch.Tensor:
-        return t.T.contiguous()
-
-    def per_head_in(n: int):  # nn.Linear [n*dh, d] -> [n, d, dh]
-        return lambda w: w.T.reshape(d, n, dh).permute(1, 0, 2).contiguous()
-
-    def per_head_out(n: int):
-        return lambda w: w.permute(1, 0, 2).reshape(d, n * dh).T.contiguous()
-
-    def bias_in(n: int):
-        return lambda b: b.reshape(n, dh).contiguous()
-
-    def bias_out(n: int):
-        return lambda b: b.reshape(n * dh).contiguous()
-
     def add(hf: str, hooked: str, shape: tuple[int, ...], fwd=same, back=same) -> None:
         specs.append(TensorSpec(hf, "", hooked, shape, fwd, back))
 
     a = cfg.audio.d_model
-    add("model.multi_modal_projector.linear.weight", "W_audio_proj", (d, a), transpose, transpose)
+    add("model.multi_modal_projector.linear.weight", "W_audio_proj", (d, a), linear_in, linear_out)
     add("model.multi_modal_projector.linear.bias", "b_audio_proj", (d,))
     add("model.language_model.embed_tokens.weight", "W_E", (cfg.d_vocab, d))
     for i in range(cfg.n_layers):
         hf, hk = f"model.language_model.layers.{i}", f"blocks.{i}"
         add(f"{hf}.input_layernorm.weight", f"{hk}.ln1.w", (d,))
         for proj, name, n in [("q_proj", "W_Q", h), ("k_proj", "_W_K", kv), ("v_proj", "_W_V", kv)]:
-            add(f"{hf}.self_attn.{proj}.weight", f"{hk}.attn.{name}", (n * dh, d), per_head_in(n), per_head_out(n))
+            add(
+                f"{hf}.self_attn.{proj}.weight",
+                f"{hk}.attn.{name}",
+                (n * dh, d),
+                heads_in_of(n, dh),
+                heads_out_of(n, dh),
+            )
             bias = name.replace("W", "b")
-            add(f"{hf}.self_attn.{proj}.bias", f"{hk}.attn.{bias}", (n * dh,), bias_in(n), bias_out(n))
+            add(f"{hf}.self_attn.{proj}.bias", f"{hk}.attn.{bias}", (n * dh,), bias_in_of(n, dh), bias_out_of(n, dh))
         add(
             f"{hf}.self_attn.o_proj.weight",
             f"{hk}.attn.W_O",
             (d, h * dh),
-            lambda w: w.T.reshape(h, dh, d).contiguous(),
-            lambda w: w.reshape(h * dh, d).T.contiguous(),
+            output_in_of(h, dh),
+            output_out_of(h, dh),
         )
         add(f"{hf}.post_attention_layernorm.weight", f"{hk}.ln2.w", (d,))
-        add(f"{hf}.mlp.gate_proj.weight", f"{hk}.mlp.W_gate", (m, d), transpose, transpose)
-        add(f"{hf}.mlp.up_proj.weight", f"{hk}.mlp.W_in", (m, d), transpose, transpose)
-        add(f"{hf}.mlp.down_proj.weight", f"{hk}.mlp.W_out", (d, m), transpose, transpose)
+        add(f"{hf}.mlp.gate_proj.weight", f"{hk}.mlp.W_gate", (m, d), linear_in, linear_out)
+        add(f"{hf}.mlp.up_proj.weight", f"{hk}.mlp.W_in", (m, d), linear_in, linear_out)
+        add(f"{hf}.mlp.down_proj.weight", f"{hk}.mlp.W_out", (d, m), linear_in, linear_out)
     add("model.language_model.norm.weight", "ln_final.w", (d,))
-    add("lm_head.weight", "W_U", (cfg.d_vocab, d), transpose, transpose)
+    add("lm_head.weight", "W_U", (cfg.d_vocab, d), linear_in, linear_out)
     return specs
 
 

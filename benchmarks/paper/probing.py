@@ -38,16 +38,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
+import sys
 from pathlib import Path
 
 import torch
 import torchaudio
 
-from hooked_whisper import HookedWhisper, load_audio
-from hooked_whisper.extraction import Manifest
-from hooked_whisper.plots import plot_probes
-from hooked_whisper.probing import ProbeReport, extract_activations, train_probes
+sys.path.insert(0, str(Path(__file__).parent.parent.parent))
+from benchmarks.common import debian_files  # noqa: E402
+from hooked_whisper import HookedWhisper, load_audio  # noqa: E402
+from hooked_whisper.extraction import Manifest  # noqa: E402
+from hooked_whisper.plots import plot_probes  # noqa: E402
+from hooked_whisper.probing import ProbeReport, extract_activations, train_probes  # noqa: E402
 
 HERE = Path(__file__).parent
 LOW_HZ, HIGH_HZ = 150.0, 185.0
@@ -79,20 +81,9 @@ def median_f0(path: str) -> float:
 
 def debian_sounds(cache: Path) -> dict[str, list[torch.Tensor]]:
     """The non-speech sources, 16 kHz mono: each music track whole, and the sound-icons set."""
-    folder = cache / "debian"
-    if not folder.is_dir():
-        folder.mkdir(parents=True)
-        packages = ["asterisk-moh-opsound-wav", "sound-icons"]
-        try:
-            subprocess.run(["apt-get", "download", *packages], cwd=folder, check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError) as err:
-            folder.rmdir()
-            hint = f"could not fetch {packages} with apt-get download ({err}); run it by hand into {folder}"
-            raise SystemExit(hint) from err
-        for deb in folder.glob("*.deb"):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(folder / "x")], check=True)
-    sources = {p.stem: [load_audio(p)] for p in sorted((folder / "x").rglob("moh/*.wav"))}
-    sources["sound-icons"] = [load_audio(p) for p in sorted((folder / "x").rglob("sound-icons/*.wav"))]
+    unpacked = debian_files(cache / "debian", ["asterisk-moh-opsound-wav", "sound-icons"])
+    sources = {p.stem: [load_audio(p)] for p in sorted(unpacked.rglob("moh/*.wav"))}
+    sources["sound-icons"] = [load_audio(p) for p in sorted(unpacked.rglob("sound-icons/*.wav"))]
     return sources
 
 

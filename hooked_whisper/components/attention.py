@@ -10,16 +10,16 @@ from torch import nn
 from transformer_lens import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.components.layout import keep_kernel_layouts
+from hooked_whisper.components.layout import HEADS_IN, HEADS_OUT, keep_kernel_layouts
 from hooked_whisper.config import HookedWhisperConfig
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]  # (k, v), each [batch, key_pos, head, d_head]
-HEADS_SIDE_BY_SIDE = (1, 0, 2)  # memory order of W_Q, W_K, W_V: [d_model, head, d_head]
 
 
 def heads_side_by_side(W: Float[torch.Tensor, "head d_model d_head"]) -> Float[torch.Tensor, "d_model head_x_d_head"]:
     """All heads' projections as one ``[d_model, n_heads * d_head]`` matrix: a view of the
-    parameter's own memory in its kernel layout (``components.layout``), a copy otherwise."""
+    parameter's own memory in its kernel layout (``components.layout.HEADS_IN``: the transpose
+    of nn.Linear's contiguous ``[n_heads * d_head, d_model]``), a copy otherwise."""
     n_heads, d_model, d_head = W.shape
     return W.permute(1, 0, 2).reshape(d_model, n_heads * d_head)
 
@@ -67,8 +67,9 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, query_pos, head, d_head]
         self.hook_result = HookPoint()  # [batch, query_pos, head, d_model]; cfg.use_attn_result
-        # Stored as [d_model, head, d_head] so that all heads project in one matrix product.
-        keep_kernel_layouts(self, {"W_Q": HEADS_SIDE_BY_SIDE, "W_K": HEADS_SIDE_BY_SIDE, "W_V": HEADS_SIDE_BY_SIDE})
+        # Stored as nn.Linear stores them, so that all heads project in one matrix product that
+        # reads the weights in the order every kernel (half precision on the CPU too) reads fast.
+        keep_kernel_layouts(self, {"W_Q": HEADS_IN, "W_K": HEADS_IN, "W_V": HEADS_IN, "W_O": HEADS_OUT})
 
     @property
     def OV(self) -> FactoredMatrix:
@@ -98,7 +99,7 @@ class Attention(nn.Module):
         *,
         kv: KeyValue | None = None,
         past_kv: KeyValue | None = None,
-        key_mask: Bool[torch.Tensor, "batch key_pos"] | None = None,
+        key_mask: Bool[torch.Tensor, "batch key_pos"] | Bool[torch.Tensor, "batch query_pos key_pos"] | None = None,
     ) -> tuple[Float[torch.Tensor, "batch query_pos d_model"], KeyValue]:
         """Attend from ``query_input`` to keys and values.
 
@@ -106,8 +107,9 @@ class Attention(nn.Module):
         (cross-attention during generation). ``past_kv`` holds the keys and values of earlier
         positions (self-attention during generation); the hooks on k and v then see only the
         new positions. ``key_mask`` (True = attend) hides padding keys, as audio encoders that
-        read clips shorter than their window do. Returns the output and the full (k, v) for
-        the next step.
+        read clips shorter than their window do; a ``[batch, query_pos, key_pos]`` mask says it
+        per query (left-padded decoder rows). Returns the output and the full (k, v) for the
+        next step.
         """
         q = self.hook_q(project(query_input, self.W_Q, self.b_Q))
         if kv is None:
@@ -124,7 +126,7 @@ class Attention(nn.Module):
         if self.causal and q_len > 1:
             mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
         if key_mask is not None:
-            keys = key_mask[:, None, None, :]  # [batch, head, query, key]
+            keys = key_mask[:, None] if key_mask.ndim == 3 else key_mask[:, None, None, :]  # [batch, head, query, key]
             mask = keys if mask is None else mask & keys
 
         q_heads, k_heads, v_heads = (q * self.scale).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

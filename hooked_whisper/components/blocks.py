@@ -118,9 +118,11 @@ class DecoderBlock(nn.Module):
         resid: Float[torch.Tensor, "batch pos d_model"],
         cross_kv: KeyValue,
         past_kv: KeyValue | None = None,
+        self_mask: Bool[torch.Tensor, "batch pos key_pos"] | None = None,
     ) -> tuple[Float[torch.Tensor, "batch pos d_model"], KeyValue]:
+        """``self_mask`` hides left padding from self-attention (``DecoderCache.pad``)."""
         resid = self.hook_resid_pre(resid)
-        attn_out, self_kv = self.attn(*self_attention_inputs(self, resid), past_kv=past_kv)
+        attn_out, self_kv = self.attn(*self_attention_inputs(self, resid), past_kv=past_kv, key_mask=self_mask)
         resid = self.hook_resid_mid(resid + self.hook_attn_out(attn_out))
 
         cross_q_in = (

@@ -9,7 +9,7 @@ from jaxtyping import Float, Int
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.components.layout import keep_kernel_layouts
+from hooked_whisper.components.layout import keep_kernel_layouts, restore_kernel_layouts
 from hooked_whisper.config import HookedWhisperConfig
 
 
@@ -53,13 +53,23 @@ class AudioEmbed(nn.Module):
         return x + self.hook_pos_embed(self.W_pos.expand(x.shape[0], -1, -1))
 
 
+def unembedding_order(W_E: torch.Tensor) -> tuple[int, ...]:
+    return (1, 0) if W_E.dtype in (torch.float32, torch.float64) else (0, 1)
+
+
 class TokenEmbed(nn.Module):
     def __init__(self, cfg: HookedWhisperConfig):
         super().__init__()
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
-        # Stored column-major: the tied unembedding W_E.T is then a contiguous matrix (twice as
-        # fast to multiply by at batch 5-16), and looking up rows costs the same.
-        keep_kernel_layouts(self, {"W_E": (1, 0)})
+        # In float32 stored column-major: the tied unembedding W_E.T is then a contiguous matrix
+        # (twice as fast to multiply by one token at a time), and looking up rows costs the
+        # same. Half-precision kernels want it row-major (nn.Linear's order), ten times faster.
+        keep_kernel_layouts(self, {"W_E": unembedding_order})
+
+    def _apply(self, fn, recurse=True):  # .to(dtype) and friends: the order follows the dtype
+        out = super()._apply(fn, recurse)
+        restore_kernel_layouts(self)
+        return out
 
     def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
         return F.embedding(tokens, self.W_E)
@@ -71,11 +81,16 @@ class PosEmbed(nn.Module):
         self.W_pos = nn.Parameter(torch.empty(cfg.n_text_ctx, cfg.d_model))
 
     def forward(
-        self, tokens: Int[torch.Tensor, "batch pos"], offset: int = 0
+        self,
+        tokens: Int[torch.Tensor, "batch pos"],
+        offset: int = 0,
+        positions: Int[torch.Tensor, "batch pos"] | None = None,
     ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Positions ``offset ..`` for every row, or each row's own ``positions`` (left-padded rows)."""
         n_positions = tokens.shape[1]
-        if offset + n_positions > self.W_pos.shape[0]:
-            raise ValueError(
-                f"the decoder holds at most {self.W_pos.shape[0]} text positions; got {offset + n_positions}"
-            )
+        last = offset + n_positions if positions is None else int(positions.max()) + 1
+        if last > self.W_pos.shape[0]:
+            raise ValueError(f"the decoder holds at most {self.W_pos.shape[0]} text positions; got {last}")
+        if positions is not None:
+            return self.W_pos[positions]
         return self.W_pos[offset : offset + n_positions].expand(tokens.shape[0], -1, -1)

@@ -8,6 +8,8 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
+
 
 class GatedMLP(nn.Module):
     def __init__(self, d_model: int, d_mlp: int):
@@ -15,6 +17,7 @@ class GatedMLP(nn.Module):
         self.W_gate = nn.Parameter(torch.empty(d_model, d_mlp))
         self.W_in = nn.Parameter(torch.empty(d_model, d_mlp))
         self.W_out = nn.Parameter(torch.empty(d_mlp, d_model))
+        keep_kernel_layouts(self, {"W_gate": LINEAR, "W_in": LINEAR, "W_out": LINEAR})  # nn.Linear's [out, in]
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp], the gate before its activation
         self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp], the linear branch
         self.hook_post = HookPoint()  # [batch, pos, d_mlp], silu(gate) * linear

@@ -8,6 +8,7 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
 from hooked_whisper.config import HookedWhisperConfig
 
 
@@ -19,6 +20,7 @@ class MLP(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        keep_kernel_layouts(self, {"W_in": LINEAR, "W_out": LINEAR})  # nn.Linear's [out, in]
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 

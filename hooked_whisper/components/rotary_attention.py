@@ -11,8 +11,8 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.components.attention import HEADS_SIDE_BY_SIDE, KeyValue, project
-from hooked_whisper.components.layout import keep_kernel_layouts
+from hooked_whisper.components.attention import KeyValue, project
+from hooked_whisper.components.layout import HEADS_IN, HEADS_OUT, keep_kernel_layouts
 from hooked_whisper.config import HookedQwen2AudioConfig
 
 
@@ -59,7 +59,7 @@ class RotaryAttention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        keep_kernel_layouts(self, {"W_Q": HEADS_SIDE_BY_SIDE, "_W_K": HEADS_SIDE_BY_SIDE, "_W_V": HEADS_SIDE_BY_SIDE})
+        keep_kernel_layouts(self, {"W_Q": HEADS_IN, "_W_K": HEADS_IN, "_W_V": HEADS_IN, "W_O": HEADS_OUT})
 
     @property
     def group_size(self) -> int:

@@ -66,3 +66,25 @@ def is_looping(tokens: Sequence[int], min_repeated_tokens: int = 12, min_repeats
     """True when the end of ``tokens`` repeats one block at least ``min_repeats`` times and the
     repetition spans at least ``min_repeated_tokens`` tokens (so "5 5" is not a loop)."""
     return _repeats_enough(*trailing_repeat(tokens), min_repeated_tokens, min_repeats)
+
+
+def loop_start(
+    tokens: Sequence[int],
+    timestamp_begin: int,
+    max_period: int = 32,
+    min_repeated_tokens: int = 12,
+    min_repeats: int = 3,
+) -> int | None:
+    """Where the loop at the end of ``tokens`` begins to repeat itself: ``tokens[:i]`` keeps
+    everything before the loop and its first copy. None when the end does not loop.
+
+    Timestamps (ids from ``timestamp_begin``) are left out of the comparison, since a looping
+    segment repeats its text under new times; ``max_period`` is larger than ``is_looping``'s so
+    that a whole repeated sentence counts."""
+    text_at = [i for i, t in enumerate(tokens) if t < timestamp_begin]
+    text = [tokens[i] for i in text_at]
+    period, repeats = trailing_repeat(text, max_period)
+    if not _repeats_enough(period, repeats, min_repeated_tokens, min_repeats):
+        return None
+    kept = len(text) - (repeats - 1) * period  # text tokens up to the end of the first copy
+    return text_at[kept - 1] + 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -79,6 +79,7 @@ class WindowResult:
     temperature: float
     compression_ratio: float
     finished: bool  # ended with end-of-text (rather than at the length cap)
+    looped: bool = False  # stopped by ``stop_on_loop``: the tokens end in a loop
 
 
 def language_probs(model: HookedWhisper, cache: DecoderCache) -> list[dict[str, float]]:
@@ -117,10 +118,15 @@ def _as_tokens(model: HookedWhisper, text_or_tokens: str | list[int]) -> list[in
 
 
 class Sampler:
-    """Greedy decoding (temperature 0) or sampling; rows that reach end-of-text keep emitting it."""
+    """Greedy decoding (temperature 0) or sampling; rows that reach end-of-text keep emitting it.
 
-    def __init__(self, temperature: float, eot: int, rows: int, device, generator: torch.Generator | None):
-        self.temperature, self.eot, self.generator = temperature, eot, generator
+    ``generators`` holds one random generator per clip (its ``group`` rows draw from it in turn),
+    so what a clip samples does not depend on which other clips share the batch."""
+
+    def __init__(
+        self, temperature: float, eot: int, rows: int, device, generators: list[torch.Generator | None], group: int
+    ):
+        self.temperature, self.eot, self.generators, self.group = temperature, eot, generators, group
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
 
     def update(self, tokens, logits, sum_logprobs):
@@ -128,7 +134,12 @@ class Sampler:
             next_tokens = logits.argmax(dim=-1)
         else:
             probs = (logits / self.temperature).softmax(dim=-1)
-            next_tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+            next_tokens = torch.cat(
+                [
+                    torch.multinomial(probs[row : row + 1], 1, generator=self.generators[row // self.group])[0]
+                    for row in range(probs.shape[0])
+                ]
+            )
         logprob = logits.log_softmax(dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
         sum_logprobs += torch.where(self.done, 0.0, logprob)
         next_tokens = torch.where(self.done, self.eot, next_tokens)
@@ -200,18 +211,32 @@ def decode_window(
     encoder_out: torch.Tensor,
     options: DecodingOptions,
     generator: torch.Generator | None = None,
+    *,
+    previous: list[list[int]] | None = None,
+    languages: list[str | None] | None = None,
+    generators: list[torch.Generator | None] | None = None,
 ) -> list[WindowResult]:
-    """Decode ``encoder_out [n_audio, 1500, d_model]`` (one window per clip)."""
+    """Decode ``encoder_out [n_audio, 1500, d_model]`` (one window per clip).
+
+    Per clip, optionally: ``previous`` text tokens (instead of ``options.prompt``), its
+    ``languages`` (instead of ``options.language`` or detection) and its own random generator
+    (instead of the shared ``generator``). Prompts of different lengths are left-padded, and
+    the padding is hidden from the decoder (``DecoderCache.pad``)."""
     options.check(model)
     s = model.special
     n_audio = encoder_out.shape[0]
     cache = model.new_decoder_cache(encoder_out)  # cross-attention K/V hooks fire here, once
-    if model.cfg.is_multilingual and options.language is None:
-        languages: list[str | None] = list(detect_language(model, cache))
-    else:
+    if languages is None and model.cfg.is_multilingual and options.language is None:
+        languages = list(detect_language(model, cache))
+    elif languages is None:
         languages = [options.language if model.cfg.is_multilingual else "en"] * n_audio
-    prompts = [initial_tokens(model, lang, options) for lang in languages]
-    sample_begin, sot_index = len(prompts[0]), prompts[0].index(s.sot)
+    prompts = [
+        initial_tokens(model, lang, options if previous is None else replace(options, prompt=previous[audio]))
+        for audio, lang in enumerate(languages)
+    ]
+    sample_begin = max(map(len, prompts))
+    pads = [sample_begin - len(p) for p in prompts]
+    sot_index = [pad + p.index(s.sot) for pad, p in zip(pads, prompts)]
     room = model.cfg.n_text_ctx - sample_begin
     if room < 1:
         raise ValueError(
@@ -222,14 +247,18 @@ def decode_window(
     group = options.beam_size or options.best_of or 1
     if group > 1:
         cache.select(torch.arange(n_audio, device=model.device).repeat_interleave(group))  # `group` rows per clip
-    tokens = torch.tensor(prompts, device=model.device).repeat_interleave(group, dim=0)
+    if any(pads):
+        cache.pad = torch.tensor(pads, device=model.device).repeat_interleave(group)
+    padded = [[s.eot] * pad + p for pad, p in zip(pads, prompts)]
+    tokens = torch.tensor(padded, device=model.device).repeat_interleave(group, dim=0)
     rows = tokens.shape[0]
     rules = LogitRules(model, sample_begin, options.timestamps, options.max_initial_timestamp)
     if options.beam_size is not None:
         search: Sampler | BeamSearch = BeamSearch(options.beam_size, s.eot, n_audio, options.patience)
     else:
-        search = Sampler(options.temperature, s.eot, rows, model.device, generator)
+        search = Sampler(options.temperature, s.eot, rows, model.device, generators or [generator] * n_audio, group)
     looping = options.stop_on_loop if callable(options.stop_on_loop) else is_looping
+    looped = [False] * rows
 
     sum_logprobs = torch.zeros(rows, device=model.device)
     no_speech = [float("nan")] * n_audio
@@ -237,7 +266,8 @@ def decode_window(
     for step in range(max_new):
         logits = model.decode(step_input, cache=cache)
         if step == 0:
-            no_speech = logits[::group, sot_index].float().softmax(dim=-1)[:, s.no_speech].tolist()
+            at_sot = logits[torch.arange(0, rows, group), torch.tensor(sot_index)]
+            no_speech = at_sot.float().softmax(dim=-1)[:, s.no_speech].tolist()
         logits = logits[:, -1].float()
         rules(logits, tokens)
         tokens, completed, source = search.update(tokens, logits, sum_logprobs)
@@ -249,6 +279,7 @@ def decode_window(
             for row in live:
                 if looping(generated[row]):
                     search.done[row] = True  # the next token written for this row is end-of-text
+                    looped[row] = True
         if completed:
             break
         step_input = tokens[:, -1:]
@@ -256,7 +287,9 @@ def decode_window(
     results = []
     for audio, candidates in enumerate(search.candidates(tokens, sum_logprobs, n_audio)):
         ranked = [_rank(seq[sample_begin:], score, s.eot, options.length_penalty) for seq, score in candidates]
-        best = max(range(len(ranked)), key=lambda i: (ranked[i][0], -i))
+        # A sample stopped in a loop is cut short, so its score says nothing: it wins only alone.
+        loops = looped[audio * group : (audio + 1) * group] if isinstance(search, Sampler) else [False] * len(ranked)
+        best = max(range(len(ranked)), key=lambda i: (not loops[i], ranked[i][0], -i))
         _, generated, finished, score = ranked[best]
         text = model.tokenizer.text(generated).strip()
         results.append(
@@ -271,6 +304,7 @@ def decode_window(
                 temperature=options.temperature,
                 compression_ratio=compression_ratio(text),
                 finished=finished,
+                looped=loops[best],
             )
         )
     return results

@@ -7,11 +7,25 @@ A window whose no-speech probability is above 0.6 (and whose text is not confide
 With timestamps, the next window starts at the last complete segment's end ("seek"), and the
 text written so far is given to the decoder as the previous text (unless a high temperature was
 needed). One deliberate difference: the encoder runs once per window, not once per attempt.
+
+Two choices go beyond openai's algorithm:
+
+- ``fallback="loop-aware"`` (the default) stops an attempt as soon as its text loops and moves
+  to the next temperature, where openai's decodes the loop to the 224-token cap first and then
+  rejects it for compressing too well. A window whose last attempt still loops keeps the text
+  up to the loop's first copy and is given up (the next window starts after it). Attempts that
+  do not loop are decoded exactly as openai's; ``fallback="openai"`` runs its algorithm as is.
+- Several clips decode together (``batch_size``): each keeps its own position, previous text and
+  fallback, and clips leave the batch as they finish. Prompts of different lengths are
+  left-padded and the padding is hidden from the decoder, so each clip gets the text it gets
+  alone. Sampling draws from a generator per clip, window and attempt, so the same seed gives
+  the same text whether a clip is decoded alone or in a batch, and in either fallback mode.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -20,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE
+from hooked_whisper.decoding.repetition import compression_ratio, loop_start
 from hooked_whisper.decoding.search import DecodingOptions, WindowResult, decode_window, detect_language
 from hooked_whisper.tokenizer import TIME_PRECISION
 
@@ -65,6 +80,7 @@ class Window:
     compression_ratio: float
     temperature: float  # of the attempt that was kept
     skipped: bool  # judged silent: no segments were made from it
+    looped: bool = False  # every attempt looped: the text was cut after the loop's first copy
 
 
 @dataclass
@@ -82,9 +98,166 @@ class Transcript:
         return asdict(self)
 
 
+FALLBACKS = ("loop-aware", "openai")
+
+
+@dataclass
+class LongFormSettings:
+    """What every window of every clip is decoded with (``transcribe``'s options)."""
+
+    base: DecodingOptions
+    temperatures: list[float]
+    compression_ratio_threshold: float | None
+    logprob_threshold: float | None
+    no_speech_threshold: float | None
+    condition_on_previous_text: bool
+    word_timestamps: bool
+    loop_aware: bool
+    seed: int | None
+
+    def attempt(self, model: HookedWhisper, index: int) -> DecodingOptions:
+        """The options of attempt ``index``: beam search at temperature 0, sampling above; in
+        loop-aware mode greedy and sampled attempts stop once they loop."""
+        t = self.temperatures[index]
+        options = replace(
+            self.base,
+            temperature=t,
+            beam_size=self.base.beam_size if t == 0 else None,
+            patience=self.base.patience if t == 0 else None,
+            best_of=self.base.best_of if t > 0 else None,
+        )
+        if self.loop_aware and options.beam_size is None and not options.stop_on_loop:
+            ts = model.special.timestamp_begin
+            options.stop_on_loop = lambda tokens: loop_start(tokens, ts) is not None
+        return options
+
+    def needs_retry(self, result: WindowResult) -> bool:
+        """openai's test for a failed attempt, plus: a loop cut short has failed."""
+        too_repetitive = result.looped or (
+            self.compression_ratio_threshold is not None and result.compression_ratio > self.compression_ratio_threshold
+        )
+        too_unlikely = self.logprob_threshold is not None and result.avg_logprob < self.logprob_threshold
+        silent = self.no_speech_threshold is not None and result.no_speech_prob > self.no_speech_threshold
+        return (too_repetitive or too_unlikely) and not (silent and too_unlikely)
+
+
+class ClipTranscription:
+    """One clip's long-form state: where its next window starts, what it has written so far,
+    and which temperature its current window is being tried at."""
+
+    def __init__(self, model: HookedWhisper, mel: torch.Tensor, settings: LongFormSettings, initial: list[int]):
+        self.model, self.mel, self.settings = model, mel, settings
+        self.content_frames = mel.shape[-1] - N_FRAMES
+        self.language = settings.base.language if model.cfg.is_multilingual else "en"
+        self.seek, self.all_tokens, self.n_initial = 0, list(initial), len(initial)
+        self.prompt_reset_since, self.last_speech = 0, 0.0
+        self.segments: list[Segment] = []
+        self.windows: list[Window] = []
+        self.encoder_out: torch.Tensor | None = None  # [1, 1500, d_model] of the current window
+        self.attempt = 0
+        self.size = 0
+
+    @property
+    def done(self) -> bool:
+        return self.seek >= self.content_frames
+
+    @property
+    def time_offset(self) -> float:
+        return self.seek * HOP_LENGTH / SAMPLE_RATE
+
+    def window(self, seek: int | None = None, size: int | None = None) -> torch.Tensor:
+        """The log-mel window ``[n_mels, 3000]`` starting at ``seek`` (default: the next one),
+        zero-padded past ``size`` frames of content."""
+        seek = self.seek if seek is None else seek
+        size = min(N_FRAMES, self.content_frames - seek) if size is None else size
+        part = self.mel[:, seek : seek + size]
+        return torch.nn.functional.pad(part, (0, N_FRAMES - part.shape[-1]))
+
+    def start_window(self, encoder_out: torch.Tensor) -> None:
+        self.size = min(N_FRAMES, self.content_frames - self.seek)
+        self.encoder_out, self.attempt = encoder_out, 0
+
+    def previous_text(self) -> list[int]:
+        return self.all_tokens[self.prompt_reset_since :]
+
+    def generator(self) -> torch.Generator | None:
+        """Its own draws for this window and attempt: the same whatever else shares the batch."""
+        if self.settings.seed is None:
+            return None
+        seed = (self.settings.seed * 1_000_003 + self.seek) * 16 + self.attempt
+        return torch.Generator(self.model.device).manual_seed(seed)
+
+    def finish_attempt(self, result: WindowResult) -> int:
+        """Keep ``result`` or ask for the next temperature; returns the frames the clip advanced."""
+        if self.settings.needs_retry(result) and self.attempt + 1 < len(self.settings.temperatures):
+            self.attempt += 1
+            return 0
+        previous_seek = self.seek
+        self.keep(result)
+        self.encoder_out = None
+        return min(self.content_frames, self.seek) - previous_seek
+
+    def keep(self, result: WindowResult) -> None:
+        """Turn the window's kept attempt into segments and move to the next window."""
+        from hooked_whisper.decoding.timing import add_word_timestamps
+
+        model, settings, s = self.model, self.settings, self.model.special
+        seek, size, time_offset = self.seek, self.size, self.time_offset
+        skip = settings.no_speech_threshold is not None and result.no_speech_prob > settings.no_speech_threshold
+        skip &= settings.logprob_threshold is None or result.avg_logprob <= settings.logprob_threshold
+        if result.looped and not skip:
+            result = _cut_loop(model, result)
+        self.windows.append(
+            Window(
+                time_offset,
+                (seek + size) * HOP_LENGTH / SAMPLE_RATE,
+                result.no_speech_prob,
+                result.avg_logprob,
+                result.compression_ratio,
+                result.temperature,
+                skip,
+                result.looped and not skip,
+            )
+        )
+        if skip:
+            self.seek += size  # silence: no segments from this window
+            return
+
+        current, self.seek = _split_segments(model, result, seek, size, time_offset)
+        if settings.word_timestamps:
+            assert self.encoder_out is not None
+            self.last_speech = add_word_timestamps(model, current, self.encoder_out, size, result, self.last_speech)
+            if current[-1].words is not None and not _single_timestamp_ending(result.tokens, s.timestamp_begin):
+                ends = [w.end for seg in current for w in seg.words or []]
+                if ends and ends[-1] > time_offset:
+                    self.seek = round(ends[-1] * FRAMES_PER_SECOND)
+        if result.looped:
+            self.seek = seek + size  # the decoder was not reading this window: give it up
+        for seg in current:
+            if seg.start == seg.end or not seg.text.strip():
+                seg.text, seg.tokens = "", []
+                seg.words = [] if settings.word_timestamps else None
+        for i, seg in enumerate(current, start=len(self.segments)):
+            seg.id = i
+        self.segments.extend(current)
+        self.all_tokens.extend(t for seg in current for t in seg.tokens)
+        if not settings.condition_on_previous_text or result.temperature > 0.5:
+            self.prompt_reset_since = len(self.all_tokens)
+
+    def transcript(self) -> Transcript:
+        tokens = self.all_tokens[self.n_initial :]
+        return Transcript(
+            text=self.model.tokenizer.text(tokens),
+            tokens=tokens,
+            language=self.language or "en",
+            segments=self.segments,
+            windows=self.windows,
+        )
+
+
 def transcribe(
     model: HookedWhisper,
-    mel: torch.Tensor,
+    mels: list[torch.Tensor],
     *,
     language: str | None = None,
     task: str = "transcribe",
@@ -102,130 +275,109 @@ def transcribe(
     length_penalty: float | None = None,
     max_new_tokens: int | None = None,
     stop_on_loop: bool | Callable[[list[int]], bool] = False,
+    fallback: str = "loop-aware",
+    batch_size: int = 1,
     seed: int | None = 0,
     progress: bool | None = None,
-) -> Transcript:
-    """Transcribe one clip from its log-mel ``[n_mels, frames + 3000]``: the features of the
-    whole waveform followed by 30 s of silence (``HookedWhisper.transcribe`` builds it).
+) -> list[Transcript]:
+    """Transcribe clips from their log-mels ``[n_mels, frames + 3000]`` each: the features of
+    the whole waveform followed by 30 s of silence (``HookedWhisper.transcribe`` builds them).
 
-    ``seed`` seeds the sampling used by temperature fallback, so results repeat; ``progress``
-    shows a bar (default: for audio longer than one window)."""
-    from hooked_whisper.decoding.timing import add_word_timestamps
-
-    s = model.special
-    content_frames = mel.shape[-1] - N_FRAMES
+    ``batch_size`` clips are decoded together; ``fallback`` is ``"loop-aware"`` or
+    ``"openai"`` (see the module's docstring); ``seed`` seeds the sampling used by temperature
+    fallback, so results repeat; ``progress`` shows a bar (default: for more than one window)."""
     temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
     if not temperatures or any(not math.isfinite(t) or t < 0 for t in temperatures):
         raise ValueError(f"temperature must be one number >= 0 or a non-empty sequence of them, got {temperature!r}")
-    generator = None if seed is None else torch.Generator(model.device).manual_seed(seed)
-    base_options = DecodingOptions(
-        language=language,
-        task=task,
-        timestamps=timestamps,
-        beam_size=beam_size,
-        patience=patience,
-        best_of=best_of,
-        length_penalty=length_penalty,
-        max_new_tokens=max_new_tokens or model.cfg.n_text_ctx // 2,
-        stop_on_loop=stop_on_loop,
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    settings = LongFormSettings(
+        base=DecodingOptions(
+            language=language,
+            task=task,
+            timestamps=timestamps,
+            beam_size=beam_size,
+            patience=patience,
+            best_of=best_of,
+            length_penalty=length_penalty,
+            max_new_tokens=max_new_tokens or model.cfg.n_text_ctx // 2,
+            stop_on_loop=stop_on_loop,
+        ),
+        temperatures=temperatures,
+        compression_ratio_threshold=compression_ratio_threshold,
+        logprob_threshold=logprob_threshold,
+        no_speech_threshold=no_speech_threshold,
+        condition_on_previous_text=condition_on_previous_text,
+        word_timestamps=word_timestamps,
+        loop_aware=fallback == "loop-aware",
+        seed=seed,
     )
+    for index in range(len(temperatures)):  # every attempt's options, checked before any audio is encoded
+        settings.attempt(model, index).check(model)
 
-    def attempt_options(t: float, prompt: list[int] | None = None) -> DecodingOptions:
-        """The options of the attempt at temperature ``t``: beam search at 0, sampling above."""
-        return replace(
-            base_options,
-            temperature=t,
-            prompt=prompt,
-            beam_size=base_options.beam_size if t == 0 else None,
-            patience=base_options.patience if t == 0 else None,
-            best_of=base_options.best_of if t > 0 else None,
-        )
-
-    for t in temperatures:  # every attempt's options, checked before any audio is encoded
-        attempt_options(t).check(model)
-
-    def window(seek: int, size: int) -> torch.Tensor:
-        part = mel[:, seek : seek + size]
-        return torch.nn.functional.pad(part, (0, N_FRAMES - part.shape[-1]))[None]
-
-    # Language detection reads the first 30 s of features as they are (silence-padded audio);
-    # when the audio fills that window it is also the first window decoded, so it is encoded once.
-    first_window: torch.Tensor | None = None
-    if model.cfg.is_multilingual and language is None:
-        first_window = model.encode(window(0, N_FRAMES))
-        base_options.language = detect_language(model, model.new_decoder_cache(first_window))[0]
-
-    def decode_with_fallback(encoder_out: torch.Tensor, prompt: list[int]) -> WindowResult:
-        result = None
-        for attempt, t in enumerate(temperatures):
-            if show and attempt > 0:
-                bar.set_postfix_str(f"window at {time_offset:.1f} s: retrying at temperature {t}")
-            result = decode_window(model, encoder_out, attempt_options(t, prompt), generator)[0]
-            too_repetitive = (
-                compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold
-            )
-            too_unlikely = logprob_threshold is not None and result.avg_logprob < logprob_threshold
-            silent = no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
-            if not (too_repetitive or too_unlikely) or (silent and too_unlikely):
-                break
-        assert result is not None
-        return result
-
-    seek, all_tokens, segments, windows = 0, _as_prompt(model, initial_prompt), [], []
-    n_initial = len(all_tokens)
-    prompt_reset_since = 0
-    last_speech = 0.0
-    show = progress if progress is not None else content_frames > N_FRAMES
-    with tqdm(total=content_frames, unit="frames", disable=not show) as bar:
-        while seek < content_frames:
-            time_offset = seek * HOP_LENGTH / SAMPLE_RATE
-            size = min(N_FRAMES, content_frames - seek)
-            mel_window = window(seek, size)
-            reuse = seek == 0 and size == N_FRAMES and first_window is not None
-            encoder_out = first_window if reuse else model.encode(mel_window)
-            result = decode_with_fallback(encoder_out, all_tokens[prompt_reset_since:])
-            previous_seek = seek
-            skip = no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
-            skip &= logprob_threshold is None or result.avg_logprob <= logprob_threshold
-            windows.append(
-                Window(
-                    time_offset,
-                    (seek + size) * HOP_LENGTH / SAMPLE_RATE,
-                    result.no_speech_prob,
-                    result.avg_logprob,
-                    result.compression_ratio,
-                    result.temperature,
-                    skip,
+    initial = _as_prompt(model, initial_prompt)
+    clips = [ClipTranscription(model, mel, settings, initial) for mel in mels]
+    waiting, active = list(reversed(clips)), []
+    total = sum(c.content_frames for c in clips)
+    show = progress if progress is not None else total > N_FRAMES
+    with tqdm(total=total, unit="frames", disable=not show) as bar:
+        while waiting or active:
+            while waiting and len(active) < batch_size:
+                active.append(waiting.pop())
+            _encode_next_windows(model, [c for c in active if c.encoder_out is None and not c.done])
+            by_attempt: dict[int, list[ClipTranscription]] = defaultdict(list)
+            for clip in active:
+                if not clip.done:
+                    by_attempt[clip.attempt].append(clip)
+            for attempt, group in sorted(by_attempt.items()):
+                if attempt > 0 and show:
+                    where = ", ".join(f"{c.time_offset:.1f} s" for c in group)
+                    bar.set_postfix_str(f"window at {where}: retrying at temperature {temperatures[attempt]}")
+                results = decode_window(
+                    model,
+                    torch.cat([c.encoder_out for c in group]),  # type: ignore[misc]
+                    settings.attempt(model, attempt),
+                    previous=[c.previous_text() for c in group],
+                    languages=[c.language for c in group],
+                    generators=[c.generator() for c in group],
                 )
-            )
-            if skip:
-                seek += size  # silence: no segments from this window
-                bar.update(min(content_frames, seek) - previous_seek)
-                continue
+                for clip, result in zip(group, results):
+                    bar.update(clip.finish_attempt(result))
+            active = [c for c in active if not c.done]
+    return [c.transcript() for c in clips]
 
-            current, seek = _split_segments(model, result, seek, size, time_offset)
-            if word_timestamps:
-                last_speech = add_word_timestamps(model, current, encoder_out, size, result, last_speech)
-                if current[-1].words is not None and not _single_timestamp_ending(result.tokens, s.timestamp_begin):
-                    ends = [w.end for seg in current for w in seg.words or []]
-                    if ends and ends[-1] > time_offset:
-                        seek = round(ends[-1] * FRAMES_PER_SECOND)
-            for seg in current:
-                if seg.start == seg.end or not seg.text.strip():
-                    seg.text, seg.tokens = "", []
-                    seg.words = [] if word_timestamps else None
-            for i, seg in enumerate(current, start=len(segments)):
-                seg.id = i
-            segments.extend(current)
-            all_tokens.extend(t for seg in current for t in seg.tokens)
-            if not condition_on_previous_text or result.temperature > 0.5:
-                prompt_reset_since = len(all_tokens)
-            bar.update(min(content_frames, seek) - previous_seek)
 
-    tokens = all_tokens[n_initial:]
-    text = model.tokenizer.text(tokens)
-    language = base_options.language or "en"
-    return Transcript(text=text, tokens=tokens, language=language, segments=segments, windows=windows)
+def _encode_next_windows(model: HookedWhisper, clips: list[ClipTranscription]) -> None:
+    """Encode the next window of each of ``clips`` in one batch. A multilingual clip of unknown
+    language first has it detected from its first 30 s of features as they are
+    (silence-padded audio), which is also its first window when the audio fills it."""
+    if not clips:
+        return
+    undetected = [c for c in clips if c.language is None]
+    reused: dict[int, torch.Tensor] = {}
+    if undetected:
+        first = model.encode(torch.stack([c.window(0, N_FRAMES) for c in undetected]))
+        for clip, language in zip(undetected, detect_language(model, model.new_decoder_cache(first))):
+            clip.language = language
+        reused = {id(c): first[i : i + 1] for i, c in enumerate(undetected) if c.content_frames >= N_FRAMES}
+    fresh = [c for c in clips if id(c) not in reused]
+    encoded = model.encode(torch.stack([c.window() for c in fresh])) if fresh else None
+    for i, clip in enumerate(fresh):
+        assert encoded is not None
+        clip.start_window(encoded[i : i + 1])
+    for clip in clips:
+        if id(clip) in reused:
+            clip.start_window(reused[id(clip)])
+
+
+def _cut_loop(model: HookedWhisper, result: WindowResult) -> WindowResult:
+    """The looping attempt kept up to the end of the loop's first copy."""
+    end = loop_start(result.tokens, model.special.timestamp_begin)
+    tokens = result.tokens if end is None else result.tokens[:end]
+    text = model.tokenizer.text(tokens).strip()
+    return replace(result, tokens=tokens, text=text, compression_ratio=compression_ratio(text))
 
 
 def _as_prompt(model: HookedWhisper, initial_prompt: str | None) -> list[int]:

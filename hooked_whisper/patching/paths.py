@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from hooked_whisper.patching.activation import prepare, source_cache
 from hooked_whisper.patching.metrics import Metric
-from hooked_whisper.patching.sites import Site, resolve
+from hooked_whisper.patching.sites import Site, refuse_padded_rows, resolve
 
 if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper
@@ -196,6 +196,7 @@ def _set_head(row: int, head: int, value: torch.Tensor) -> Callable:
 
 def _add_to_head(model: HookedWhisper, row: int, head: int, delta: torch.Tensor) -> Callable:
     def hook_fn(x: torch.Tensor, hook) -> torch.Tensor:
+        refuse_padded_rows(model, hook.name)
         x = x.clone()
         offset = model.decode_offset
         x[row, :, head] = x[row, :, head] + delta[0, offset : offset + x.shape[1]]

@@ -82,6 +82,16 @@ def resolve_all(model: HookedWhisper, sites: Sequence[Site] | Site | str) -> lis
     return [resolve(model, s) for s in many]
 
 
+def refuse_padded_rows(model: HookedWhisper, hook: str) -> None:
+    """Decoder positions mean nothing fixed while rows are left-padded: say so rather than patch
+    the wrong tokens."""
+    if getattr(model, "decode_padded", False):
+        raise ValueError(
+            f"{hook}: decoder positions are ambiguous while rows are left-padded (batched transcription, "
+            "where each clip's prompt has its own length); transcribe with batch_size=1 to patch positions"
+        )
+
+
 def region(model: HookedWhisper, site: Site, x: torch.Tensor, row: int | None) -> tuple[tuple, tuple] | None:
     """Index tuples (into the hooked tensor, into the full-run source) for a resolved ``site``;
     None when none of its positions are in this call (a later generation step)."""
@@ -94,6 +104,8 @@ def region(model: HookedWhisper, site: Site, x: torch.Tensor, row: int | None) -
     if site.head is not None:
         here[layout.head_axis] = there[layout.head_axis] = site.head  # type: ignore[index]
     offset = model.decode_offset if layout.unit == "token" else 0
+    if layout.unit == "token" and site.positions is not None:
+        refuse_padded_rows(model, site.hook)
     n_here = x.shape[pos_axis]
     assert not isinstance(site.positions, Seconds), "resolve() the site first"
     wanted = range(offset, offset + n_here) if site.positions is None else site.positions
