@@ -46,7 +46,8 @@ def looping_clips() -> dict[str, tuple[torch.Tensor, str]]:
         for line in gzip.decompress(listing.read_bytes()).decode(errors="replace").splitlines():
             if line.startswith("demo-congrats:"):
                 reference = line.split(":", 1)[1].strip()
-    joined = torch.cat([load_audio(p) for p in sorted(DATA.glob("*.wav"))] * 2)
+    pause = torch.zeros(24000)  # the test clips with 1.5 s pauses, as the suite's looping-tail clip
+    joined = torch.cat([x for p in sorted(DATA.glob("*.wav")) for x in (load_audio(p), pause)])
     piece = load_audio(DATA / "goforward.wav")[int(0.3 * 16000) : int(0.7 * 16000)]
     return {
         "telephone-30.3s": (load_audio(congrats), reference),
@@ -99,6 +100,20 @@ def fallback_rows(name: str, repeats: int) -> list[dict]:
     return rows
 
 
+def with_reference(name: str):
+    """The bundled model, its language options, and Hugging Face's model (sdpa) and processor
+    loaded from its export."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    model = HookedWhisper.from_pretrained(name)
+    language = {"language": "en"} if model.cfg.is_multilingual else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_hf_folder(model, Path(tmp) / "hf")
+        hf = WhisperForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa").eval()
+        processor = WhisperProcessor.from_pretrained(folder)
+    return model, language, hf, processor
+
+
 def batch_clips(data: Path | None, n: int = 16) -> list[torch.Tensor]:
     if data is not None:
         with open(data / "clips.tsv") as f:
@@ -117,16 +132,9 @@ def batch_part(names: list[str], repeats: int, data: Path | None) -> list[dict]:
 
 
 def batch_rows(name: str, repeats: int, clips: list[torch.Tensor]) -> list[dict]:
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
     audio_s = sum(len(c) for c in clips) / 16000
     rows = []
-    model = HookedWhisper.from_pretrained(name)
-    language = {"language": "en"} if model.cfg.is_multilingual else {}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_hf_folder(model, Path(tmp) / "hf")
-        hf = WhisperForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa").eval()
-        processor = WhisperProcessor.from_pretrained(folder)
+    model, language, hf, processor = with_reference(name)
 
     def ours(batch_size: int):
         return model.transcribe(clips, sample_rate=16000, batch_size=batch_size, progress=False, **language)
@@ -172,15 +180,9 @@ def half_part(names: list[str], repeats: int) -> list[dict]:
 
 
 def half_rows(name: str, repeats: int) -> list[dict]:
-    from transformers import WhisperForConditionalGeneration
-
     clip = DATA / "librivox_0870.wav"
     rows = []
-    full = HookedWhisper.from_pretrained(name)
-    language = {"language": "en"} if full.cfg.is_multilingual else {}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_hf_folder(full, Path(tmp) / "hf")
-        hf_full = WhisperForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa").eval()
+    full, language, hf_full, _ = with_reference(name)
     reference_text = full.transcribe(clip, progress=False, **language).text
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         row = half_row(name, dtype, copy.deepcopy(hf_full).to(dtype), clip, repeats, language)

@@ -123,10 +123,13 @@ def test_parity_with_transformers(pair):
         logits, cache = model.run_with_cache(pair.clip, ids, sample_rate=16000)
         exact_logits, exact = copy.deepcopy(model).double().run_with_cache(pair.clip, ids, sample_rate=16000)
 
+    diffs: dict[str, float] = {}
+
     def close(name: str, reference: torch.Tensor, ours=None, exact_value=None) -> None:
         ours = cache[name] if ours is None else ours
         assert ours.shape == reference.shape, f"{name}: {tuple(ours.shape)} vs {tuple(reference.shape)}"
         assert_within_float32_spread(reference, ours, exact[name] if exact_value is None else exact_value, name)
+        diffs[name] = float((ours.double() - reference.double()).abs().max() / reference.abs().max().clamp(min=1e-30))
 
     close("logits", ref.logits, logits, exact_logits)
     for name, value in seen.items():
@@ -137,6 +140,10 @@ def test_parity_with_transformers(pair):
         close(f"blocks.{l}.hook_resid_pre", ref.hidden_states[l])
         close(f"blocks.{l}.attn.hook_pattern", ref.attentions[l])
     close("ln_final.hook_normalized", ref.hidden_states[n_layers])  # HF's last entry is after the norm
+    worst = max(diffs, key=diffs.__getitem__)
+    print(
+        f"\nparity vs transformers: logits {diffs['logits']:.1e}, worst {worst} {diffs[worst]:.1e} (max|diff|/max|ref|)"
+    )
 
 
 def test_greedy_generation_matches_transformers_and_hooks_are_live(pair):
