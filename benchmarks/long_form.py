@@ -225,7 +225,8 @@ HALF_COLUMNS = [
 
 
 def formats(columns: list[str]) -> dict[str, str]:
-    return {c: ".2f" for c in columns if c.endswith(("_s", "_wer", "ratio", "speedup_vs_one_by_one")) or "over" in c}
+    numbers = ("_s", "ratio", "speedup_vs_one_by_one", "seconds")
+    return {c: ".2f" for c in columns if c.endswith(numbers) or c.startswith("ratio") or "wer" in c or "over" in c}
 
 
 def main() -> None:

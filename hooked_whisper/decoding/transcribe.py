@@ -319,7 +319,9 @@ def transcribe(
 
     initial = _as_prompt(model, initial_prompt)
     clips = [ClipTranscription(model, mel, settings, initial) for mel in mels]
-    waiting, active = list(reversed(clips)), []
+    # Longest first, so that the clips sharing a batch need about as many windows as each other
+    # (results come back in the caller's order).
+    waiting, active = sorted(clips, key=lambda c: c.content_frames), []
     total = sum(c.content_frames for c in clips)
     show = progress if progress is not None else total > N_FRAMES
     with tqdm(total=total, unit="frames", disable=not show) as bar:
