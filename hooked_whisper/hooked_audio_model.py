@@ -57,6 +57,9 @@ class HookedAudioModel(HookedRootModule):
 
     hook_layouts: dict[str, HookLayout]
     OPT_IN_FLAGS: tuple[str, ...] = ()  # config switches for hooks that cost memory, as in TransformerLens
+    # Whether the current decode() call's rows are left-padded (batched transcription), in which
+    # case decoder positions differ from row to row; patching hooks read it.
+    decode_padded: bool = False
 
     def __init__(self) -> None:
         super().__init__()

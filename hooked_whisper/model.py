@@ -69,7 +69,6 @@ class HookedWhisper(HookedAudioModel):
         self.decoder_ln_final = LayerNorm(cfg)
 
         self.decode_offset = 0  # first decoder position of the current decode() call
-        self.decode_padded = False  # whether its rows are left-padded (batched transcription)
         # Hooks and decode_offset are state shared by every caller: one call at a time (see hooks()).
         self.init_weights()
         self.setup()

@@ -35,7 +35,7 @@ def _same(t: torch.Tensor) -> torch.Tensor:
 # built as one copy of the checkpoint's tensor, viewed in the per-head shape: loading copies
 # nothing more.
 def linear_in(w: torch.Tensor) -> torch.Tensor:  # [out, in] -> [in, out]
-    return w.contiguous().clone().T
+    return w.clone(memory_format=torch.contiguous_format).T
 
 
 def linear_out(w: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,7 @@ def linear_out(w: torch.Tensor) -> torch.Tensor:
 
 def heads_in_of(n: int, dh: int) -> Transform:
     """q/k/v projections: [n*dh, d] -> [n, d, dh]."""
-    return lambda w: w.contiguous().clone().view(n, dh, -1).transpose(1, 2)
+    return lambda w: w.clone(memory_format=torch.contiguous_format).view(n, dh, -1).transpose(1, 2)
 
 
 def heads_out_of(n: int, dh: int) -> Transform:
@@ -53,7 +53,7 @@ def heads_out_of(n: int, dh: int) -> Transform:
 
 def output_in_of(n: int, dh: int) -> Transform:
     """The attention output projection: [d, n*dh] -> [n, dh, d]."""
-    return lambda w: w.contiguous().clone().view(-1, n, dh).permute(1, 2, 0)
+    return lambda w: w.clone(memory_format=torch.contiguous_format).view(-1, n, dh).permute(1, 2, 0)
 
 
 def output_out_of(n: int, dh: int) -> Transform:

@@ -86,11 +86,13 @@ class PosEmbed(nn.Module):
         offset: int = 0,
         positions: Int[torch.Tensor, "batch pos"] | None = None,
     ) -> Float[torch.Tensor, "batch pos d_model"]:
-        """Positions ``offset ..`` for every row, or each row's own ``positions`` (left-padded rows)."""
+        """Positions ``offset ..`` for every row, or each row's own ``positions`` (left-padded
+        rows, whose positions are never beyond the slots ``offset ..``)."""
         n_positions = tokens.shape[1]
-        last = offset + n_positions if positions is None else int(positions.max()) + 1
-        if last > self.W_pos.shape[0]:
-            raise ValueError(f"the decoder holds at most {self.W_pos.shape[0]} text positions; got {last}")
+        if offset + n_positions > self.W_pos.shape[0]:
+            raise ValueError(
+                f"the decoder holds at most {self.W_pos.shape[0]} text positions; got {offset + n_positions}"
+            )
         if positions is not None:
             return self.W_pos[positions]
         return self.W_pos[offset : offset + n_positions].expand(tokens.shape[0], -1, -1)

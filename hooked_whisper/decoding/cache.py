@@ -8,13 +8,21 @@ import torch
 from jaxtyping import Bool, Int
 
 from hooked_whisper.components.attention import KeyValue
+from hooked_whisper.components.layout import stored_as
+
+HEADS_FIRST = (0, 2, 1, 3)  # [batch, pos, head, d_head] stored as [batch, head, pos, d_head]
 
 
 def heads_first(kv: KeyValue) -> KeyValue:
     """The same (k, v) ``[batch, pos, head, d_head]``, stored head by head: attention then reads
     each head's keys and values as one block, which one query per step (KV-cached decoding of
     several clips) reads about twice as fast as keys strided across heads."""
-    return tuple(t.transpose(1, 2).contiguous().transpose(1, 2) for t in kv)  # type: ignore[return-value]
+    return stored_as(kv[0], HEADS_FIRST), stored_as(kv[1], HEADS_FIRST)
+
+
+def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of a head-by-head tensor, copied once and still stored head by head."""
+    return t.transpose(1, 2)[index].transpose(1, 2)
 
 
 @dataclass
@@ -59,7 +67,7 @@ class DecoderCache:
         """Keep only batch rows ``index`` (in that order). Beam search passes ``cross=False``:
         it only reorders rows of the same clip, whose cross-attention K/V are identical."""
         if cross:
-            self.cross_kv = [heads_first((k[index], v[index])) for k, v in self.cross_kv]
+            self.cross_kv = [(_rows(k, index), _rows(v, index)) for k, v in self.cross_kv]
         self.self_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv]
         if self.pad is not None:
             self.pad = self.pad[index]

@@ -358,20 +358,17 @@ def _encode_next_windows(model: HookedWhisper, clips: list[ClipTranscription]) -
     if not clips:
         return
     undetected = [c for c in clips if c.language is None]
-    reused: dict[int, torch.Tensor] = {}
     if undetected:
         first = model.encode(torch.stack([c.window(0, N_FRAMES) for c in undetected]))
-        for clip, language in zip(undetected, detect_language(model, model.new_decoder_cache(first))):
-            clip.language = language
-        reused = {id(c): first[i : i + 1] for i, c in enumerate(undetected) if c.content_frames >= N_FRAMES}
-    fresh = [c for c in clips if id(c) not in reused]
-    encoded = model.encode(torch.stack([c.window() for c in fresh])) if fresh else None
-    for i, clip in enumerate(fresh):
-        assert encoded is not None
-        clip.start_window(encoded[i : i + 1])
-    for clip in clips:
-        if id(clip) in reused:
-            clip.start_window(reused[id(clip)])
+        for i, language in enumerate(detect_language(model, model.new_decoder_cache(first))):
+            undetected[i].language = language
+            if undetected[i].content_frames >= N_FRAMES:  # that was its first window
+                undetected[i].start_window(first[i : i + 1])
+    fresh = [c for c in clips if c.encoder_out is None]
+    if fresh:
+        encoded = model.encode(torch.stack([c.window() for c in fresh]))
+        for i, clip in enumerate(fresh):
+            clip.start_window(encoded[i : i + 1])
 
 
 def _cut_loop(model: HookedWhisper, result: WindowResult) -> WindowResult:

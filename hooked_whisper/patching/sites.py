@@ -85,7 +85,7 @@ def resolve_all(model: HookedWhisper, sites: Sequence[Site] | Site | str) -> lis
 def refuse_padded_rows(model: HookedWhisper, hook: str) -> None:
     """Decoder positions mean nothing fixed while rows are left-padded: say so rather than patch
     the wrong tokens."""
-    if getattr(model, "decode_padded", False):
+    if model.decode_padded:
         raise ValueError(
             f"{hook}: decoder positions are ambiguous while rows are left-padded (batched transcription, "
             "where each clip's prompt has its own length); transcribe with batch_size=1 to patch positions"
