@@ -1,4 +1,5 @@
-"""Word error rate, with a light normaliser (case, punctuation, hyphens, whitespace).
+"""Word error rate, with a light normaliser (case, punctuation, hyphens, whitespace), and the
+statistics of yes/no outcomes of an intervention (did ablating X stop the loop on input i?).
 
 Numbers are not spelled out, so "10 of clubs" against "ten of clubs" counts one substitution.
 """
@@ -6,8 +7,12 @@ Numbers are not spelled out, so "10 of clubs" against "ten of clubs" counts one 
 from __future__ import annotations
 
 import csv
+import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 
 def read_transcripts(folder: str | Path) -> dict[str, str]:
@@ -38,3 +43,35 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
         previous = current
     return previous[-1] / len(ref)
+
+
+def group_bootstrap_interval(
+    outcomes: Sequence[bool], groups: Sequence, repeats: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of the share of ``outcomes`` that are true, resampling whole
+    groups (inputs cut from one source clip are not independent, so resampling inputs one by
+    one would give too narrow an interval)."""
+    if len(outcomes) != len(groups) or not outcomes:
+        raise ValueError(f"need one group per outcome and at least one outcome; got {len(outcomes)} and {len(groups)}")
+    names = sorted(set(groups), key=str)
+    index = {name: k for k, name in enumerate(names)}
+    hits, counts = torch.zeros(len(names)), torch.zeros(len(names))
+    for flag, group in zip(outcomes, groups):
+        hits[index[group]] += bool(flag)
+        counts[index[group]] += 1
+    pick = torch.randint(len(names), (repeats, len(names)), generator=torch.Generator().manual_seed(seed))
+    shares = hits[pick].sum(1) / counts[pick].sum(1)
+    return float(shares.quantile(0.025)), float(shares.quantile(0.975))
+
+
+def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Exact two-sided McNemar test of paired yes/no outcomes (an intervention and its control on
+    the same inputs): only the inputs where they disagree count, as fair coin flips under the null."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need equal lengths; got {len(a)} and {len(b)}")
+    only_a = sum(bool(x) and not y for x, y in zip(a, b))
+    only_b = sum(bool(y) and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n)

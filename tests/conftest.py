@@ -4,6 +4,7 @@ to Hugging Face format, and the speech clips in tests/data."""
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,13 @@ warnings.filterwarnings("ignore", message=".*forced_decoder_ids.*")
 
 def pytest_configure(config):
     from transformers.utils import logging as hf_logging
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # pytest -n N: share the cores between the workers (and their subprocesses)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
     hf_logging.set_verbosity_error()  # the reference's deprecation chatter is not ours to fix
 

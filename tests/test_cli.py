@@ -27,15 +27,6 @@ def test_inspect_prints_transcript_reference_cache_and_lens():
     assert "young" in lens_rows[-1]
 
 
-def test_inspect_missing_file_is_a_clear_error(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "hooked_whisper.cli", "inspect", str(tmp_path / "nope.wav")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode != 0 and "no audio file at" in done.stderr
-
-
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """The command line in this process (the model loads faster than a fresh interpreter)."""
     from hooked_whisper.cli import main
@@ -44,6 +35,12 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         main(args)
     out, err = capsys.readouterr()
     return done.value.code, out, err
+
+
+def test_inspect_missing_file_is_a_clear_error(tmp_path, capsys):
+    code, out, err = run_cli(["inspect", str(tmp_path / "nope.wav")], capsys)
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("hooked-whisper: ") and "no audio file at" in lines[0]
 
 
 def test_transcribe_json_with_word_timestamps(capsys):

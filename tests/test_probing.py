@@ -136,3 +136,20 @@ def test_controls_when_a_group_mixes_labels():
     signal, source_only = train_probes(features, y.tolist(), groups=groups, permutations=100, progress=False).results
     assert signal.p_value < 0.02 and signal.selectivity > 0.3
     assert source_only.p_value > 0.05 and abs(source_only.selectivity) < 0.15
+
+
+def test_intervention_statistics():
+    """McNemar counts only disagreements; the group bootstrap widens with correlated groups."""
+    from hooked_whisper.metrics import group_bootstrap_interval, mcnemar_p
+
+    assert mcnemar_p([True] * 6 + [False] * 4, [False] * 10) == 2 / 2**6  # six wins, no losses
+    assert mcnemar_p([True, False] * 5, [False, True] * 5) == 1.0  # as many losses as wins
+    assert mcnemar_p([True] * 10, [True] * 10) == 1.0  # no disagreement: no evidence
+    outcomes = [True, True, False, False] * 10
+    independent = group_bootstrap_interval(outcomes, list(range(40)))
+    clustered = group_bootstrap_interval([i % 8 < 4 for i in range(40)], [i // 4 for i in range(40)])
+    assert independent[0] < 0.5 < independent[1]
+    assert clustered[1] - clustered[0] > independent[1] - independent[0]  # ten groups carry less information
+    assert group_bootstrap_interval([True] * 5, list("abcde")) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="one group per outcome"):
+        group_bootstrap_interval([True], [1, 2])

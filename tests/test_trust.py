@@ -63,7 +63,7 @@ def through_load_state_dict(m):
 )
 def test_weight_edits_reach_every_path(tiny_en, edit):
     model = copy.deepcopy(tiny_en)
-    tokens = model.generate(CLIP, max_new_tokens=20)  # warm every fast path before the edit
+    tokens = model.generate(CLIP, max_new_tokens=10)  # warm every fast path before the edit
     with torch.no_grad():
         before = model(CLIP, tokens)
     edit(model)
@@ -72,8 +72,8 @@ def test_weight_edits_reach_every_path(tiny_en, edit):
         after, expected = model(CLIP, tokens), reference(CLIP, tokens)
     assert not torch.allclose(after, before), "the edit changed nothing: the test would prove nothing"
     assert torch.equal(after, expected)
-    assert torch.equal(model.generate(CLIP, max_new_tokens=20), reference.generate(CLIP, max_new_tokens=20))
-    lean = {"temperature": 0.0, "max_new_tokens": 20}
+    assert torch.equal(model.generate(CLIP, max_new_tokens=10), reference.generate(CLIP, max_new_tokens=10))
+    lean = {"temperature": 0.0, "max_new_tokens": 10}
     assert model.transcribe(CLIP, **lean).tokens == reference.transcribe(CLIP, **lean).tokens
 
 
@@ -146,11 +146,11 @@ def test_two_threads_never_share_hooks(tiny_en):
     results: dict[str, list] = {"clean": [], "deaf": [], "cache": []}
 
     def clean_runs():
-        for _ in range(3):
+        for _ in range(2):
             results["clean"].append(tiny_en.generate(CLIP))
 
     def deaf_runs():
-        for _ in range(3):
+        for _ in range(2):
             results["deaf"].append(tiny_en.generate(CLIP, fwd_hooks=deaf, max_new_tokens=20))
             results["cache"].append(tiny_en.run_with_cache(CLIP, alone_clean[:, :-1])[1])
 
