@@ -92,7 +92,7 @@ def decode(model: HookedWhisper, encoder_out: torch.Tensor, hooks: Hooks, max_ne
 
 def encode(model: HookedWhisper, waves: list[torch.Tensor], batch: int = 16) -> torch.Tensor:
     with torch.no_grad():
-        parts = [model.encode(model.to_mel(waves[i : i + batch])) for i in range(0, len(waves), batch)]
+        parts = [model.encode(model.to_mel(waves[i : i + batch], sample_rate=SR)) for i in range(0, len(waves), batch)]
     return torch.cat(parts)
 
 
@@ -363,7 +363,8 @@ def prediction_markdown(name: str, r: dict) -> list[str]:
     ]  # fmt: skip
     for label, rep in r["reports"].items():
         for stack in ("encoder", "decoder"):
-            lines += [f"{label}, {stack} (decoder rows at the prompt's end):", "", rep[stack].table(), ""]
+            where = "mean over the audio frames" if stack == "encoder" else "at the prompt's end"
+            lines += [f"{label}, {stack} ({where}):", "", rep[stack].table(), ""]
         if rep["no_speech_prob"] is not None:
             b = rep["no_speech_prob"]
             lines += [
