@@ -53,12 +53,12 @@ def group_bootstrap_interval(
     one would give too narrow an interval)."""
     if len(outcomes) != len(groups) or not outcomes:
         raise ValueError(f"need one group per outcome and at least one outcome; got {len(outcomes)} and {len(groups)}")
-    names = sorted(set(groups), key=str)
-    index = {name: k for k, name in enumerate(names)}
-    hits, counts = torch.zeros(len(names)), torch.zeros(len(names))
-    for flag, group in zip(outcomes, groups):
-        hits[index[group]] += bool(flag)
-        counts[index[group]] += 1
+    from hooked_whisper.probe_fitting import group_members
+
+    members = group_members(groups)
+    names = sorted(members, key=str)
+    hits = torch.tensor([float(sum(bool(outcomes[i]) for i in members[name])) for name in names])
+    counts = torch.tensor([float(len(members[name])) for name in names])
     pick = torch.randint(len(names), (repeats, len(names)), generator=torch.Generator().manual_seed(seed))
     shares = hits[pick].sum(1) / counts[pick].sum(1)
     return float(shares.quantile(0.025)), float(shares.quantile(0.975))

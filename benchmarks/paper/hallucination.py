@@ -179,7 +179,7 @@ def prediction_study(name: str, model: HookedWhisper, random_model: HookedWhispe
     labels = ["words" if not skipped(r) and writes_words(r.text) else "no words" for r in results]
     hooks = probe_hooks(model)
     n_enc = model.cfg.n_encoder_layers
-    out = {"n": len(labels), "words": labels.count("words"), "by kind": {}, "examples": []}
+    out = {"n": len(labels), "words": labels.count("words"), "by kind": {}}
     for kind in sorted(set(items.kinds)):  # type: ignore[attr-defined]
         rows = [i for i, k in enumerate(items.kinds) if k == kind]  # type: ignore[attr-defined]
         out["by kind"][kind] = (sum(labels[i] == "words" for i in rows), len(rows))
@@ -311,11 +311,11 @@ def loop_study(name: str, model: HookedWhisper, sources: dict[str, torch.Tensor]
             "wer": clip_wer(wer_hooks) if wer_hooks else baseline_wer,
             "control_wer": clip_wer(wer_control) if wer_control is not None else None,
         })  # fmt: skip
-    heads = {}
+    heads, head_hooks = {}, {}
     for l in range(model.cfg.n_decoder_layers):
         for h in range(model.cfg.n_heads):
-            hooks = patch_hooks(model, [Site(f"decoder_blocks.{l}.cross_attn.hook_z", head=h)], [0.0])
-            heads[l, h] = [not flag for flag in still_looping(hooks)]
+            head_hooks[l, h] = patch_hooks(model, [Site(f"decoder_blocks.{l}.cross_attn.hook_z", head=h)], [0.0])
+            heads[l, h] = [not flag for flag in still_looping(head_hooks[l, h])]
     names = sorted(set(groups))
     shuffled = torch.randperm(len(names), generator=torch.Generator().manual_seed(0)).tolist()
     half_of = {names[k]: position % 2 for position, k in enumerate(shuffled)}
@@ -333,8 +333,7 @@ def loop_study(name: str, model: HookedWhisper, sources: dict[str, torch.Tensor]
             "resolved": rate(heads[best], score_rows),
             "ci": group_bootstrap_interval([heads[best][i] for i in score_rows], [groups[i] for i in score_rows]),
             "average_head": sum(rate(f, score_rows) for f in heads.values()) / len(heads),
-            "wer": clip_wer(patch_hooks(model, [Site(f"decoder_blocks.{best[0]}.cross_attn.hook_z", head=best[1])],
-                                        [0.0])),
+            "wer": clip_wer(head_hooks[best]),
         })  # fmt: skip
     return {
         "model": name,
