@@ -8,8 +8,9 @@ transcription, openai-whisper and CTranslate2), side by side in one process on t
 3. greedy transcription (``benchmarks/decoding.py``);
 4. peak memory of each run above (the process's peak resident memory is reset before each run,
    Linux ``/proc/self/clear_refs``; reported as MiB above the memory in use before it);
-5. ``from_pretrained`` time and peak memory, and resident memory after one ``generate``, in a fresh
-   process per model, against the model's size.
+5. ``from_pretrained`` time and peak memory, and the memory held after one ``generate``, in a
+   fresh process per model (and one for Hugging Face loading the same weights), against the
+   model's size.
 
 Median of ``--repeats`` runs after a warm-up; ratio = HookedWhisper time / reference time.
 
@@ -129,6 +130,26 @@ def cache_rows(model: HookedWhisper, hf_eager, name: str, repeats: int) -> list[
     return rows
 
 
+def library_mib() -> float:
+    """Resident MiB of the shared libraries mapped into this process (``/proc/self/smaps``)."""
+    total, library = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header: address range ... path
+                parts = line.split()
+                library = len(parts) > 5 and ".so" in Path(parts[5]).name
+            elif first == "Rss:" and library:
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def parameter_mib(model: torch.nn.Module) -> float:
+    """MiB of the model's parameters and buffers, each storage once (tied weights share one)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}
+    return sum(storages.values()) / 2**20
+
+
 def resident_mib() -> float:
     """Resident memory now, after handing freed heap back to the system."""
     gc.collect()
@@ -136,56 +157,59 @@ def resident_mib() -> float:
     return proc_status_mib("VmRSS")
 
 
-def warm_torch_kernels() -> None:
-    """Run the kernels a transcription uses (STFT, convolutions, attention, matmul) once on
-    throwaway tensors, so that torch's own first-use caches (FFT plans, oneDNN primitives,
-    thread scratch) are in place before a measurement: the same for any model."""
-    import torch.nn.functional as F
-
-    x = torch.randn(1, 80, 3000)
-    torch.stft(torch.randn(480000), 400, 160, window=torch.hann_window(400), return_complex=True)
-    F.gelu(F.conv1d(F.conv1d(x, torch.randn(64, 80, 3), padding=1), torch.randn(64, 64, 3), stride=2, padding=1))
-    q = torch.randn(1, 2, 1500, 32)
-    F.scaled_dot_product_attention(q, q, q)
-    torch.randn(1500, 64) @ torch.randn(64, 256)
-
-
 LOAD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 import torch
-from benchmarks.performance import CLIP, peak_extra_mib, resident_mib, warm_torch_kernels
-from hooked_whisper import HookedWhisper
-if {warm!r}:
-    warm_torch_kernels()
-before = resident_mib()
+from benchmarks.performance import CLIP, library_mib, parameter_mib, peak_extra_mib, resident_mib
+from hooked_whisper import HookedWhisper, load_audio
+from hooked_whisper.audio import log_mel_spectrogram, pad_or_trim
+mel = log_mel_spectrogram(pad_or_trim(load_audio(CLIP)))[None]  # the same input for both, outside the count
+if {hf!r}:
+    from transformers import WhisperForConditionalGeneration
+
+    load = lambda: WhisperForConditionalGeneration.from_pretrained({source!r}).eval()
+else:
+    load = lambda: HookedWhisper.from_pretrained({source!r})
+before, libraries_before = resident_mib(), library_mib()
 box = {{}}
 start = time.perf_counter()
-peak = peak_extra_mib(lambda: box.setdefault("m", HookedWhisper.from_pretrained({source!r})))
+peak = peak_extra_mib(lambda: box.setdefault("m", load()))
 seconds = time.perf_counter() - start
-size = sum(p.numel() * p.element_size() for p in box["m"].state_dict().values()) / 2**20
-box["m"].generate(CLIP)
+with torch.no_grad():
+    box["m"].generate(mel)  # greedy, in both
 resident = resident_mib() - before
-print(json.dumps({{"seconds": seconds, "peak_mib": peak, "model_mib": size, "resident_mib": resident}}))
+held = resident - (library_mib() - libraries_before)
+size = parameter_mib(box["m"])
+row = {{"seconds": seconds, "peak_mib": peak, "model_mib": size, "resident_mib": resident, "held_mib": held}}
+print(json.dumps(row))
 """
 
 
-def _load_in_fresh_process(name: str, warm: bool) -> dict:
+def _load_in_fresh_process(source: str, hf: bool = False) -> dict:
     root = str(Path(__file__).parent.parent)
-    code = LOAD.format(root=root, source=name, warm=warm)
+    code = LOAD.format(root=root, source=source, hf=hf)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def loading_row(name: str) -> dict:
-    """``from_pretrained`` time and peak, and resident memory after it plus one ``generate``,
-    as a multiple of the parameter bytes: with torch cold (all of it counted) and with torch's
-    kernels warmed on throwaway tensors first (what the model itself holds)."""
-    cold, warm = _load_in_fresh_process(name, warm=False), _load_in_fresh_process(name, warm=True)
-    row = {"model": name, **{k: cold[k] for k in ("seconds", "peak_mib", "model_mib")}}
-    row["peak_over_size"] = cold["peak_mib"] / cold["model_mib"]
-    row["resident_over_size"] = cold["resident_mib"] / cold["model_mib"]
-    row["resident_over_size_warm_torch"] = warm["resident_mib"] / warm["model_mib"]
+    """``from_pretrained`` time and peak, and memory after it plus one greedy ``generate``, as a
+    multiple of the parameter bytes, for HookedWhisper and for Hugging Face loading the same
+    weights (an exported folder), each in a fresh process. ``resident``: all of the process's
+    resident memory; ``held``: the same without the pages of shared libraries (torch's kernels,
+    mapped in by their first use, shared with every process using torch): the tensors, heap and
+    mapped weight files the model itself holds."""
+    ours = _load_in_fresh_process(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_hf_folder(HookedWhisper.from_pretrained(name), tmp)
+        ref = _load_in_fresh_process(str(folder), hf=True)
+    row = {"model": name, **{k: ours[k] for k in ("seconds", "peak_mib", "model_mib")}, "hf_seconds": ref["seconds"]}
+    row["peak_over_size"] = ours["peak_mib"] / ours["model_mib"]
+    row["held_over_size"] = ours["held_mib"] / ours["model_mib"]
+    row["hf_held_over_size"] = ref["held_mib"] / ref["model_mib"]
+    row["resident_over_size"] = ours["resident_mib"] / ours["model_mib"]
+    row["hf_resident_over_size"] = ref["resident_mib"] / ref["model_mib"]
     print(_brief(row), flush=True)
     return row
 
@@ -213,17 +237,18 @@ def main() -> None:
     ratio, ms = ".2f", ".3f"
 
     if "loading" in args.parts:
+        over = ["peak_over_size", "held_over_size", "hf_held_over_size", "resident_over_size", "hf_resident_over_size"]
         write_results(
             "performance_loading",
-            "from_pretrained of the bundled checkpoints (CTranslate2 fp16 files, loaded to fp32), each in a fresh "
-            "process; peak = MiB above the memory in use before loading; resident = memory held after loading "
-            "and one generate (freed heap returned first), over the parameter bytes; warm_torch = the same with "
-            "torch's kernels (STFT, conv, attention) run once on throwaway tensors beforehand.",
-            ["model", "seconds", "peak_mib", "model_mib", "peak_over_size", "resident_over_size"]
-            + ["resident_over_size_warm_torch"],
+            "from_pretrained of the bundled checkpoints (CTranslate2 fp16 files, loaded to fp32) against Hugging "
+            "Face loading the same weights (an exported folder), each in a fresh process; peak = MiB above the "
+            "memory in use before loading; after loading and one greedy generate (freed heap returned first), "
+            "over the parameter bytes (each tensor once; a tied embedding is one tensor): resident = the process's "
+            "resident memory, held = the same without the pages of shared libraries (torch's kernels, mapped in "
+            "by their first use).",
+            ["model", "seconds", "hf_seconds", "peak_mib", "model_mib", *over],
             [loading_row(name) for name in args.models],
-            {"seconds": ".2f", "peak_mib": ".0f", "model_mib": ".0f"}
-            | dict.fromkeys(["peak_over_size", "resident_over_size", "resident_over_size_warm_torch"], ".2f"),
+            {"seconds": ".2f", "hf_seconds": ".2f", "peak_mib": ".0f", "model_mib": ".0f"} | dict.fromkeys(over, ".2f"),
         )
     if "forward" in args.parts or "cache" in args.parts:
         forward, caches = [], []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformer_lens import ActivationCache
 
 from hooked_whisper import HookedWhisper, HookedWhisperConfig
 from hooked_whisper.metrics import read_transcripts as read_transcripts_in
@@ -85,21 +86,35 @@ def assert_within_float32_spread(actual, expected, exact, name: str = "", factor
     assert diff <= bound, f"{name}: differ by {diff:.3g}, over {bound:.3g} ({factor} x float32's error {error:.3g})"
 
 
+SPREAD_CLIP = DATA / CLIPS[0]
+
+
 @pytest.fixture(scope="session")
-def float32_spread(tiny_en, tiny_en_float64) -> float:
+def float32_and_float64_runs(
+    tiny_en, tiny_en_float64
+) -> tuple[torch.Tensor, ActivationCache, torch.Tensor, ActivationCache]:
+    """tiny.en on a real clip reading its greedy transcript, in float32 and in float64: logits
+    and every activation but the attention patterns (without a hook on them attention runs
+    through the fused kernel, the fast path users run)."""
+
+    def not_a_pattern(name: str) -> bool:
+        return not name.endswith(("hook_pattern", "hook_attn_scores"))
+
+    with torch.no_grad():
+        logits, cache = tiny_en.run_with_cache(SPREAD_CLIP, names_filter=not_a_pattern)
+        exact_logits, exact = tiny_en_float64.run_with_cache(
+            SPREAD_CLIP, cache["hook_tokens"], names_filter=not_a_pattern
+        )
+    return logits, cache, exact_logits, exact
+
+
+@pytest.fixture(scope="session")
+def float32_spread(float32_and_float64_runs) -> float:
     """float32's measured relative error on tiny.en at this run's thread count: the largest
     ``max|float32 - float64| / max|float64|`` over the logits and every cached activation of
     a real clip. Tests comparing two float32 paths allow a few times this, scaled by the
     magnitude they compare (see ``spread_bound``)."""
-
-    def not_a_pattern(name: str) -> bool:  # patterns follow from q and k; skipping them keeps
-        return not name.endswith(("hook_pattern", "hook_attn_scores"))  # the fused kernel (fast)
-
-    with torch.no_grad():
-        logits, cache = tiny_en.run_with_cache(DATA / CLIPS[0], names_filter=not_a_pattern)
-        exact_logits, exact = tiny_en_float64.run_with_cache(
-            DATA / CLIPS[0], cache["hook_tokens"], names_filter=not_a_pattern
-        )
+    logits, cache, exact_logits, exact = float32_and_float64_runs
     pairs = [(logits, exact_logits)] + [(cache[k], exact[k]) for k in cache.keys() if cache[k].is_floating_point()]
     finite = [(a.double()[b.isfinite()], b[b.isfinite()]) for a, b in pairs]  # masked scores are -inf in both
     return max(((a - b).abs().max() / b.abs().max()).item() for a, b in finite if b.abs().max() > 0)

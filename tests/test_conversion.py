@@ -56,10 +56,10 @@ def test_openai_names_follow_openai_whisper(tiny_en):
     assert not any(k.endswith("key.bias") for k in names)  # Whisper's key projections have no bias
 
 
-def test_round_trip_is_exact(base):
-    sd = base.state_dict()
+def test_round_trip_is_exact(tiny_en):
+    sd, cfg = tiny_en.state_dict(), tiny_en.cfg
     for naming in ("hf", "openai"):
-        back = convert_state_dict(convert_state_dict(sd, base.cfg, "hooked", naming), base.cfg, naming, "hooked")
+        back = convert_state_dict(convert_state_dict(sd, cfg, "hooked", naming), cfg, naming, "hooked")
         assert all(torch.equal(sd[k], back[k]) for k in sd)
 
 

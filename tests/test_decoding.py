@@ -68,15 +68,16 @@ def test_batch_equals_one_by_one(tiny_en):
 
 
 def test_language_detection_and_translation_match_hf(base, hf_reference):
+    """One clip (batched detection is the greedy test's, on base's multilingual prompt)."""
     hf = hf_reference(base, "base", attn="sdpa")
-    mel = base.to_mel([DATA / "goforward.wav", DATA / "librivox_0870.wav"])
+    mel = base.to_mel(DATA / "librivox_0870.wav")
     probs = base.detect_language(mel)
-    assert [next(iter(p)) for p in probs] == ["en", "en"] and sum(probs[0].values()) == pytest.approx(
+    assert next(iter(probs[0])) == "en" and sum(probs[0].values()) == pytest.approx(
         1, abs=len(probs[0]) * torch.finfo(torch.float32).eps
     )  # float32 rounding of each term
     with torch.no_grad():
         ref_lang = hf.detect_language(mel).flatten().tolist()
-    assert ref_lang == [base.special.languages["en"]] * 2
+    assert ref_lang == [base.special.languages["en"]]
     ours = base.generate(mel, task="translate")
     assert (ours[:, 2] == base.special.translate).all()
     ref = hf_generate(hf, mel, task="translate")
@@ -154,7 +155,7 @@ def test_sampling_is_repeatable_with_a_seed(tiny_en):
     clip = DATA / "cards_005.wav"
     first = tiny_en.generate(clip, temperature=1.0, best_of=3, seed=7, max_new_tokens=20)
     assert torch.equal(first, tiny_en.generate(clip, temperature=1.0, best_of=3, seed=7, max_new_tokens=20))
-    samples = {tuple(tiny_en.generate(clip, temperature=1.5, seed=s, max_new_tokens=20)[0].tolist()) for s in range(4)}
+    samples = {tuple(tiny_en.generate(clip, temperature=1.5, seed=s, max_new_tokens=20)[0].tolist()) for s in range(3)}
     assert len(samples) > 1  # sampling does sample
 
 
@@ -186,8 +187,8 @@ def test_silence_and_noise_report_no_speech(tiny_en):
     silence = torch.zeros(5 * 16000)
     noise = torch.randn(5 * 16000, generator=torch.Generator().manual_seed(0)) * 0.1
     with pytest.warns(UserWarning, match="digital silence"):
-        quiet = tiny_en.transcribe(silence, progress=False)
-    hiss = tiny_en.transcribe(noise, progress=False)
+        quiet = tiny_en.transcribe(silence, sample_rate=16000, progress=False)
+    hiss = tiny_en.transcribe(noise, sample_rate=16000, progress=False)
     for result in (quiet, hiss):
         assert len(result.windows) == 1 and 0 <= result.windows[0].no_speech_prob <= 1
     assert quiet.windows[0].no_speech_prob > 0.6 and quiet.windows[0].skipped and quiet.text == ""
@@ -195,9 +196,9 @@ def test_silence_and_noise_report_no_speech(tiny_en):
 
 def test_very_short_clip(tiny_en):
     clip = load_audio(DATA / "librivox_0880.wav")[:1600]  # 0.1 s
-    result = tiny_en.transcribe(clip, word_timestamps=True, progress=False)
+    result = tiny_en.transcribe(clip, sample_rate=16000, word_timestamps=True, progress=False)
     assert len(result.windows) == 1
-    assert tiny_en.generate(clip).shape[0] == 1
+    assert tiny_en.generate(clip, sample_rate=16000).shape[0] == 1
 
 
 def test_unsupported_language_is_a_clear_error(tiny_en, base):
@@ -211,10 +212,10 @@ def test_unsupported_language_is_a_clear_error(tiny_en, base):
 
 def test_long_audio_is_refused_by_forward_but_transcribed(tiny_en):
     with pytest.raises(ValueError, match="use model.transcribe"):
-        tiny_en.run_with_cache(long_clip())
+        tiny_en.run_with_cache(long_clip(), sample_rate=16000)
 
 
-FIVE_MINUTES = """
+THREE_MINUTES = """
 import resource, sys, torch
 from hooked_whisper import HookedWhisper
 from tests.conftest import long_clip
@@ -222,18 +223,18 @@ model = HookedWhisper.from_pretrained("tiny.en")
 piece = torch.cat([long_clip()[: 6 * 16000], torch.zeros(24 * 16000)])  # 6 s speech, 24 s silence
 model.transcribe(piece, progress=False)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-result = model.transcribe(piece.repeat(10), progress=False)  # 5 minutes
+result = model.transcribe(piece.repeat(6), progress=False)  # 3 minutes
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(len(result.windows), result.segments[-1].end, (after - before) / 1024)
 """
 
 
-def test_five_minute_clip_in_bounded_memory():
-    """Memory grows with the audio itself (5 min at 16 kHz: 19 MB), not with the transcript."""
+def test_three_minute_clip_in_bounded_memory():
+    """Memory grows with the audio itself (3 min at 16 kHz: 12 MB), not with the transcript."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", FIVE_MINUTES], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", THREE_MINUTES], capture_output=True, text=True, check=True)
     windows, last_end, growth_mib = done.stdout.split()
-    print(f"\n5-minute clip: {windows} windows, last segment ends at {float(last_end):.1f} s, RSS +{growth_mib} MiB")
-    assert int(windows) >= 10 and float(last_end) > 270 and float(growth_mib) < 400
+    print(f"\n3-minute clip: {windows} windows, last segment ends at {float(last_end):.1f} s, RSS +{growth_mib} MiB")
+    assert int(windows) >= 6 and float(last_end) > 150 and float(growth_mib) < 400

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hooked_whisper import HookedWhisper
-from tests.conftest import DATA, assert_close, assert_within_float32_spread, hf_random_pair
+from tests.conftest import DATA, SPREAD_CLIP, assert_close, assert_within_float32_spread, hf_random_pair
 
 CLIP = DATA / "librivox_0880.wav"
 
@@ -82,17 +82,14 @@ def test_names_filter(tiny_en):
     assert len(cache) == tiny_en.cfg.n_encoder_layers + tiny_en.cfg.n_decoder_layers
 
 
-def test_fused_attention_path_matches_pattern_path(tiny_en, tiny_en_float64, clean):
+def test_fused_attention_path_matches_pattern_path(tiny_en, float32_and_float64_runs):
     """Without a hook on the scores or pattern, attention runs through the fused kernel; the
     activations both paths share agree within float32's own error (measured against float64)."""
-    _, full = clean
-    tokens = full["hook_tokens"]
-    shared = [n for n in full.keys() if "hook_pattern" not in n and "hook_attn_scores" not in n]
-    logits, fused = tiny_en.run_with_cache(CLIP, tokens, names_filter=shared)
-    assert not any("pattern" in n for n in fused.keys())
-    with torch.no_grad():
-        _, exact = tiny_en_float64.run_with_cache(CLIP, tokens)  # the pattern path, as `full`
-    for name in shared:
+    _, fused, _, exact = float32_and_float64_runs  # a real clip and its transcript, no pattern hooks
+    with torch.no_grad():  # every hook: attention through the explicit pattern
+        _, full = tiny_en.run_with_cache(SPREAD_CLIP, fused["hook_tokens"])
+    assert not any("pattern" in n for n in fused.keys()) and any("pattern" in n for n in full.keys())
+    for name in fused.keys():
         if name != "hook_tokens":
             assert_within_float32_spread(fused[name], full[name], exact[name], name)
 

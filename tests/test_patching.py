@@ -67,6 +67,29 @@ def test_patching_own_activation_changes_nothing(tiny_en, runs, tol):
     assert torch.allclose(values, metric(clean_logits).expand(len(sites)), rtol=0, atol=tol)
 
 
+def test_a_batched_sweep_equals_each_patch_alone(tiny_en, runs, float32_spread):
+    """Decoder sites share the clip's cross-attention keys and values across the sweep's rows,
+    unless a site is on them: either way each row gives what that patch gives alone."""
+    tokens, *_ = runs
+    sites = [
+        Site("decoder_blocks.1.cross_attn.hook_k", head=2),
+        Site("decoder_blocks.2.cross_attn.hook_z", head=1),
+        Site("decoder_blocks.0.hook_mlp_out"),
+    ]
+    logits = lambda x: x  # noqa: E731 (compare the whole output, not one number)
+    with torch.no_grad():
+        _, source = tiny_en.run_with_cache(CLEAN, tokens, names_filter=[s.hook for s in sites])
+        encoder_out = tiny_en.encode(CORRUPT)  # every site is downstream of it
+        alone = []
+        for site in sites:
+            with tiny_en.hooks(fwd_hooks=patch_hooks(tiny_en, [site], [source[site.hook]])):
+                alone.append(tiny_en.decode(tokens, encoder_out))
+    for chunk in (slice(0, 3), slice(1, 3)):  # with a cross-attention K site in the batch, and without
+        swept = activation_patch(tiny_en, CORRUPT, CLEAN, sites[chunk], logits, tokens=tokens, progress=False)
+        for row, site in enumerate(sites[chunk]):
+            assert_close(swept[row : row + 1], alone[sites.index(site)], float32_spread, f"{site.hook} in a sweep")
+
+
 def test_patching_the_whole_residual_at_layer_0_restores_the_clean_run(tiny_en, runs, float32_spread):
     tokens, clean_logits, corrupt_logits, metric = runs
     kl = kl_divergence(clean_logits)

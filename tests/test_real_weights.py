@@ -22,7 +22,9 @@ def pair(request, hf_reference):
 
 def test_logits_match_hf_on_real_clips(pair):
     name, model, hf = pair
-    clips = [DATA / CLIPS[0], DATA / CLIPS[-1]]  # a card-game and an audiobook recording
+    # tiny.en: a card-game and an audiobook recording in one batch; base (seven times the
+    # compute, the float64 copy included): the audiobook one
+    clips = [DATA / CLIPS[0], DATA / CLIPS[-1]] if name == "tiny.en" else [DATA / CLIPS[-1]]
     mel = model.to_mel(clips)
     tokens = torch.tensor(
         [model.prompt("en") + model.tokenizer.encode(" he was not an ill disposed young man")] * len(clips)

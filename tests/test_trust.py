@@ -58,11 +58,21 @@ def through_load_state_dict(m):
     m.load_state_dict(sd)
 
 
-@pytest.mark.parametrize(
-    "edit", [zero_query_data, replace_embedding_data, copy_under_no_grad, new_parameter, through_load_state_dict]
-)
-def test_weight_edits_reach_every_path(tiny_en, edit):
-    model = copy.deepcopy(tiny_en)
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> HookedWhisper:
+    """A small random Whisper (four decoder layers, the real multilingual vocabulary) loaded
+    from a Hugging Face folder as a real checkpoint is, so its parameters arrive in the layouts
+    loading gives them: every fast path of tiny.en's, in a fraction of its time."""
+    from weights_conversion import save_hf_folder
+
+    torch.manual_seed(0)
+    cfg = HookedWhisperConfig(d_model=64, n_heads=2, d_head=32, n_encoder_layers=1, n_decoder_layers=4)
+    return HookedWhisper.from_pretrained(save_hf_folder(HookedWhisper(cfg), tmp_path_factory.mktemp("small")))
+
+
+def assert_edit_reaches_every_path(model: HookedWhisper, edit) -> None:
+    """``edit`` (in place on ``model``) changes what no-grad forwards, ``generate`` and
+    ``transcribe`` compute, exactly as in a newly built model given the edited weights."""
     tokens = model.generate(CLIP, max_new_tokens=10)  # warm every fast path before the edit
     with torch.no_grad():
         before = model(CLIP, tokens)
@@ -75,6 +85,17 @@ def test_weight_edits_reach_every_path(tiny_en, edit):
     assert torch.equal(model.generate(CLIP, max_new_tokens=10), reference.generate(CLIP, max_new_tokens=10))
     lean = {"temperature": 0.0, "max_new_tokens": 10}
     assert model.transcribe(CLIP, **lean).tokens == reference.transcribe(CLIP, **lean).tokens
+
+
+@pytest.mark.parametrize(
+    "edit", [zero_query_data, replace_embedding_data, copy_under_no_grad, new_parameter, through_load_state_dict]
+)
+def test_weight_edits_reach_every_path(small, edit):
+    assert_edit_reaches_every_path(copy.deepcopy(small), edit)
+
+
+def test_weight_edit_reaches_every_path_of_a_real_checkpoint(tiny_en):
+    assert_edit_reaches_every_path(copy.deepcopy(tiny_en), zero_query_data)
 
 
 def test_parameters_are_the_only_copy_of_the_weights(tiny_en):
@@ -136,35 +157,40 @@ def test_time_windows_select_the_same_seconds_on_every_hook(tiny_en):
         resolve(tiny_en, Site("decoder_blocks.0.hook_resid_post", positions=frames(0.5, 1.5)))
 
 
-def test_two_threads_never_share_hooks(tiny_en):
+def test_two_threads_never_share_hooks(small):
     """One thread ablates cross-attention (and caches), the other runs clean: each gets what it
-    would get alone."""
+    would get alone, however their calls interleave."""
+    model = small
     deaf = [(f"decoder_blocks.{l}.hook_cross_attn_out", lambda x, hook: torch.zeros_like(x)) for l in range(4)]
-    alone_clean = tiny_en.generate(CLIP)
-    alone_deaf = tiny_en.generate(CLIP, fwd_hooks=deaf, max_new_tokens=20)
-    _, alone_cache = tiny_en.run_with_cache(CLIP, alone_clean[:, :-1])
+    alone_clean = model.generate(CLIP, max_new_tokens=20)
+    alone_deaf = model.generate(CLIP, fwd_hooks=deaf, max_new_tokens=20)
+    assert not torch.equal(alone_clean, alone_deaf), (
+        "the ablation must change the tokens for the test to prove anything"
+    )
+    _, alone_cache = model.run_with_cache(CLIP, alone_clean[:, :-1])
     results: dict[str, list] = {"clean": [], "deaf": [], "cache": []}
 
     def clean_runs():
-        for _ in range(2):
-            results["clean"].append(tiny_en.generate(CLIP))
+        for _ in range(10):
+            results["clean"].append(model.generate(CLIP, max_new_tokens=20))
 
     def deaf_runs():
-        for _ in range(2):
-            results["deaf"].append(tiny_en.generate(CLIP, fwd_hooks=deaf, max_new_tokens=20))
-            results["cache"].append(tiny_en.run_with_cache(CLIP, alone_clean[:, :-1])[1])
+        for _ in range(10):
+            results["deaf"].append(model.generate(CLIP, fwd_hooks=deaf, max_new_tokens=20))
+            results["cache"].append(model.run_with_cache(CLIP, alone_clean[:, :-1])[1])
 
     threads = [threading.Thread(target=clean_runs), threading.Thread(target=deaf_runs)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert len(results["clean"]) == len(results["deaf"]) == 10
     assert all(torch.equal(r, alone_clean) for r in results["clean"])
     assert all(torch.equal(r, alone_deaf) for r in results["deaf"])
     for cache in results["cache"]:
         assert sorted(cache.keys()) == sorted(alone_cache.keys())
         assert torch.equal(cache["hook_tokens"], alone_cache["hook_tokens"])
-    assert not any(hp.has_hooks() for hp in tiny_en.hook_dict.values())
+    assert not any(hp.has_hooks() for hp in model.hook_dict.values())
 
 
 def test_openai_checkpoint_alone_decodes_like_the_full_folder(tiny_en, tmp_path):
@@ -268,11 +294,12 @@ def test_bad_hook_returns_tokens_and_options_are_clear_errors(tiny_en):
             tiny_en.transcribe(CLIP, temperature=temperature)
 
 
-def test_unknown_language_is_reported_before_the_encoder_runs(base):
+def test_unknown_language_is_reported_before_the_encoder_runs(small):
     calls = []
-    with base.hooks(fwd_hooks=[("hook_mel", lambda x, hook: calls.append(1))]):
+    assert "de" in small.special.languages  # a multilingual vocabulary
+    with small.hooks(fwd_hooks=[("hook_mel", lambda x, hook: calls.append(1))]):
         with pytest.raises(ValueError, match="unknown language 'xx'"):
-            base.transcribe(CLIP, language="xx")
+            small.transcribe(CLIP, language="xx")
     assert calls == []
 
 

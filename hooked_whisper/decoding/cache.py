@@ -58,6 +58,15 @@ class DecoderCache:
         query_is_pad = torch.arange(self.position, n_keys, device=self.pad.device)[None] < self.pad[:, None]
         return key_is_real[:, None, :] | query_is_pad[:, :, None]
 
+    def for_rows(self, batch: int) -> DecoderCache:
+        """A fresh cache for ``batch`` rows that all read this one clip's cross-attention keys
+        and values, as views rather than copies: a sweep over ``batch`` patches downstream of
+        them computes them once."""
+        if self.cross_kv[0][0].shape[0] != 1 or self.position != 0:
+            raise ValueError("for_rows shares a fresh cache of one clip (from new_decoder_cache)")
+        cross_kv = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.cross_kv]
+        return DecoderCache(cross_kv=cross_kv, self_kv=[None] * len(self.self_kv))
+
     @property
     def position(self) -> int:
         first = self.self_kv[0]

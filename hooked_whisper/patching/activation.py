@@ -92,10 +92,13 @@ def source_cache(
 def _sweep(model: HookedWhisper, mel, tokens, sites, sources, metric, alpha, batch_size, progress) -> torch.Tensor:
     """Run every site's patch once, ``batch_size`` sites per batch (row i carries site i)."""
     values = []
-    encoder_out = None
+    encoder_out = shared = None
     if not any(model.hook_layouts[s.hook].is_encoder_side for s in sites):
         with torch.no_grad():
             encoder_out = model.encode(mel)  # shared by every row: the patches are all downstream
+            # Whisper: so are the cross-attention keys and values, unless a site is on them.
+            if hasattr(model, "new_decoder_cache") and not any(_on_cross_kv(model, s) for s in sites):
+                shared = model.new_decoder_cache(encoder_out)
     chunks = range(0, len(sites), batch_size)
     for start in tqdm(chunks, desc="patching", disable=not progress or len(chunks) < 2, unit="batch"):
         chunk = list(range(start, min(start + batch_size, len(sites))))
@@ -104,13 +107,21 @@ def _sweep(model: HookedWhisper, mel, tokens, sites, sources, metric, alpha, bat
         )
         batch_tokens = tokens.expand(len(chunk), -1)
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            enc = (
-                encoder_out.expand(len(chunk), -1, -1)
-                if encoder_out is not None
-                else model.encode(mel.expand(len(chunk), -1, -1))
-            )
-            values.append(metric(model.decode(batch_tokens, enc)))
+            if shared is not None:
+                logits = model.decode(batch_tokens, cache=shared.for_rows(len(chunk)))
+            elif encoder_out is not None:
+                logits = model.decode(batch_tokens, encoder_out.expand(len(chunk), -1, -1))
+            else:
+                logits = model.decode(batch_tokens, model.encode(mel.expand(len(chunk), -1, -1)))
+            values.append(metric(logits))
     return torch.cat(values)
+
+
+def _on_cross_kv(model: HookedWhisper, site: Site) -> bool:
+    """Whether ``site`` is a decoder hook on the audio positions: the cross-attention keys and
+    values (or their inputs), computed once per clip."""
+    layout = model.hook_layouts[site.hook]
+    return layout.stack == "decoder" and layout.unit == "audio_position"
 
 
 def activation_patch(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from hooked_whisper.decoding.cache import DecoderCache
 from hooked_whisper.patching.activation import prepare, source_cache
 from hooked_whisper.patching.metrics import Metric
 from hooked_whisper.patching.sites import Site, refuse_padded_rows, resolve
@@ -63,20 +64,31 @@ def _audio_readers(model) -> tuple[int, int]:
     return model.cfg.n_decoder_layers, model.cfg.n_heads
 
 
-def _audio_receiver_hooks(model, r: Receiver, row: int, base_out: torch.Tensor, patched_out: torch.Tensor, tokens):
-    """Hooks giving receiver ``r`` (in batch row ``row``) the patched audio through its keys
-    and/or values only, and the opt-in flag that creates their per-head inputs."""
-    if not _is_audio_llm(model):  # the head's own copy of the encoder output
-        hooks = [
-            (f"decoder_blocks.{r.layer}.hook_cross_{part}_input", _set_head(row, r.head, patched_out)) for part in r.via
-        ]
-        return hooks, "use_cross_kv_input"
-    # The group's own copy of the block input, changed at the audio positions only.
+def _audio_llm_receiver_hooks(model, r: Receiver, row: int, base_out: torch.Tensor, patched_out: torch.Tensor, tokens):
+    """Hooks giving language-model key/value group ``r`` (in batch row ``row``) the patched
+    audio embeddings through its keys and/or values only: the group's own copy of the block
+    input (``use_split_qkv_input``), changed at the audio positions."""
     slots = (tokens[0] == model.cfg.audio_token_id).nonzero().flatten()
     change = torch.zeros(1, tokens.shape[1], base_out.shape[-1], dtype=base_out.dtype, device=base_out.device)
     change[0, slots] = (patched_out - base_out)[0, : len(slots)]
-    hooks = [(f"blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, change)) for part in r.via]
-    return hooks, "use_split_qkv_input"
+    return [(f"blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, change)) for part in r.via]
+
+
+def _receivers_cross_kv(base: DecoderCache, patched: DecoderCache, chunk, rows, batch: int) -> DecoderCache:
+    """A decoder cache for ``batch`` rows of the base run in which receiver ``chunk[i]`` (row
+    ``rows[i]``) reads the patched encoder output's keys and/or values. A head's cross-attention
+    keys and values depend on the encoder output alone, so they are the patched run's own: no
+    per-head input copies. Layers without a receiver share the base keys and values unchanged."""
+    cache = base.for_rows(batch)
+    copied: set[int] = set()
+    for row, r in zip(rows, chunk):
+        if r.layer not in copied:  # only a receiver's layer needs rows of its own
+            cache.cross_kv[r.layer] = tuple(t.repeat(batch, 1, 1, 1) for t in base.cross_kv[r.layer])
+            copied.add(r.layer)
+        for part in r.via:
+            index = "kv".index(part)
+            cache.cross_kv[r.layer][index][row, :, r.head] = patched.cross_kv[r.layer][index][0, :, r.head]
+    return cache
 
 
 def _sender_delta(model: HookedWhisper, sender: Site, base: dict, source: dict) -> torch.Tensor:
@@ -156,19 +168,25 @@ def path_patch(
     encoder_out = base_cache[audio_out]  # the base run already computed it
     values = []
     groups = [receivers] if jointly else [receivers[i : i + batch_size] for i in range(0, len(receivers), batch_size)]
+    if to_encoder:
+        # The base encoder output with the sender's change, through what follows the last
+        # encoder block (it is on the path), is what each receiver reads.
+        with torch.no_grad():
+            patched_out = model.finish_encoder(base_cache[last_encoder] + delta)
+            if not _is_audio_llm(model):
+                base_kv, patched_kv = model.new_decoder_cache(encoder_out), model.new_decoder_cache(patched_out)
     for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, unit="batch"):
         rows = [0] * len(chunk) if jointly else list(range(len(chunk)))
         batch = 1 if jointly else len(chunk)
         hooks = []
-        flag = "use_split_qkv_input"
-        if to_encoder:
-            # The base encoder output with the sender's change, through what follows the last
-            # encoder block (it is on the path), reaches each receiver through its own input copy.
+        if to_encoder and not _is_audio_llm(model):
+            cache = _receivers_cross_kv(base_kv, patched_kv, chunk, rows, batch)
             with torch.no_grad():
-                patched_out = model.finish_encoder(base_cache[last_encoder] + delta)
+                values.append(metric(model.decode(tokens.expand(batch, -1), cache=cache)))
+            continue
+        if to_encoder:
             for row, r in zip(rows, chunk):
-                receiver_hooks, flag = _audio_receiver_hooks(model, r, row, encoder_out, patched_out, tokens)
-                hooks += receiver_hooks
+                hooks += _audio_llm_receiver_hooks(model, r, row, encoder_out, patched_out, tokens)
         else:
             sender_layer = model.hook_layouts[sender.hook].layer if sender.hook.startswith("decoder_blocks.") else -1
             for row, r in zip(rows, chunk):
@@ -178,20 +196,9 @@ def path_patch(
                     hooks.append(
                         (f"decoder_blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, delta))
                     )
-        with torch.no_grad(), model.opt_in(**{flag: True}), model.hooks(fwd_hooks=hooks):
+        with torch.no_grad(), model.opt_in(use_split_qkv_input=True), model.hooks(fwd_hooks=hooks):
             values.append(metric(model.decode(tokens.expand(batch, -1), encoder_out.expand(batch, -1, -1))))
     return torch.cat(values)
-
-
-def _set_head(row: int, head: int, value: torch.Tensor) -> Callable:
-    """Set one head's copy of a per-head input ``[batch, pos, head, d_model]`` in one row."""
-
-    def hook_fn(x: torch.Tensor, hook) -> torch.Tensor:
-        x = x.clone()
-        x[row, :, head] = value[0]
-        return x
-
-    return hook_fn
 
 
 def _add_to_head(model: HookedWhisper, row: int, head: int, delta: torch.Tensor) -> Callable:
