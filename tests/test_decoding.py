@@ -84,7 +84,7 @@ def test_language_detection_and_translation_match_hf(base, hf_reference):
     assert generated_part(base, ours.tolist(), 4) == generated_part(base, ref, 4)
 
 
-@pytest.mark.parametrize("clip", ["librivox_0870.wav", "cards_005.wav", "librivox_0890.wav"])
+@pytest.mark.parametrize("clip", ["librivox_0870.wav", "cards_005.wav"])  # a long sentence and a short one
 def test_beam_search_equals_openai(tiny_en, openai_reference, clip):
     """openai-whisper's beam_size=5 (patience 1, length-normalised ranking), without timestamps."""
     whisper = pytest.importorskip("whisper")
