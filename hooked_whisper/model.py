@@ -233,11 +233,15 @@ class HookedWhisper(HookedAudioModel):
         cache: DecoderCache | None = None,
     ) -> Float[torch.Tensor, "batch pos d_vocab"]:
         """Decoder logits. With ``cache`` (from ``new_decoder_cache``), ``tokens`` continue the
-        positions already in it and the cache is extended in place."""
+        positions already in it and the cache is extended in place. The encoder output of one
+        clip serves every row of ``tokens``: its cross-attention keys and values are computed
+        once and shared."""
         if cache is None:
             if encoder_out is None:
                 raise ValueError("decode needs the encoder output, or a DecoderCache built from it")
             cache = self.new_decoder_cache(encoder_out)
+            if encoder_out.shape[0] == 1 < tokens.shape[0]:
+                cache = cache.for_rows(tokens.shape[0])
         # Hooks that address decoder positions read these to know where a KV-cached step starts.
         self.decode_offset, self.decode_padded = cache.position, cache.pad is not None
         tokens = self.hook_tokens(tokens)

@@ -233,7 +233,9 @@ class HookedQwen2Audio(HookedAudioModel):
 
     # ------------------------------------------------------------------ the language model
     def _insert_audio(self, embeds: torch.Tensor, tokens: torch.Tensor, audio_embeds: torch.Tensor) -> torch.Tensor:
-        """Each row's placeholder positions, in order, take that row's first audio embeddings."""
+        """Each row's placeholder positions, in order, take that row's first audio embeddings
+        (one clip's serve every row)."""
+        audio_embeds = audio_embeds.expand(tokens.shape[0], -1, -1) if audio_embeds.shape[0] == 1 else audio_embeds
         slots = tokens == self.cfg.audio_token_id
         counts = slots.sum(-1)
         if int(counts.max()) > audio_embeds.shape[1]:

@@ -92,13 +92,13 @@ def source_cache(
 def _sweep(model: HookedWhisper, mel, tokens, sites, sources, metric, alpha, batch_size, progress) -> torch.Tensor:
     """Run every site's patch once, ``batch_size`` sites per batch (row i carries site i)."""
     values = []
-    encoder_out = shared = None
+    encoder_out = None
     if not any(model.hook_layouts[s.hook].is_encoder_side for s in sites):
         with torch.no_grad():
             encoder_out = model.encode(mel)  # shared by every row: the patches are all downstream
-            # Whisper: so are the cross-attention keys and values, unless a site is on them.
-            if hasattr(model, "new_decoder_cache") and not any(_on_cross_kv(model, s) for s in sites):
-                shared = model.new_decoder_cache(encoder_out)
+    # A site on the cross-attention keys and values patches them row by row, so each row needs
+    # its own; otherwise one clip's encoder output serves every row (decode shares its K/V).
+    rows_own_kv = any(_on_cross_kv(model, s) for s in sites)
     chunks = range(0, len(sites), batch_size)
     for start in tqdm(chunks, desc="patching", disable=not progress or len(chunks) < 2, unit="batch"):
         chunk = list(range(start, min(start + batch_size, len(sites))))
@@ -107,13 +107,11 @@ def _sweep(model: HookedWhisper, mel, tokens, sites, sources, metric, alpha, bat
         )
         batch_tokens = tokens.expand(len(chunk), -1)
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            if shared is not None:
-                logits = model.decode(batch_tokens, cache=shared.for_rows(len(chunk)))
-            elif encoder_out is not None:
-                logits = model.decode(batch_tokens, encoder_out.expand(len(chunk), -1, -1))
+            if encoder_out is None:
+                enc = model.encode(mel.expand(len(chunk), -1, -1))
             else:
-                logits = model.decode(batch_tokens, model.encode(mel.expand(len(chunk), -1, -1)))
-            values.append(metric(logits))
+                enc = encoder_out.expand(len(chunk), -1, -1) if rows_own_kv else encoder_out
+            values.append(metric(model.decode(batch_tokens, enc)))
     return torch.cat(values)
 
 

@@ -178,12 +178,12 @@ def path_patch(
     for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, unit="batch"):
         rows = [0] * len(chunk) if jointly else list(range(len(chunk)))
         batch = 1 if jointly else len(chunk)
-        hooks = []
         if to_encoder and not _is_audio_llm(model):
             cache = _receivers_cross_kv(base_kv, patched_kv, chunk, rows, batch)
             with torch.no_grad():
                 values.append(metric(model.decode(tokens.expand(batch, -1), cache=cache)))
             continue
+        hooks = []
         if to_encoder:
             for row, r in zip(rows, chunk):
                 hooks += _audio_llm_receiver_hooks(model, r, row, encoder_out, patched_out, tokens)
@@ -197,7 +197,7 @@ def path_patch(
                         (f"decoder_blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, delta))
                     )
         with torch.no_grad(), model.opt_in(use_split_qkv_input=True), model.hooks(fwd_hooks=hooks):
-            values.append(metric(model.decode(tokens.expand(batch, -1), encoder_out.expand(batch, -1, -1))))
+            values.append(metric(model.decode(tokens.expand(batch, -1), encoder_out)))  # one clip serves every row
     return torch.cat(values)
 
 
