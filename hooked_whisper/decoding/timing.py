@@ -86,7 +86,7 @@ def word_alignment(
     weights = torch.stack([scores[layer][head] for layer, head in heads]).float()  # [heads, tokens, 1500]
     weights = weights[:, :, : num_frames // 2].softmax(dim=-1)
     std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
-    weights = _median_filter((weights - mean) / std, median_width)
+    weights = median_filter((weights - mean) / std, median_width)
     matrix = weights.mean(dim=0)[start:-1]  # rows predicting each text token, then end-of-text
 
     text_index, time_index = dtw(-matrix.double().numpy())
@@ -103,7 +103,7 @@ def word_alignment(
     return WordAlignment(timings, matrix, heads)
 
 
-def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
+def median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
     """Median over a sliding window of ``width`` frames along the last axis (reflect-padded)."""
     pad = width // 2
     if x.shape[-1] <= pad:

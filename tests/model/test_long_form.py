@@ -1,6 +1,4 @@
-"""Long-form transcription at dataset speed: the loop-aware fallback against openai's exact
-algorithm, batched transcription against one clip at a time, left-padded decoder rows against
-unpadded ones, and half precision on the CPU against float32."""
+"""Long-form transcription: the loop-aware fallback, batched clips, left-padded rows and half precision."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ from hooked_whisper import load_audio
 from hooked_whisper.decoding.cache import DecoderCache
 from hooked_whisper.decoding.repetition import LoopReport
 from hooked_whisper.metrics import word_error_rate
-from tests.conftest import DATA, assert_close, long_clip
+from tests.support import DATA, assert_close, long_clip
 
 
 def looping_tail() -> torch.Tensor:

@@ -22,7 +22,7 @@ from hooked_whisper.patching import (
     position_sites,
     target_log_prob,
 )
-from tests.conftest import DATA, assert_close, assert_within_float32_spread, hf_random_pair, spread_bound
+from tests.support import DATA, assert_close, assert_within_float32_spread, random_whisper, spread_bound
 
 CLEAN = DATA / "librivox_0880.wav"
 
@@ -204,16 +204,7 @@ def test_decoder_to_decoder_path_patching(tiny_en, runs, tol):
 
 
 def test_attribution_patching_agrees_with_patching():
-    model = audible(
-        hf_random_pair(
-            vocab_size=51864,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            d_model=256,
-        )[1]
-    )
+    model = audible(random_whisper(d_model=256, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_vocab=51864))
     torch.manual_seed(5)
     base = torch.randn(1, 80, 3000)
     source = base + 0.05 * torch.randn(1, 80, 3000)  # a small change: the linear estimate should hold

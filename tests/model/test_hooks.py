@@ -1,6 +1,5 @@
-"""Hook machinery: patches reach what is downstream and nothing else, hooks never outlive a
-failure, caching filters, backward hooks, the fused-attention fast path, opt-in hooks, the
-stack views of the cache, and hooks staying live in KV-cached decoding."""
+"""Hook points on a real checkpoint: patches reach only what is downstream, hooks never outlive
+their block, fused and explicit paths agree, views of the stacks add up."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from hooked_whisper import HookedWhisper
-from tests.conftest import DATA, SPREAD_CLIP, assert_close, assert_within_float32_spread, hf_random_pair
+from tests.support import DATA, SPREAD_CLIP, assert_close, assert_within_float32_spread, random_whisper
 
 CLIP = DATA / "librivox_0880.wav"
 
@@ -127,9 +126,7 @@ def test_layer_norm_paths_agree(tiny_en, clean, float32_spread):
 
 
 def test_opt_in_hooks_keep_the_function():
-    _, plain = hf_random_pair(
-        vocab_size=51865, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2
-    )
+    plain = random_whisper(d_model=128, n_heads=2, n_encoder_layers=1, n_decoder_layers=2)
     cfg = plain.cfg
     rich = HookedWhisper(
         type(cfg)(**{**cfg.to_dict(), "use_attn_result": True, "use_split_qkv_input": True, "use_cross_kv_input": True})

@@ -15,7 +15,7 @@ from hooked_whisper import HookedQwen2Audio, load_audio
 from hooked_whisper.config import HookedQwen2AudioConfig
 from hooked_whisper.patching import Site, activation_patch, frames
 from hooked_whisper.probing import extract_activations
-from tests.conftest import DATA, assert_within_float32_spread
+from tests.support import DATA, assert_within_float32_spread
 from weights_conversion.qwen2_audio import convert_qwen2_audio_state_dict
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]

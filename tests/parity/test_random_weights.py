@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import assert_within_float32_spread, hf_random_pair
+from tests.parity.mutations import MUTATIONS, mutated
+from tests.parity.references import hf_random_pair
+from tests.support import assert_within_float32_spread
 
 CONFIGS = {
     "english_80mel_2enc_1dec_2heads": dict(
@@ -73,6 +75,9 @@ def test_logits(run):
     close(run, "logits", ref.logits)
     with torch.no_grad():
         close(run, "logits", ref.logits, model(run.mel, run.tokens))  # the uncached forward (fused attention path)
+    for bug in MUTATIONS:  # the same bound fails on a real bug
+        with torch.no_grad(), pytest.raises(AssertionError, match="differ by"):
+            assert_within_float32_spread(mutated(model, bug)(run.mel, run.tokens), ref.logits, run.exact["logits"], bug)
 
 
 def test_hidden_states_every_layer(run):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hooked_whisper.probing import ActivationStore, train_probes
-from tests.conftest import CLIPS, DATA
+from tests.support import CLIPS, DATA
 
 BIN = Path(sys.executable).parent
 HOOKS = ["encoder_blocks.1.hook_resid_post", "decoder_blocks.2.hook_resid_post"]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import DATA
+from tests.support import DATA
 
 
 def test_inspect_prints_transcript_reference_cache_and_lens():

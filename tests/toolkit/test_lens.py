@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hooked_whisper.lens import logit_lens
-from tests.conftest import DATA, assert_close, spread_bound
+from tests.support import DATA, assert_close, spread_bound
 
 
 def test_last_layer_of_the_lens_is_the_model(tiny_en, float32_spread):

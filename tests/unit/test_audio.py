@@ -1,4 +1,4 @@
-"""The audio front end and its errors."""
+"""Reading audio: files, integer and stereo samples, sample rates, and the log-mel front end, without a model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import soundfile
 import torch
 
 from hooked_whisper import load_audio
-from hooked_whisper.audio import log_mel_spectrogram, pad_or_trim
-from tests.conftest import DATA
+from tests.support import DATA
 
 CLIP = DATA / "goforward.wav"
 
@@ -48,32 +47,3 @@ def test_missing_or_wrong_sample_rate():
         load_audio(audio, sample_rate=0)
     with pytest.raises(ValueError, match="says its sample rate is 16000 Hz but sample_rate=8000"):
         load_audio(CLIP, sample_rate=8000)
-
-
-def test_bad_audio_errors(tiny_en, tmp_path):
-    with pytest.raises(ValueError, match="empty"):
-        load_audio(np.zeros(0, dtype=np.float32), sample_rate=16000)
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        load_audio(np.array([0.1, np.nan, 0.2], dtype=np.float32), sample_rate=16000)
-    with pytest.raises(ValueError, match="over the 30 s window"):
-        tiny_en.to_mel(torch.full((16000 * 31,), 0.01), sample_rate=16000)
-    with pytest.raises(FileNotFoundError, match="no audio file"):
-        load_audio(tmp_path / "missing.wav")
-    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
-    with pytest.raises(ValueError, match="could not read"):
-        load_audio(tmp_path / "junk.wav")
-    with pytest.warns(UserWarning, match="digital silence"):
-        load_audio(np.zeros(16000, dtype=np.float32), sample_rate=16000)
-
-
-def test_model_accepts_every_audio_form(tiny_en):
-    audio = load_audio(CLIP)
-    mel = tiny_en.to_mel(CLIP)
-    assert mel.shape == (1, 80, 3000)
-    for form in (audio, audio.numpy(), [CLIP], mel, mel[0]):
-        assert torch.equal(tiny_en.to_mel(form, sample_rate=16000), mel)
-    batch = tiny_en.to_mel([CLIP, DATA / "cards_001.wav"])
-    assert batch.shape == (2, 80, 3000) and torch.equal(batch[:1], mel)
-    # Padding happens in the audio domain, so a padded waveform gives the same features.
-    assert torch.equal(tiny_en.to_mel(pad_or_trim(audio), sample_rate=16000), mel)
-    assert torch.allclose(log_mel_spectrogram(pad_or_trim(audio))[None], mel)
