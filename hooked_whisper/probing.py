@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_whisper.audio import SAMPLE_RATE, audio_clips
-from hooked_whisper.hook_layout import HookLayout
+from hooked_whisper.hook_layout import HookLayout, layer_of
 from hooked_whisper.probe_fitting import (
     L2_GRID,
     balanced_accuracy,
@@ -353,11 +352,10 @@ def train_probes(
         control_balanced = balanced_accuracy(control.predictions, control_y, n_classes)
         median_l2 = sorted(cv.l2)[len(cv.l2) // 2]
         code = online_code_length(x, y, groups, n_classes, median_l2, seed) if code_length else None
-        match = re.search(r"blocks\.(\d+)\.", hook)
         results.append(
             ProbeResult(
                 hook=hook,
-                layer=int(match.group(1)) if match else None,
+                layer=layer_of(hook),
                 accuracy=accuracy,
                 balanced_accuracy=balanced,
                 accuracy_std=float(torch.tensor(cv.fold_accuracies).std()),

@@ -50,8 +50,8 @@ def alignment_heads(model: HookedWhisper) -> list[tuple[int, int]]:
     of the decoder, openai-whisper's default."""
     if model.generation_config.alignment_heads:
         return [tuple(h) for h in model.generation_config.alignment_heads]  # type: ignore[misc]
-    n = model.cfg.n_decoder_layers
-    return [(layer, head) for layer in range(n // 2, n) for head in range(model.cfg.n_heads)]
+    n = model.layer_count("decoder")
+    return [(layer, head) for layer in range(n // 2, n) for head in range(model.head_count("decoder"))]
 
 
 def word_alignment(
@@ -75,7 +75,7 @@ def word_alignment(
         scores[hook.layer()] = tensor[0]
 
     layers = sorted({layer for layer, _ in heads})
-    hooks = [(f"decoder_blocks.{layer}.cross_attn.hook_attn_scores", keep) for layer in layers]
+    hooks = [(model.hook_name("decoder", layer, "cross_attn.hook_attn_scores"), keep) for layer in layers]
     with torch.no_grad():
         with model.hooks(fwd_hooks=hooks):
             logits = model.decode(tokens, encoder_out)[0]
