@@ -32,9 +32,9 @@ from hooked_whisper.audio import (
 from hooked_whisper.cache import WhisperActivationCache
 from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
 from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
-from hooked_whisper.decoding.cache import DecoderCache, heads_first
 from hooked_whisper.hook_layout import WHISPER_NAMING, HookLayout, layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
+from hooked_whisper.kv_cache import DecoderCache, heads_first
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from hooked_whisper.audio import HOP_LENGTH, SAMPLE_RATE
+from hooked_whisper.decoding.results import Segment, Word
 from hooked_whisper.tokenizer import TIME_PRECISION
 
 if TYPE_CHECKING:
     from hooked_whisper.decoding.search import WindowResult
-    from hooked_whisper.decoding.transcribe import Segment
     from hooked_whisper.model import HookedWhisper
 
 PREPEND_PUNCTUATION = "\"'“¿([{-"
@@ -198,8 +198,6 @@ def add_word_timestamps(
 ) -> float:
     """Fill ``segment.words`` for one window's segments and tighten the segment bounds to them;
     returns the end of the last word (where speech last ended)."""
-    from hooked_whisper.decoding.transcribe import Word
-
     if not segments:
         return last_speech
     eot = model.special.eot

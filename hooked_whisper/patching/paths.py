@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.decoding.cache import DecoderCache
+from hooked_whisper.kv_cache import DecoderCache
 from hooked_whisper.patching.activation import prepare, source_cache
 from hooked_whisper.patching.metrics import Metric
 from hooked_whisper.patching.sites import Site, refuse_padded_rows, resolve
