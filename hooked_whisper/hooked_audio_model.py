@@ -116,6 +116,11 @@ class HookedAudioModel(HookedRootModule):
         describes (the audio front end counts as the encoder)."""
         raise NotImplementedError
 
+    def kv_head_count(self, stack: str) -> int:
+        """Key/value heads per block of ``stack``: ``head_count`` unless grouped-query attention
+        shares each key/value head among several query heads."""
+        return self.head_count(stack)
+
     def blocks_of(self, stack: str) -> nn.ModuleList:
         """The blocks of ``stack`` ("encoder" or "decoder")."""
         raise NotImplementedError

@@ -13,7 +13,9 @@ from hooked_whisper.metrics import word_error_rate
 
 if TYPE_CHECKING:
     from hooked_whisper.cache import WhisperActivationCache
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
     from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.qwen2_audio import Qwen2AudioActivationCache
 
 
 @dataclass
@@ -30,7 +32,7 @@ class LogitLens:
     final_rank: torch.Tensor  # [layer, batch, pos], 0 = top-1
     saturation_layer: torch.Tensor  # [batch, pos]: first block from whose output top-1 stays final (-1: embed)
 
-    def table(self, model: HookedWhisper, batch_index: int = 0) -> list[str]:
+    def table(self, model: HookedAudioModel, batch_index: int = 0) -> list[str]:
         """One line per layer: that layer's top-1 token at every position."""
         width = max(len(label) for label in self.labels)
         lines = []
@@ -39,9 +41,13 @@ class LogitLens:
         return lines
 
 
-def logit_lens(model: HookedWhisper, cache: WhisperActivationCache, k: int = 5) -> LogitLens:
-    """Project each decoder layer's accumulated residual stream through ``decoder_ln_final`` and
-    the unembedding. Needs the decoder's ``hook_resid_pre``/``hook_resid_post`` in the cache."""
+def logit_lens(
+    model: HookedAudioModel, cache: WhisperActivationCache | Qwen2AudioActivationCache, k: int = 5
+) -> LogitLens:
+    """Project each decoder layer's accumulated residual stream through the decoder's final norm
+    (``decoder_ln_final``; an audio LLM's ``ln_final``) and the unembedding. Needs the decoder's
+    ``hook_resid_pre``/``hook_resid_post`` in the cache (``cache.decoder``: a HookedWhisper or
+    HookedQwen2Audio cache)."""
     with torch.no_grad():
         resid, labels = cache.decoder.accumulated_resid(apply_ln=True, return_labels=True)  # type: ignore[misc]
         if not cache.has_batch_dim:

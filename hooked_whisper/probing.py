@@ -30,7 +30,7 @@ from hooked_whisper.probe_fitting import (
 
 if TYPE_CHECKING:
     from hooked_whisper.extraction import Manifest
-    from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
 
 ENCODER_POOLINGS = ("mean_audio", "mean", "none")
 DECODER_POOLINGS = ("last", "prompt_end", "mean", "none")
@@ -116,7 +116,7 @@ class ShardedActivationStore(ActivationStore):
 
 
 def extract_activations(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     clips: Sequence | Manifest,
     hooks: Sequence[str],
     pooling: str | int = "mean_audio",
@@ -175,7 +175,7 @@ def extract_activations(
 
 
 def _pooled_batch(
-    model: HookedWhisper, hooks: list[str], pooling, decoder_pooling, waveforms: list[torch.Tensor]
+    model: HookedAudioModel, hooks: list[str], pooling, decoder_pooling, waveforms: list[torch.Tensor]
 ) -> dict[str, list[torch.Tensor]]:
     """One pooled activation per clip and hook for a batch of 16 kHz waveforms."""
     layouts = {h: model.hook_layout(h) for h in hooks}
@@ -219,7 +219,7 @@ def _pool_audio(x: torch.Tensor, layout: HookLayout, seconds: float, pooling: st
     return x[:n_frames]
 
 
-def _pool_decoder(model: HookedWhisper, x: torch.Tensor, tokens: torch.Tensor, pooling: str | int) -> torch.Tensor:
+def _pool_decoder(model: HookedAudioModel, x: torch.Tensor, tokens: torch.Tensor, pooling: str | int) -> torch.Tensor:
     last = model.real_length(tokens) - 1
     if pooling == "last":
         return x[last]

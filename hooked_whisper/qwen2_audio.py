@@ -386,6 +386,10 @@ class HookedQwen2Audio(HookedAudioModel):
         """Query heads (the language model's key/value groups are ``cfg.n_key_value_heads``)."""
         return self.cfg.audio.n_heads if self._stack_of(where) == "encoder" else self.cfg.n_heads
 
+    def kv_head_count(self, stack: str) -> int:
+        """The language model's key/value groups (grouped-query attention); the audio tower's heads."""
+        return self.cfg.audio.n_heads if self._stack_of(stack) == "encoder" else self.cfg.n_key_value_heads
+
     def blocks_of(self, stack: str) -> nn.ModuleList:
         return self.encoder_blocks if self._stack_of(stack) == "encoder" else self.blocks
 

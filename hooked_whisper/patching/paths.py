@@ -23,7 +23,7 @@ from hooked_whisper.patching.metrics import Metric
 from hooked_whisper.patching.sites import Site, refuse_padded_rows, resolve
 
 if TYPE_CHECKING:
-    from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,17 @@ class Receiver:
         return f"{'XL' if self.kind == 'cross_attn' else 'DL'}{self.layer}H{self.head} via {self.via}"
 
 
-def cross_attention_receivers(model: HookedWhisper, via: str = "kv") -> list[Receiver]:
+def cross_attention_receivers(model: HookedAudioModel, via: str = "kv") -> list[Receiver]:
     """Every head that reads the audio: each cross-attention head of each decoder layer (in an
     audio LLM, each key/value group of each language-model layer)."""
     layers, heads = _audio_readers(model)
     return [Receiver(l, h, via) for l in range(layers) for h in range(heads)]
 
 
-def _audio_readers(model) -> tuple[int, int]:
+def _audio_readers(model: HookedAudioModel) -> tuple[int, int]:
     """(layers, heads per layer) that read the audio directly: cross-attention heads, or in an
     audio LLM the language model's key/value groups (its keys and values carry the audio)."""
-    if model.has_cross_attention:
-        return model.layer_count("decoder"), model.head_count("decoder")
-    return model.layer_count("decoder"), model.cfg.n_key_value_heads
+    return model.layer_count("decoder"), model.kv_head_count("decoder")
 
 
 def _audio_llm_receiver_hooks(model, r: Receiver, row: int, base_out: torch.Tensor, patched_out: torch.Tensor, tokens):
@@ -91,7 +89,7 @@ def _receivers_cross_kv(base: DecoderCache, patched: DecoderCache, chunk, rows, 
     return cache
 
 
-def _sender_delta(model: HookedWhisper, sender: Site, base: dict, source: dict) -> torch.Tensor:
+def _sender_delta(model: HookedAudioModel, sender: Site, base: dict, source: dict) -> torch.Tensor:
     """What the sender adds to the residual stream in the source run minus in the base run, as
     ``[1, pos, d_model]`` (zero outside the sender's positions)."""
     hook = sender.hook
@@ -117,7 +115,7 @@ def _sender_delta(model: HookedWhisper, sender: Site, base: dict, source: dict) 
 
 
 def path_patch(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     base,
     source,
     sender: Site | str,
@@ -204,7 +202,7 @@ def path_patch(
     return torch.cat(values)
 
 
-def _add_to_head(model: HookedWhisper, row: int, head: int, delta: torch.Tensor) -> Callable:
+def _add_to_head(model: HookedAudioModel, row: int, head: int, delta: torch.Tensor) -> Callable:
     def hook_fn(x: torch.Tensor, hook) -> torch.Tensor:
         refuse_padded_rows(model, hook.name)
         x = x.clone()

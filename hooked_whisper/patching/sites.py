@@ -18,7 +18,6 @@ import torch
 
 if TYPE_CHECKING:
     from hooked_whisper.hooked_audio_model import HookedAudioModel
-    from hooked_whisper.model import HookedWhisper
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class Site:
         return " ".join(parts)
 
 
-def resolve(model: HookedWhisper, site: Site | str) -> Site:
+def resolve(model: HookedAudioModel, site: Site | str) -> Site:
     """``site`` checked against the model, with a time window turned into the hook's positions."""
     site = Site(site) if isinstance(site, str) else site
     layout = model.hook_layout(site.hook)
@@ -78,12 +77,12 @@ def resolve(model: HookedWhisper, site: Site | str) -> Site:
     return site
 
 
-def resolve_all(model: HookedWhisper, sites: Sequence[Site] | Site | str) -> list[Site]:
+def resolve_all(model: HookedAudioModel, sites: Sequence[Site] | Site | str) -> list[Site]:
     many = [sites] if isinstance(sites, (Site, str)) else list(sites)
     return [resolve(model, s) for s in many]
 
 
-def refuse_padded_rows(model: HookedWhisper, hook: str) -> None:
+def refuse_padded_rows(model: HookedAudioModel, hook: str) -> None:
     """Decoder positions mean nothing fixed while rows are left-padded: say so rather than patch
     the wrong tokens."""
     if model.decode_padded:
@@ -93,7 +92,7 @@ def refuse_padded_rows(model: HookedWhisper, hook: str) -> None:
         )
 
 
-def region(model: HookedWhisper, site: Site, x: torch.Tensor, row: int | None) -> tuple[tuple, tuple] | None:
+def region(model: HookedAudioModel, site: Site, x: torch.Tensor, row: int | None) -> tuple[tuple, tuple] | None:
     """Index tuples (into the hooked tensor, into the full-run source) for a resolved ``site``;
     None when none of its positions are in this call (a later generation step)."""
     layout = model.hook_layouts[site.hook]

@@ -127,7 +127,8 @@ def test_hook_names_come_from_one_place(family):
         model.hook_name("encoder", 0, "hook_resid_middle")
 
 
-def test_run_with_cache_and_the_logit_lens(family):
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")  # random weights predict any script
+def test_run_with_cache_and_the_logit_lens(family, tmp_path):
     model = family.model
     with torch.no_grad():
         logits, cache = model.run_with_cache(family.base, family.tokens, sample_rate=SAMPLE_RATE)
@@ -142,6 +143,10 @@ def test_run_with_cache_and_the_logit_lens(family):
     assert len(table) == n_layers + 1
     # The last row spells the model's own predictions, token by token.
     assert table[-1].endswith(" ".join(repr(t)[1:-1] for t in model.to_str_tokens(lens.final_token[0])))
+    pytest.importorskip("matplotlib")
+    from hooked_whisper.plots import plot_logit_lens
+
+    assert plot_logit_lens(lens, model, tmp_path / "lens.png") is not None and (tmp_path / "lens.png").stat().st_size
 
 
 def test_head_and_layer_sites_patch_on_both_families(family):
