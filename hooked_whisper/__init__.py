@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from hooked_whisper.audio import load_audio
     from hooked_whisper.cache import WhisperActivationCache
     from hooked_whisper.config import HookedWhisperConfig
-    from hooked_whisper.decoding import DecoderCache
+    from hooked_whisper.kv_cache import DecoderCache
     from hooked_whisper.model import HookedWhisper
     from hooked_whisper.qwen2_audio import HookedQwen2Audio
 
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that `hooked-whisper --help` answers without loading torch.
 _HOMES = {
-    "DecoderCache": "hooked_whisper.decoding",
+    "DecoderCache": "hooked_whisper.kv_cache",
     "HookedQwen2Audio": "hooked_whisper.qwen2_audio",
     "HookedWhisper": "hooked_whisper.model",
     "HookedWhisperConfig": "hooked_whisper.config",

@@ -8,13 +8,14 @@ tensors: ``cache.decoder["blocks.3.hook_resid_post"]`` is ``cache["decoder_block
 
 from __future__ import annotations
 
-import re
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformer_lens import ActivationCache
 from transformer_lens.utilities import Slice
+
+from hooked_whisper.hook_layout import one_stack_name, whisper_stack_view_name
 
 if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper
@@ -25,7 +26,7 @@ class _StackModel:
 
     def __init__(self, model: HookedWhisper, side: Literal["encoder", "decoder"]):
         cfg = model.cfg
-        n_layers = cfg.n_encoder_layers if side == "encoder" else cfg.n_decoder_layers
+        n_layers = model.layer_count(side)
         self.cfg = SimpleNamespace(
             n_layers=n_layers,
             n_heads=cfg.n_heads,
@@ -37,7 +38,7 @@ class _StackModel:
             attn_only=False,
             final_rms=False,
         )
-        self.blocks = model.encoder_blocks if side == "encoder" else model.decoder_blocks
+        self.blocks = model.blocks_of(side)
         self.ln_final = model.encoder_ln_final if side == "encoder" else model.decoder_ln_final
         if side == "decoder":
             self.W_U = model.W_U
@@ -52,24 +53,18 @@ def _single_token(model: HookedWhisper, text: str) -> int:
     return ids[0]
 
 
-def _view(cache_dict: dict[str, torch.Tensor], model: HookedWhisper, side: str) -> dict[str, torch.Tensor]:
+def _view(
+    cache_dict: dict[str, torch.Tensor], model: HookedWhisper, side: Literal["encoder", "decoder"]
+) -> dict[str, torch.Tensor]:
     """The cached activations of one stack, renamed as a one-stack TransformerLens model names
     them. The encoder view holds the audio front end too: its "embedding" is the conv stem's
     output, before positions are added."""
-    renames = [(rf"^{side}_blocks\.", "blocks."), (rf"^{side}_ln_final\.", "ln_final.")]
-    if side == "encoder":
-        renames += [
-            (r"^encoder_embed\.hook_conv2$", "hook_embed"),
-            (r"^encoder_embed\.hook_pos_embed$", "hook_pos_embed"),
-        ]
     out = {}
     for name, tensor in cache_dict.items():
         layout = model.hook_layouts.get(name)
         if layout is None or layout.is_encoder_side != (side == "encoder"):
             continue
-        for pattern, repl in renames:
-            name = re.sub(pattern, repl, name)
-        out[name] = tensor
+        out[whisper_stack_view_name(name, side)] = tensor
     return out
 
 
@@ -115,10 +110,10 @@ class DecoderStackCache(ActivationCache):
             labels += ["embed", "pos_embed"]
         for l in range(layer):
             parts = (["attn_out", "cross_attn_out"] if mode != "mlp" else []) + (["mlp_out"] if mode != "attn" else [])
-            names += [f"blocks.{l}.hook_{p}" for p in parts]
+            names += [one_stack_name(l, f"hook_{p}") for p in parts]
             labels += [f"{l}_{p}" for p in parts]
         if mlp_input and mode != "mlp" and layer < n_layers:
-            names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_cross_attn_out"]
+            names += [one_stack_name(layer, "hook_attn_out"), one_stack_name(layer, "hook_cross_attn_out")]
             labels += [f"{layer}_attn_out", f"{layer}_cross_attn_out"]
         components = torch.stack([pos_slice.apply(self[n], dim=-2) for n in names])
         if apply_ln:
@@ -145,15 +140,15 @@ class DecoderStackCache(ActivationCache):
             for kind, attn, tag in [("attn", block.attn, "DL"), ("cross_attn", block.cross_attn, "XL")]:
                 if kind == "cross_attn" and not incl_cross:
                     continue
-                result = self.cache_dict.get(f"blocks.{l}.{kind}.hook_result")
+                result = self.cache_dict.get(one_stack_name(l, f"{kind}.hook_result"))
                 if result is None:
-                    z = self[f"blocks.{l}.{kind}.hook_z"]
+                    z = self[one_stack_name(l, f"{kind}.hook_z")]
                     result = torch.einsum("...hd,hdm->...hm", z, attn.W_O.to(z.dtype))
                 heads.append(pos_slice.apply(result, dim=-3).movedim(-2, 0))
                 labels += [f"{tag}{l}H{h}" for h in range(self.model.cfg.n_heads)]
         components = torch.cat(heads) if heads else torch.zeros(0, *self["hook_embed"].shape)
         if incl_remainder:
-            remainder = pos_slice.apply(self[f"blocks.{layer - 1}.hook_resid_post"], dim=-2) - components.sum(0)
+            remainder = pos_slice.apply(self[one_stack_name(layer - 1, "hook_resid_post")], dim=-2) - components.sum(0)
             components = torch.cat([components, remainder[None]])
             labels.append("remainder")
         if apply_ln:
@@ -162,6 +157,6 @@ class DecoderStackCache(ActivationCache):
 
     def _get_cached_ln_scale(self, layer, mlp_input, pos_slice, batch_slice=None):
         if mlp_input and layer is not None and layer < self.model.cfg.n_layers:
-            scale = pos_slice.apply(self[f"blocks.{layer}.ln3.hook_scale"], dim=-2)
+            scale = pos_slice.apply(self[one_stack_name(layer, "ln3.hook_scale")], dim=-2)
             return batch_slice.apply(scale) if batch_slice is not None and self.has_batch_dim else scale
         return super()._get_cached_ln_scale(layer, mlp_input, pos_slice, batch_slice)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -15,9 +14,11 @@ from pathlib import Path
 
 def summarize_cache(cache) -> list[str]:
     """One line per kind of hook (layer indices folded into {l}) with its shape."""
+    from hooked_whisper.hook_layout import layer_template
+
     kinds: dict[str, tuple[tuple[int, ...], int]] = {}
     for name, tensor in cache.items():
-        kind = re.sub(r"_blocks\.\d+\.", "_blocks.{l}.", name)
+        kind = layer_template(name)
         shape, count = kinds.get(kind, (tuple(tensor.shape), 0))
         kinds[kind] = (shape, count + 1)
     width = max(len(k) for k in kinds)

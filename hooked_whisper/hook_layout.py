@@ -7,14 +7,18 @@ Positions come in these units: mel frames (100 per second: ``hook_mel`` and the 
 convolution), audio positions (50 per second: after the stride-2 convolution, the encoder, and
 the keys and values cross-attention reads), pooled audio tokens (25 per second, in an audio LLM)
 and decoder tokens.
+
+Hook names are built and read here alone (``HookNaming``): the toolkit asks the model for
+``model.hook_name(stack, layer, leaf)`` or ``model.hook_layout(name)`` and never writes or
+parses a name itself, so a family whose blocks are named differently (Qwen2-Audio's language
+model is ``blocks.{l}``, not ``decoder_blocks.{l}``) needs no change outside this module.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 Stack = Literal["audio", "encoder", "decoder"]  # audio: the front end before the first encoder block
 Unit = Literal["mel_frame", "audio_position", "audio_token", "token"]
@@ -50,6 +54,111 @@ class HookLayout:
         return tuple(range(int(start_s * rate), math.ceil(end_s * rate)))
 
 
+BlockStack = Literal["encoder", "decoder"]
+BLOCK_STACKS: tuple[BlockStack, ...] = ("encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class HookNaming:
+    """How one model family names the hooks inside its blocks: the module list holding each
+    stack's blocks (``{prefix}.{layer}.{leaf}``)."""
+
+    encoder_prefix: str
+    decoder_prefix: str
+
+    def prefix(self, stack: str) -> str:
+        if stack == "encoder":
+            return self.encoder_prefix
+        if stack == "decoder":
+            return self.decoder_prefix
+        raise ValueError(f"stack must be 'encoder' or 'decoder', not {stack!r}")
+
+    def name(self, stack: str, layer: int, leaf: str) -> str:
+        """The hook ``leaf`` (e.g. ``hook_resid_post``, ``attn.hook_z``) of block ``layer``."""
+        return f"{self.prefix(stack)}.{layer}.{leaf}"
+
+    def parse(self, name: str) -> tuple[BlockStack, int, str] | None:
+        """``(stack, layer, leaf)`` of a hook inside a block; None for a hook outside the blocks."""
+        head, _, rest = name.partition(".")
+        layer, _, leaf = rest.partition(".")
+        if not (layer.isdigit() and leaf):
+            return None
+        # The encoder is tried first: a family may give both stacks one prefix (ONE_STACK).
+        for stack in BLOCK_STACKS:
+            if head == self.prefix(stack):
+                return stack, int(layer), leaf
+        return None
+
+
+WHISPER_NAMING = HookNaming("encoder_blocks", "decoder_blocks")
+QWEN2_AUDIO_NAMING = HookNaming("encoder_blocks", "blocks")  # the language model is TransformerLens' decoder-only
+# TransformerLens' one-stack names, under which ``cache.encoder`` and ``cache.decoder`` show each stack.
+ONE_STACK_NAMING = HookNaming("blocks", "blocks")
+
+
+def one_stack_name(layer: int, leaf: str) -> str:
+    """The name TransformerLens gives hook ``leaf`` of block ``layer`` (``blocks.{layer}.{leaf}``),
+    as the per-stack cache views (``cache.encoder``, ``cache.decoder``) use it."""
+    return ONE_STACK_NAMING.name("decoder", layer, leaf)
+
+
+class _HasNaming(Protocol):
+    hook_naming: HookNaming
+
+
+def get_act_name(model: _HasNaming | HookNaming, stack: str, layer: int, leaf: str) -> str:
+    """The hook name of ``leaf`` in block ``layer`` of ``stack`` in ``model`` (a hooked model or
+    its family's ``HookNaming``), as TransformerLens' ``get_act_name`` for these families:
+    ``get_act_name(whisper, "decoder", 2, "cross_attn.hook_z")`` is
+    ``"decoder_blocks.2.cross_attn.hook_z"``; for a HookedQwen2Audio it is ``"blocks.2..."``."""
+    naming = model if isinstance(model, HookNaming) else model.hook_naming
+    return naming.name(stack, layer, leaf)
+
+
+def whisper_stack_view_name(name: str, stack: BlockStack) -> str:
+    """The name HookedWhisper hook ``name`` has in the one-stack view of ``stack``
+    (``cache.encoder``, ``cache.decoder``), as TransformerLens names a one-stack model's hooks:
+    blocks as ``blocks.{l}``, the stack's final LayerNorm as ``ln_final``, and in the encoder
+    view the conv stem's output as ``hook_embed`` (before positions are added) and the
+    sinusoids as ``hook_pos_embed``."""
+    block = WHISPER_NAMING.parse(name)
+    if block is not None and block[0] == stack:
+        return one_stack_name(block[1], block[2])
+    ln_final = f"{stack}_ln_final."
+    if name.startswith(ln_final):
+        return "ln_final." + name[len(ln_final) :]
+    if stack == "encoder":
+        return _ENCODER_VIEW_EMBEDS.get(name, name)
+    return name
+
+
+_ENCODER_VIEW_EMBEDS = {"encoder_embed.hook_conv2": "hook_embed", "encoder_embed.hook_pos_embed": "hook_pos_embed"}
+
+
+def _any_block(name: str) -> tuple[str, int, str] | None:
+    """``(module list, layer, leaf)`` of a hook inside the blocks of any family here (every
+    block list's name ends in ``blocks``); None outside the blocks."""
+    head, _, rest = name.partition(".")
+    layer, _, leaf = rest.partition(".")
+    if head.endswith("blocks") and layer.isdigit() and leaf:
+        return head, int(layer), leaf
+    return None
+
+
+def layer_of(name: str) -> int | None:
+    """The block index of a hook of any family, None outside the blocks (for results that keep
+    hook names without their model, such as probe reports)."""
+    block = _any_block(name)
+    return block[1] if block else None
+
+
+def layer_template(name: str) -> str:
+    """``name`` with its block index replaced by ``{l}`` (``decoder_blocks.3.hook_z`` ->
+    ``decoder_blocks.{l}.hook_z``), to group a hook across layers; other names are unchanged."""
+    block = _any_block(name)
+    return f"{block[0]}.{{l}}.{block[2]}" if block else name
+
+
 _HEADED = {"hook_q": 2, "hook_k": 2, "hook_v": 2, "hook_z": 2, "hook_result": 2}
 _PATTERNS = ("hook_attn_scores", "hook_pattern")
 
@@ -60,10 +169,10 @@ def layout_of(name: str) -> HookLayout:
         return HookLayout("audio", None, 2, "mel_frame")
     if name.startswith("encoder_embed."):
         return HookLayout("audio", None, 1, "mel_frame" if name.endswith("hook_conv1") else "audio_position")
-    match = re.match(r"^(encoder|decoder)_blocks\.(\d+)\.(.*)$", name)
+    block = WHISPER_NAMING.parse(name)
     stack: Stack = "encoder" if name.startswith(("encoder", "hook_encoder_out")) else "decoder"
-    layer = int(match.group(2)) if match else None
-    rest = match.group(3) if match else name
+    layer = block[1] if block else None
+    rest = block[2] if block else name
     leaf = rest.rsplit(".", 1)[-1]
     cross = rest.startswith("cross_attn.") or leaf.startswith("hook_cross_")
     query_unit: Unit = "audio_position" if stack == "encoder" else "token"
@@ -88,8 +197,8 @@ def qwen2_audio_layout_of(name: str) -> HookLayout:
         return layout_of(name)
     if name in _POOLED or name.startswith("encoder_ln_final."):
         return HookLayout("encoder", None, 1, "audio_token")
-    match = re.match(r"^blocks\.(\d+)\.(.*)$", name)
-    layer = int(match.group(1)) if match else None
+    block = QWEN2_AUDIO_NAMING.parse(name)
+    layer = block[1] if block else None
     leaf = name.rsplit(".", 1)[-1]
     if leaf in _PATTERNS:
         return HookLayout("decoder", layer, 2, "token", head_axis=1, key_unit="token")

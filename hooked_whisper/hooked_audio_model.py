@@ -20,7 +20,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.hook_layout import HookLayout
+from hooked_whisper.hook_layout import HookLayout, HookNaming
 
 
 def serialised(method: Callable) -> Callable:
@@ -53,9 +53,17 @@ def checked(fn: Callable) -> Callable:
 
 
 class HookedAudioModel(HookedRootModule):
-    """Subclasses build their modules, call ``setup()`` and fill ``hook_layouts``."""
+    """Subclasses build their modules, call ``setup()`` and fill ``hook_layouts``; they declare
+    how their blocks' hooks are named (``hook_naming``), whether the decoder reads the audio
+    through cross-attention, and answer ``layer_count``, ``head_count`` and ``blocks_of``."""
 
     hook_layouts: dict[str, HookLayout]
+    hook_naming: HookNaming
+    # True when a decoder reads the encoder output through cross-attention (an encoder-decoder
+    # such as Whisper); False when the audio enters a language model's own stream as embeddings.
+    has_cross_attention: bool = False
+    # How the audio reaches the text side, for errors about what this family cannot do.
+    audio_route: str = ""
     OPT_IN_FLAGS: tuple[str, ...] = ()  # config switches for hooks that cost memory, as in TransformerLens
     # Whether the current decode() call's rows are left-padded (batched transcription), in which
     # case decoder positions differ from row to row; patching hooks read it.
@@ -98,6 +106,48 @@ class HookedAudioModel(HookedRootModule):
             close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
             hint = f"; closest valid names: {', '.join(close)}" if close else ""
             raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
+
+    def layer_count(self, stack: str) -> int:
+        """How many blocks ``stack`` ("encoder" or "decoder") has."""
+        raise NotImplementedError
+
+    def head_count(self, where: str | HookLayout) -> int:
+        """Attention heads per block of a stack ("encoder"/"decoder"), or of the hook ``where``
+        describes (the audio front end counts as the encoder)."""
+        raise NotImplementedError
+
+    def kv_head_count(self, stack: str) -> int:
+        """Key/value heads per block of ``stack``: ``head_count`` unless grouped-query attention
+        shares each key/value head among several query heads."""
+        return self.head_count(stack)
+
+    def blocks_of(self, stack: str) -> nn.ModuleList:
+        """The blocks of ``stack`` ("encoder" or "decoder")."""
+        raise NotImplementedError
+
+    def hook_name(self, stack: str, layer: int, leaf: str) -> str:
+        """The name of hook ``leaf`` (``hook_resid_post``, ``attn.hook_z``, ``cross_attn.hook_z``,
+        ...) in block ``layer`` of ``stack``, checked to exist: ``decoder_blocks.{layer}.{leaf}``
+        in HookedWhisper, ``blocks.{layer}.{leaf}`` in HookedQwen2Audio's language model."""
+        n_layers = self.layer_count(stack)
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"{stack} layer {layer} out of range: this model's {stack} has layers 0..{n_layers - 1}")
+        name = self.hook_naming.name(stack, layer, leaf)
+        self.check_hook_name(name)
+        return name
+
+    def require_cross_attention(self, what: str) -> None:
+        """Refuse, in one line, a tool that needs a decoder with cross-attention on a family without it."""
+        if not self.has_cross_attention:
+            raise ValueError(f"{what} needs an encoder-decoder model: {type(self).__name__}'s {self.audio_route}")
+
+    @staticmethod
+    def _stack_of(where: str | HookLayout) -> str:
+        if isinstance(where, HookLayout):
+            return "encoder" if where.is_encoder_side else "decoder"
+        if where not in ("encoder", "decoder"):
+            raise ValueError(f"stack must be 'encoder' or 'decoder', not {where!r}")
+        return where
 
     def hook_layout(self, name: str) -> HookLayout:
         """Which stack and layer ``name`` is on and what its axes hold (positions and their

@@ -8,11 +8,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from hooked_whisper.decoding.repetition import LoopReport
+from hooked_whisper.hook_layout import one_stack_name
 from hooked_whisper.metrics import word_error_rate
 
 if TYPE_CHECKING:
     from hooked_whisper.cache import WhisperActivationCache
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
     from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.qwen2_audio import Qwen2AudioActivationCache
 
 
 @dataclass
@@ -29,7 +32,7 @@ class LogitLens:
     final_rank: torch.Tensor  # [layer, batch, pos], 0 = top-1
     saturation_layer: torch.Tensor  # [batch, pos]: first block from whose output top-1 stays final (-1: embed)
 
-    def table(self, model: HookedWhisper, batch_index: int = 0) -> list[str]:
+    def table(self, model: HookedAudioModel, batch_index: int = 0) -> list[str]:
         """One line per layer: that layer's top-1 token at every position."""
         width = max(len(label) for label in self.labels)
         lines = []
@@ -38,9 +41,13 @@ class LogitLens:
         return lines
 
 
-def logit_lens(model: HookedWhisper, cache: WhisperActivationCache, k: int = 5) -> LogitLens:
-    """Project each decoder layer's accumulated residual stream through ``decoder_ln_final`` and
-    the unembedding. Needs the decoder's ``hook_resid_pre``/``hook_resid_post`` in the cache."""
+def logit_lens(
+    model: HookedAudioModel, cache: WhisperActivationCache | Qwen2AudioActivationCache, k: int = 5
+) -> LogitLens:
+    """Project each decoder layer's accumulated residual stream through the decoder's final norm
+    (``decoder_ln_final``; an audio LLM's ``ln_final``) and the unembedding. Needs the decoder's
+    ``hook_resid_pre``/``hook_resid_post`` in the cache (``cache.decoder``: a HookedWhisper or
+    HookedQwen2Audio cache)."""
     with torch.no_grad():
         resid, labels = cache.decoder.accumulated_resid(apply_ln=True, return_labels=True)  # type: ignore[misc]
         if not cache.has_batch_dim:
@@ -86,7 +93,8 @@ def encoder_lens(
     """
     from hooked_whisper.decoding.search import DecodingOptions, decode_window
 
-    n_layers = model.cfg.n_encoder_layers
+    model.require_cross_attention("encoder_lens")
+    n_layers = model.layer_count("encoder")
     layers = list(range(n_layers)) if layers is None else layers
     for layer in layers:
         if not 0 <= layer < n_layers:
@@ -96,13 +104,14 @@ def encoder_lens(
         raise ValueError("encoder_lens reads one clip at a time")
     states: dict[int, torch.Tensor] = {}
 
-    def keep(x: torch.Tensor, hook) -> None:
-        states[hook.layer()] = x
+    def keeper(layer: int):
+        def keep(x: torch.Tensor, hook) -> None:
+            states[layer] = x
 
-    def is_encoder_resid_post(name: str) -> bool:
-        return name.startswith("encoder_blocks.") and name.endswith("hook_resid_post")
+        return keep
 
-    with torch.no_grad(), model.hooks(fwd_hooks=[(is_encoder_resid_post, keep)]):
+    resid_posts = [(model.hook_name("encoder", layer, "hook_resid_post"), keeper(layer)) for layer in layers]
+    with torch.no_grad(), model.hooks(fwd_hooks=resid_posts):
         final_out = model.encode(mel)
     with torch.no_grad():
         final = decode_window(model, final_out, DecodingOptions(max_new_tokens=max_new_tokens))[0]
@@ -152,11 +161,12 @@ def logit_attribution(
     """Split the logit of ``token`` (minus that of ``incorrect_token``, if given) at decoder
     ``position`` into embedding, positional embedding, every self- and cross-attention head,
     every MLP, the attention output biases and the final LayerNorm bias."""
+    model.require_cross_attention("logit_attribution")
     for t in [token] + ([incorrect_token] if incorrect_token is not None else []):
         if not 0 <= t < model.cfg.d_vocab:
             raise ValueError(f"token {t} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
     dec = cache.decoder
-    n_layers = model.cfg.n_decoder_layers
+    n_layers = model.layer_count("decoder")
 
     def at(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, ...] -> this example and position
         return x[batch_index, position] if cache.has_batch_dim else x[position]
@@ -167,13 +177,13 @@ def logit_attribution(
         at(dec["hook_pos_embed"])[None],
         heads[:, batch_index, position] if cache.has_batch_dim else heads[:, position],
     ]
-    parts.append(torch.stack([at(dec[f"blocks.{l}.hook_mlp_out"]) for l in range(n_layers)]))
+    parts.append(torch.stack([at(dec[one_stack_name(l, "hook_mlp_out")]) for l in range(n_layers)]))
     biases = sum(model.decoder_blocks[l].attn.b_O + model.decoder_blocks[l].cross_attn.b_O for l in range(n_layers))
     parts.append(torch.as_tensor(biases)[None])
     components = torch.cat(parts)  # [n_components, d_model]
     labels = ["embed", "pos_embed", *head_labels, *[f"mlp {l}" for l in range(n_layers)], "attention biases"]
 
-    resid = at(dec[f"blocks.{n_layers - 1}.hook_resid_post"])
+    resid = at(dec[one_stack_name(n_layers - 1, "hook_resid_post")])
     ln = model.decoder_ln_final
     scale = ((resid - resid.mean()).pow(2).mean() + ln.eps).sqrt()
     direction = model.W_U[:, token] - (model.W_U[:, incorrect_token] if incorrect_token is not None else 0)

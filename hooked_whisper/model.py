@@ -32,9 +32,9 @@ from hooked_whisper.audio import (
 from hooked_whisper.cache import WhisperActivationCache
 from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
 from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
-from hooked_whisper.decoding.cache import DecoderCache, heads_first
-from hooked_whisper.hook_layout import HookLayout, layout_of
+from hooked_whisper.hook_layout import WHISPER_NAMING, HookLayout, layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
+from hooked_whisper.kv_cache import DecoderCache, heads_first
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
@@ -42,6 +42,9 @@ TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
 
 class HookedWhisper(HookedAudioModel):
     OPT_IN_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_cross_kv_input")
+    hook_naming = WHISPER_NAMING
+    has_cross_attention = True
+    audio_route = "decoder reads the encoder output through cross-attention"
 
     def __init__(
         self,
@@ -304,8 +307,16 @@ class HookedWhisper(HookedAudioModel):
         """How many positions an audio-side hook has in ``unit`` (see ``hook_layout``)."""
         return {"mel_frame": self.cfg.n_frames, "audio_position": self.cfg.n_audio_ctx}[unit]
 
-    def head_count(self, layout: HookLayout) -> int:
-        return self.cfg.n_heads
+    def layer_count(self, stack: str) -> int:
+        stack = self._stack_of(stack)
+        return self.cfg.n_encoder_layers if stack == "encoder" else self.cfg.n_decoder_layers
+
+    def head_count(self, where: str | HookLayout) -> int:
+        self._stack_of(where)  # checks a stack name
+        return self.cfg.n_heads  # Whisper's encoder and decoder have as many heads
+
+    def blocks_of(self, stack: str) -> nn.ModuleList:
+        return self.encoder_blocks if self._stack_of(stack) == "encoder" else self.decoder_blocks
 
     def probe_tokens(self) -> list[list[int]]:
         """The decoder input that probes read at ``prompt_end``: the transcription prompt

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
     from hooked_whisper.lens import EncoderLensRow, LogitLens
-    from hooked_whisper.model import HookedWhisper
     from hooked_whisper.probing import ProbeReport
 
 
@@ -28,7 +28,7 @@ def _save(fig, path: str | Path | None):
     return fig
 
 
-def plot_logit_lens(lens: LogitLens, model: HookedWhisper, path: str | Path | None = None, batch_index: int = 0):
+def plot_logit_lens(lens: LogitLens, model: HookedAudioModel, path: str | Path | None = None, batch_index: int = 0):
     """Heatmap, layer x position: the probability of the model's final prediction, with each
     layer's top-1 token written in its cell."""
     plt = _pyplot()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_whisper.audio import SAMPLE_RATE, audio_clips
-from hooked_whisper.hook_layout import HookLayout
+from hooked_whisper.hook_layout import HookLayout, layer_of
 from hooked_whisper.probe_fitting import (
     L2_GRID,
     balanced_accuracy,
@@ -31,7 +30,7 @@ from hooked_whisper.probe_fitting import (
 
 if TYPE_CHECKING:
     from hooked_whisper.extraction import Manifest
-    from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
 
 ENCODER_POOLINGS = ("mean_audio", "mean", "none")
 DECODER_POOLINGS = ("last", "prompt_end", "mean", "none")
@@ -117,7 +116,7 @@ class ShardedActivationStore(ActivationStore):
 
 
 def extract_activations(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     clips: Sequence | Manifest,
     hooks: Sequence[str],
     pooling: str | int = "mean_audio",
@@ -176,7 +175,7 @@ def extract_activations(
 
 
 def _pooled_batch(
-    model: HookedWhisper, hooks: list[str], pooling, decoder_pooling, waveforms: list[torch.Tensor]
+    model: HookedAudioModel, hooks: list[str], pooling, decoder_pooling, waveforms: list[torch.Tensor]
 ) -> dict[str, list[torch.Tensor]]:
     """One pooled activation per clip and hook for a batch of 16 kHz waveforms."""
     layouts = {h: model.hook_layout(h) for h in hooks}
@@ -220,7 +219,7 @@ def _pool_audio(x: torch.Tensor, layout: HookLayout, seconds: float, pooling: st
     return x[:n_frames]
 
 
-def _pool_decoder(model: HookedWhisper, x: torch.Tensor, tokens: torch.Tensor, pooling: str | int) -> torch.Tensor:
+def _pool_decoder(model: HookedAudioModel, x: torch.Tensor, tokens: torch.Tensor, pooling: str | int) -> torch.Tensor:
     last = model.real_length(tokens) - 1
     if pooling == "last":
         return x[last]
@@ -353,11 +352,10 @@ def train_probes(
         control_balanced = balanced_accuracy(control.predictions, control_y, n_classes)
         median_l2 = sorted(cv.l2)[len(cv.l2) // 2]
         code = online_code_length(x, y, groups, n_classes, median_l2, seed) if code_length else None
-        match = re.search(r"blocks\.(\d+)\.", hook)
         results.append(
             ProbeResult(
                 hook=hook,
-                layer=int(match.group(1)) if match else None,
+                layer=layer_of(hook),
                 accuracy=accuracy,
                 balanced_accuracy=balanced,
                 accuracy_std=float(torch.tensor(cv.fold_accuracies).std()),

@@ -42,7 +42,7 @@ from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
 from hooked_whisper.components.rms_norm import RMSNorm
 from hooked_whisper.components.rotary_attention import rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
-from hooked_whisper.hook_layout import HookLayout, qwen2_audio_layout_of
+from hooked_whisper.hook_layout import QWEN2_AUDIO_NAMING, HookLayout, qwen2_audio_layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
 
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -119,6 +119,9 @@ class TextTokenizer:
 
 class HookedQwen2Audio(HookedAudioModel):
     OPT_IN_FLAGS = ("use_split_qkv_input",)
+    hook_naming = QWEN2_AUDIO_NAMING
+    has_cross_attention = False
+    audio_route = "language model reads audio embeddings, not cross-attention"
 
     def __init__(self, cfg: HookedQwen2AudioConfig, tokenizer: TextTokenizer | None = None):
         super().__init__()
@@ -171,6 +174,11 @@ class HookedQwen2Audio(HookedAudioModel):
     def to_string(self, tokens: torch.Tensor | Sequence[int], skip_special: bool = True) -> str:
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
         return self._need_tokenizer().decode(ids, skip_special)
+
+    def to_str_tokens(self, tokens: torch.Tensor | Sequence[int]) -> list[str]:
+        """Each token id as text on its own (special tokens included), as HookedWhisper's."""
+        tokenizer = self._need_tokenizer()
+        return [tokenizer.decode([int(t)], skip_special=False) for t in torch.as_tensor(tokens).flatten()]
 
     def prompt(self, instruction: str = "Transcribe the audio.", n_audio_tokens: int = 1) -> str:
         """The chat prompt the Qwen2-Audio processor writes for one clip and one instruction, with
@@ -370,8 +378,20 @@ class HookedQwen2Audio(HookedAudioModel):
         n = self.cfg.audio.n_audio_ctx
         return {"mel_frame": 2 * n, "audio_position": n, "audio_token": n // 2}[unit]
 
-    def head_count(self, layout: HookLayout) -> int:
-        return self.cfg.audio.n_heads if layout.is_encoder_side else self.cfg.n_heads
+    def layer_count(self, stack: str) -> int:
+        """Blocks of the audio tower ("encoder") or of the language model ("decoder")."""
+        return self.cfg.audio.n_encoder_layers if self._stack_of(stack) == "encoder" else self.cfg.n_layers
+
+    def head_count(self, where: str | HookLayout) -> int:
+        """Query heads (the language model's key/value groups are ``cfg.n_key_value_heads``)."""
+        return self.cfg.audio.n_heads if self._stack_of(where) == "encoder" else self.cfg.n_heads
+
+    def kv_head_count(self, stack: str) -> int:
+        """The language model's key/value groups (grouped-query attention); the audio tower's heads."""
+        return self.cfg.audio.n_heads if self._stack_of(stack) == "encoder" else self.cfg.n_key_value_heads
+
+    def blocks_of(self, stack: str) -> nn.ModuleList:
+        return self.encoder_blocks if self._stack_of(stack) == "encoder" else self.blocks
 
     def probe_tokens(self) -> None:
         """Probes read the language model on the default transcription prompt alone."""

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hooked_whisper.decoding.cache import DecoderCache
 from hooked_whisper.decoding.repetition import compression_ratio, is_looping
 from hooked_whisper.decoding.rules import LogitRules
+from hooked_whisper.kv_cache import DecoderCache
 
 if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper

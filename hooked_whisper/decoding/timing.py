@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from hooked_whisper.audio import HOP_LENGTH, SAMPLE_RATE
+from hooked_whisper.decoding.results import Segment, Word
 from hooked_whisper.tokenizer import TIME_PRECISION
 
 if TYPE_CHECKING:
     from hooked_whisper.decoding.search import WindowResult
-    from hooked_whisper.decoding.transcribe import Segment
     from hooked_whisper.model import HookedWhisper
 
 PREPEND_PUNCTUATION = "\"'“¿([{-"
@@ -50,8 +50,8 @@ def alignment_heads(model: HookedWhisper) -> list[tuple[int, int]]:
     of the decoder, openai-whisper's default."""
     if model.generation_config.alignment_heads:
         return [tuple(h) for h in model.generation_config.alignment_heads]  # type: ignore[misc]
-    n = model.cfg.n_decoder_layers
-    return [(layer, head) for layer in range(n // 2, n) for head in range(model.cfg.n_heads)]
+    n = model.layer_count("decoder")
+    return [(layer, head) for layer in range(n // 2, n) for head in range(model.head_count("decoder"))]
 
 
 def word_alignment(
@@ -75,7 +75,7 @@ def word_alignment(
         scores[hook.layer()] = tensor[0]
 
     layers = sorted({layer for layer, _ in heads})
-    hooks = [(f"decoder_blocks.{layer}.cross_attn.hook_attn_scores", keep) for layer in layers]
+    hooks = [(model.hook_name("decoder", layer, "cross_attn.hook_attn_scores"), keep) for layer in layers]
     with torch.no_grad():
         with model.hooks(fwd_hooks=hooks):
             logits = model.decode(tokens, encoder_out)[0]
@@ -198,8 +198,6 @@ def add_word_timestamps(
 ) -> float:
     """Fill ``segment.words`` for one window's segments and tighten the segment bounds to them;
     returns the end of the last word (where speech last ended)."""
-    from hooked_whisper.decoding.transcribe import Word
-
     if not segments:
         return last_speech
     eot = model.special.eot

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,7 +35,9 @@ from tqdm.auto import tqdm
 
 from hooked_whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE
 from hooked_whisper.decoding.repetition import compression_ratio, loop_start
+from hooked_whisper.decoding.results import Segment, Transcript, Window
 from hooked_whisper.decoding.search import DecodingOptions, WindowResult, decode_window, detect_language
+from hooked_whisper.decoding.timing import add_word_timestamps
 from hooked_whisper.tokenizer import TIME_PRECISION
 
 if TYPE_CHECKING:
@@ -44,58 +46,6 @@ if TYPE_CHECKING:
 N_FRAMES = 3000  # mel frames in one window
 FRAMES_PER_TOKEN = 2  # mel frames per encoder position (and per timestamp step)
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-
-@dataclass
-class Word:
-    word: str
-    start: float
-    end: float
-    probability: float
-
-
-@dataclass
-class Segment:
-    id: int
-    seek: int  # mel frame where its window started
-    start: float  # seconds
-    end: float
-    text: str
-    tokens: list[int]  # text and timestamp tokens
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-    words: list[Word] | None = None
-
-
-@dataclass
-class Window:
-    """One decoded 30 s window, kept whether or not it produced segments."""
-
-    start: float  # seconds
-    end: float
-    no_speech_prob: float
-    avg_logprob: float
-    compression_ratio: float
-    temperature: float  # of the attempt that was kept
-    skipped: bool  # judged silent: no segments were made from it
-    looped: bool = False  # every attempt looped: the text was cut after the loop's first copy
-
-
-@dataclass
-class Transcript:
-    text: str
-    tokens: list[int]  # every segment's tokens in order (timestamps included when predicted)
-    language: str | None = None
-    segments: list[Segment] = field(default_factory=list)
-    windows: list[Window] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return self.text
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 FALLBACKS = ("loop-aware", "openai")
@@ -199,7 +149,6 @@ class ClipTranscription:
 
     def keep(self, result: WindowResult) -> None:
         """Turn the window's kept attempt into segments and move to the next window."""
-        from hooked_whisper.decoding.timing import add_word_timestamps
 
         model, settings, s = self.model, self.settings, self.model.special
         seek, size, time_offset = self.seek, self.size, self.time_offset

@@ -13,11 +13,11 @@ from hooked_whisper.patching.metrics import Metric
 from hooked_whisper.patching.sites import Site, region, resolve_all
 
 if TYPE_CHECKING:
-    from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
 
 
 def patch_hooks(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     sites: Sequence[Site],
     sources: Sequence[torch.Tensor | float],
     alpha: float = 1.0,
@@ -72,7 +72,9 @@ def patch_hooks(
     return [(hook, make(indices)) for hook, indices in by_hook.items()]
 
 
-def prepare(model: HookedWhisper, target, tokens, sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare(
+    model: HookedAudioModel, target, tokens, sample_rate: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's log-mel (one clip) and the decoder tokens both runs read."""
     mel = model.to_mel(target, sample_rate)
     if mel.shape[0] != 1:
@@ -81,7 +83,7 @@ def prepare(model: HookedWhisper, target, tokens, sample_rate: int | None = None
 
 
 def source_cache(
-    model: HookedWhisper, source, tokens: torch.Tensor, hooks: set[str], sample_rate: int | None = None
+    model: HookedAudioModel, source, tokens: torch.Tensor, hooks: set[str], sample_rate: int | None = None
 ) -> dict[str, torch.Tensor]:
     """The activations at ``hooks`` of a run on ``source`` reading ``tokens``."""
     with torch.no_grad():
@@ -89,7 +91,7 @@ def source_cache(
     return dict(cache.items())
 
 
-def _sweep(model: HookedWhisper, mel, tokens, sites, sources, metric, alpha, batch_size, progress) -> torch.Tensor:
+def _sweep(model: HookedAudioModel, mel, tokens, sites, sources, metric, alpha, batch_size, progress) -> torch.Tensor:
     """Run every site's patch once, ``batch_size`` sites per batch (row i carries site i)."""
     values = []
     encoder_out = None
@@ -115,7 +117,7 @@ def _sweep(model: HookedWhisper, mel, tokens, sites, sources, metric, alpha, bat
     return torch.cat(values)
 
 
-def _on_cross_kv(model: HookedWhisper, site: Site) -> bool:
+def _on_cross_kv(model: HookedAudioModel, site: Site) -> bool:
     """Whether ``site`` is a decoder hook on the audio positions: the cross-attention keys and
     values (or their inputs), computed once per clip."""
     layout = model.hook_layouts[site.hook]
@@ -123,7 +125,7 @@ def _on_cross_kv(model: HookedWhisper, site: Site) -> bool:
 
 
 def activation_patch(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     target,
     source,
     sites: Sequence[Site] | Site | str,
@@ -148,7 +150,7 @@ def activation_patch(
 
 
 def mean_activations(
-    model: HookedWhisper, clips: Sequence, hooks: Sequence[str], tokens=None
+    model: HookedAudioModel, clips: Sequence, hooks: Sequence[str], tokens=None
 ) -> dict[str, torch.Tensor]:
     """Per-hook mean over ``clips`` (and over token positions for decoder hooks): the reference for mean ablation."""
     sums: dict[str, torch.Tensor] = {}
@@ -164,7 +166,7 @@ def mean_activations(
 
 
 def ablate(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     target,
     sites: Sequence[Site] | Site | str,
     metric: Metric | None = None,

@@ -11,11 +11,11 @@ from hooked_whisper.patching.activation import prepare, source_cache
 from hooked_whisper.patching.metrics import Metric
 
 if TYPE_CHECKING:
-    from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
 
 
 def attribution_patch(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     base,
     source,
     metric: Metric,
@@ -31,7 +31,12 @@ def attribution_patch(
     attention head's ``hook_z`` (self and cross) and every ``hook_mlp_out``, both stacks.
     """
     if hooks is None:
-        hooks = [n for n in model.hook_dict if n.endswith(("attn.hook_z", "hook_mlp_out"))]
+        hooks = [
+            model.hook_name(stack, layer, leaf)
+            for stack in ("encoder", "decoder")
+            for layer in range(model.layer_count(stack))
+            for leaf in _default_leaves(model, stack)
+        ]
     hooks = list(hooks)
     for name in hooks:
         model.check_hook_name(name)
@@ -56,3 +61,9 @@ def attribution_patch(
             contribution.transpose(head_axis, -1).flatten(0, -2).sum(0) if head_axis is not None else contribution.sum()
         )
     return out
+
+
+def _default_leaves(model: HookedAudioModel, stack: str) -> list[str]:
+    """Every head and MLP of a block: self-attention, cross-attention where the decoder has it."""
+    cross = ["cross_attn.hook_z"] if stack == "decoder" and model.has_cross_attention else []
+    return ["attn.hook_z", *cross, "hook_mlp_out"]

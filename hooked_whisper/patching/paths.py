@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.decoding.cache import DecoderCache
+from hooked_whisper.kv_cache import DecoderCache
 from hooked_whisper.patching.activation import prepare, source_cache
 from hooked_whisper.patching.metrics import Metric
 from hooked_whisper.patching.sites import Site, refuse_padded_rows, resolve
 
 if TYPE_CHECKING:
-    from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
 
 
 @dataclass(frozen=True)
@@ -46,22 +46,17 @@ class Receiver:
         return f"{'XL' if self.kind == 'cross_attn' else 'DL'}{self.layer}H{self.head} via {self.via}"
 
 
-def cross_attention_receivers(model: HookedWhisper, via: str = "kv") -> list[Receiver]:
+def cross_attention_receivers(model: HookedAudioModel, via: str = "kv") -> list[Receiver]:
     """Every head that reads the audio: each cross-attention head of each decoder layer (in an
     audio LLM, each key/value group of each language-model layer)."""
     layers, heads = _audio_readers(model)
     return [Receiver(l, h, via) for l in range(layers) for h in range(heads)]
 
 
-def _is_audio_llm(model) -> bool:
-    return hasattr(model, "W_audio_proj")
-
-
-def _audio_readers(model) -> tuple[int, int]:
-    """(layers, heads per layer) that read the audio directly."""
-    if _is_audio_llm(model):
-        return model.cfg.n_layers, model.cfg.n_key_value_heads
-    return model.cfg.n_decoder_layers, model.cfg.n_heads
+def _audio_readers(model: HookedAudioModel) -> tuple[int, int]:
+    """(layers, heads per layer) that read the audio directly: cross-attention heads, or in an
+    audio LLM the language model's key/value groups (its keys and values carry the audio)."""
+    return model.layer_count("decoder"), model.kv_head_count("decoder")
 
 
 def _audio_llm_receiver_hooks(model, r: Receiver, row: int, base_out: torch.Tensor, patched_out: torch.Tensor, tokens):
@@ -71,7 +66,10 @@ def _audio_llm_receiver_hooks(model, r: Receiver, row: int, base_out: torch.Tens
     slots = (tokens[0] == model.cfg.audio_token_id).nonzero().flatten()
     change = torch.zeros(1, tokens.shape[1], base_out.shape[-1], dtype=base_out.dtype, device=base_out.device)
     change[0, slots] = (patched_out - base_out)[0, : len(slots)]
-    return [(f"blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, change)) for part in r.via]
+    return [
+        (model.hook_name("decoder", r.layer, f"hook_{part}_input"), _add_to_head(model, row, r.head, change))
+        for part in r.via
+    ]
 
 
 def _receivers_cross_kv(base: DecoderCache, patched: DecoderCache, chunk, rows, batch: int) -> DecoderCache:
@@ -91,15 +89,15 @@ def _receivers_cross_kv(base: DecoderCache, patched: DecoderCache, chunk, rows, 
     return cache
 
 
-def _sender_delta(model: HookedWhisper, sender: Site, base: dict, source: dict) -> torch.Tensor:
+def _sender_delta(model: HookedAudioModel, sender: Site, base: dict, source: dict) -> torch.Tensor:
     """What the sender adds to the residual stream in the source run minus in the base run, as
     ``[1, pos, d_model]`` (zero outside the sender's positions)."""
     hook = sender.hook
     delta = source[hook] - base[hook]
-    if hook.endswith((".attn.hook_z", ".cross_attn.hook_z")):
-        block, kind = hook.split(".")[0:2], hook.split(".")[2]
-        stack = model.encoder_blocks if block[0] == "encoder_blocks" else model.decoder_blocks
-        W_O = getattr(stack[int(block[1])], kind).W_O
+    block = model.hook_naming.parse(hook)
+    if block is not None and block[2] in ("attn.hook_z", "cross_attn.hook_z"):
+        stack, layer, leaf = block
+        W_O = getattr(model.blocks_of(stack)[layer], leaf.split(".")[0]).W_O
         heads = [sender.head] if sender.head is not None else list(range(W_O.shape[0]))
         delta = torch.einsum("bphd,hdm->bpm", delta[:, :, heads], W_O[heads])
     elif sender.head is not None:
@@ -117,7 +115,7 @@ def _sender_delta(model: HookedWhisper, sender: Site, base: dict, source: dict) 
 
 
 def path_patch(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     base,
     source,
     sender: Site | str,
@@ -142,7 +140,9 @@ def path_patch(
     receivers = list(receivers)
     for r in receivers:
         layers, heads = (
-            _audio_readers(model) if r.kind == "cross_attn" else (model.cfg.n_decoder_layers, model.cfg.n_heads)
+            _audio_readers(model)
+            if r.kind == "cross_attn"
+            else (model.layer_count("decoder"), model.head_count("decoder"))
         )
         if not (0 <= r.layer < layers and 0 <= r.head < heads):
             raise ValueError(f"receiver {r.name} does not exist in this model")
@@ -150,7 +150,7 @@ def path_patch(
         if not r.via or not set(r.via) <= allowed:
             raise ValueError(f"receiver {r.name}: via must use {sorted(allowed)}")
     to_encoder = model.hook_layouts[sender.hook].is_encoder_side
-    if _is_audio_llm(model) and not to_encoder:
+    if not model.has_cross_attention and not to_encoder:
         raise ValueError(
             "in an audio LLM, path patching runs from an audio-side sender (encoder, pooling, projector) "
             "to language-model key/value groups reading the audio (cross_attention_receivers(model))"
@@ -161,8 +161,9 @@ def path_patch(
             "reach later decoder heads through self-attention (kind='attn') receivers"
         )
     mel, tokens = prepare(model, base, tokens, sample_rate)
-    last_encoder = f"encoder_blocks.{len(model.encoder_blocks) - 1}.hook_resid_post"
-    audio_out = "hook_audio_embeds" if _is_audio_llm(model) else "hook_encoder_out"
+    last_encoder = model.hook_name("encoder", model.layer_count("encoder") - 1, "hook_resid_post")
+    # What the text side reads: the encoder output (cross-attention) or the projected audio embeddings.
+    audio_out = "hook_encoder_out" if model.has_cross_attention else "hook_audio_embeds"
     base_cache = source_cache(model, mel, tokens, {sender.hook, last_encoder, audio_out})
     delta = _sender_delta(model, sender, base_cache, source_cache(model, source, tokens, {sender.hook}, sample_rate))
     encoder_out = base_cache[audio_out]  # the base run already computed it
@@ -173,12 +174,12 @@ def path_patch(
         # encoder block (it is on the path), is what each receiver reads.
         with torch.no_grad():
             patched_out = model.finish_encoder(base_cache[last_encoder] + delta)
-            if not _is_audio_llm(model):
+            if model.has_cross_attention:
                 base_kv, patched_kv = model.new_decoder_cache(encoder_out), model.new_decoder_cache(patched_out)
     for chunk in tqdm(groups, desc="path patching", disable=not progress or len(groups) < 2, unit="batch"):
         rows = [0] * len(chunk) if jointly else list(range(len(chunk)))
         batch = 1 if jointly else len(chunk)
-        if to_encoder and not _is_audio_llm(model):
+        if to_encoder and model.has_cross_attention:
             cache = _receivers_cross_kv(base_kv, patched_kv, chunk, rows, batch)
             with torch.no_grad():
                 values.append(metric(model.decode(tokens.expand(batch, -1), cache=cache)))
@@ -188,20 +189,20 @@ def path_patch(
             for row, r in zip(rows, chunk):
                 hooks += _audio_llm_receiver_hooks(model, r, row, encoder_out, patched_out, tokens)
         else:
-            sender_layer = model.hook_layouts[sender.hook].layer if sender.hook.startswith("decoder_blocks.") else -1
+            sender_layout = model.hook_layouts[sender.hook]
+            sender_layer = sender_layout.layer if sender_layout.layer is not None else -1  # -1: the embeddings
             for row, r in zip(rows, chunk):
                 if r.layer <= sender_layer:
                     raise ValueError(f"receiver {r.name} is not downstream of {sender.hook}")
                 for part in r.via:
-                    hooks.append(
-                        (f"decoder_blocks.{r.layer}.hook_{part}_input", _add_to_head(model, row, r.head, delta))
-                    )
+                    name = model.hook_name("decoder", r.layer, f"hook_{part}_input")
+                    hooks.append((name, _add_to_head(model, row, r.head, delta)))
         with torch.no_grad(), model.opt_in(use_split_qkv_input=True), model.hooks(fwd_hooks=hooks):
             values.append(metric(model.decode(tokens.expand(batch, -1), encoder_out)))  # one clip serves every row
     return torch.cat(values)
 
 
-def _add_to_head(model: HookedWhisper, row: int, head: int, delta: torch.Tensor) -> Callable:
+def _add_to_head(model: HookedAudioModel, row: int, head: int, delta: torch.Tensor) -> Callable:
     def hook_fn(x: torch.Tensor, hook) -> torch.Tensor:
         refuse_padded_rows(model, hook.name)
         x = x.clone()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from hooked_whisper.model import HookedWhisper
+    from hooked_whisper.hooked_audio_model import HookedAudioModel
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Site:
         return " ".join(parts)
 
 
-def resolve(model: HookedWhisper, site: Site | str) -> Site:
+def resolve(model: HookedAudioModel, site: Site | str) -> Site:
     """``site`` checked against the model, with a time window turned into the hook's positions."""
     site = Site(site) if isinstance(site, str) else site
     layout = model.hook_layout(site.hook)
@@ -77,12 +77,12 @@ def resolve(model: HookedWhisper, site: Site | str) -> Site:
     return site
 
 
-def resolve_all(model: HookedWhisper, sites: Sequence[Site] | Site | str) -> list[Site]:
+def resolve_all(model: HookedAudioModel, sites: Sequence[Site] | Site | str) -> list[Site]:
     many = [sites] if isinstance(sites, (Site, str)) else list(sites)
     return [resolve(model, s) for s in many]
 
 
-def refuse_padded_rows(model: HookedWhisper, hook: str) -> None:
+def refuse_padded_rows(model: HookedAudioModel, hook: str) -> None:
     """Decoder positions mean nothing fixed while rows are left-padded: say so rather than patch
     the wrong tokens."""
     if model.decode_padded:
@@ -92,7 +92,7 @@ def refuse_padded_rows(model: HookedWhisper, hook: str) -> None:
         )
 
 
-def region(model: HookedWhisper, site: Site, x: torch.Tensor, row: int | None) -> tuple[tuple, tuple] | None:
+def region(model: HookedAudioModel, site: Site, x: torch.Tensor, row: int | None) -> tuple[tuple, tuple] | None:
     """Index tuples (into the hooked tensor, into the full-run source) for a resolved ``site``;
     None when none of its positions are in this call (a later generation step)."""
     layout = model.hook_layouts[site.hook]
@@ -121,29 +121,46 @@ def region(model: HookedWhisper, site: Site, x: torch.Tensor, row: int | None) -
 
 # ---------------------------------------------------------------------------------------- sweeps
 def head_sites(
-    model: HookedWhisper,
+    model: HookedAudioModel,
     stack: str = "decoder",
-    kind: str = "cross_attn",
+    kind: str | None = None,
     hook: str = "hook_z",
     positions: Sequence[int] | Seconds | None = None,
 ) -> list[Site]:
-    """One site per head of every layer: ``{stack}_blocks.{l}.{kind}.{hook}`` (labels XL/DL/EL{l}H{h})."""
-    n_layers = model.cfg.n_encoder_layers if stack == "encoder" else model.cfg.n_decoder_layers
+    """One site per head of every layer of ``stack``: hook ``{kind}.{hook}`` of each block (labels
+    XL/DL/EL{l}H{h}). ``kind`` defaults to the heads that read the audio: cross-attention in an
+    encoder-decoder's decoder, self-attention ("attn") in the encoder and in an audio LLM's
+    language model."""
+    if kind is None:
+        kind = "cross_attn" if stack == "decoder" and model.has_cross_attention else "attn"
+    if kind == "cross_attn":
+        model.require_cross_attention("cross-attention head sites")
     tag = "EL" if stack == "encoder" else ("XL" if kind == "cross_attn" else "DL")
     pos = _positions(positions)
     return [
-        Site(f"{stack}_blocks.{l}.{kind}.{hook}", h, pos, f"{tag}{l}H{h}")
-        for l in range(n_layers)
-        for h in range(model.cfg.n_heads)
+        Site(model.hook_name(stack, l, f"{kind}.{hook}"), h, pos, f"{tag}{l}H{h}")
+        for l in range(model.layer_count(stack))
+        for h in range(model.head_count(stack))
     ]
 
 
-def layer_sites(model: HookedWhisper, template: str, positions: Sequence[int] | Seconds | None = None) -> list[Site]:
-    """One site per layer, e.g. ``layer_sites(model, "decoder_blocks.{l}.hook_cross_attn_out")``."""
-    stack = model.hook_layout(template.format(l=0)).stack
-    n_layers = model.cfg.n_decoder_layers if stack == "decoder" else model.cfg.n_encoder_layers
+def layer_sites(model: HookedAudioModel, template: str, positions: Sequence[int] | Seconds | None = None) -> list[Site]:
+    """One site per layer, from a hook name with ``{l}`` for the layer, e.g.
+    ``layer_sites(model, "decoder_blocks.{l}.hook_cross_attn_out")``; or from a stack and a leaf
+    given as ``"decoder:hook_resid_post"``, which names the hook in any family (Whisper's
+    ``decoder_blocks``, an audio LLM's language-model ``blocks``)."""
+    stack, sep, leaf = template.partition(":")
+    if sep:
+        names = [model.hook_name(stack, l, leaf) for l in range(model.layer_count(stack))]
+    else:
+        if "{l}" not in template:
+            raise ValueError(f"{template!r} has no {{l}} for the layer; e.g. 'decoder_blocks.{{l}}.hook_resid_post'")
+        layout = model.hook_layout(template.format(l=0))
+        if layout.layer is None:
+            raise ValueError(f"{template.format(l=0)} is not inside a block: layer_sites needs a block hook")
+        names = [template.format(l=l) for l in range(model.layer_count(layout.stack))]
     pos = _positions(positions)
-    return [Site(template.format(l=l), None, pos, template.format(l=l)) for l in range(n_layers)]
+    return [Site(name, None, pos, name) for name in names]
 
 
 def position_sites(hook: str, n_positions: int, head: int | None = None) -> list[Site]:

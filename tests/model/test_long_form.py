@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hooked_whisper import load_audio
-from hooked_whisper.decoding.cache import DecoderCache
 from hooked_whisper.decoding.repetition import LoopReport
+from hooked_whisper.kv_cache import DecoderCache
 from hooked_whisper.metrics import word_error_rate
 from tests.support import DATA, assert_close, long_clip
 

@@ -1,4 +1,6 @@
-"""The decoder's state between generation steps."""
+"""The decoder's state between generation steps: the key/value cache HookedWhisper builds and
+decode() reads. It lives beside the model, not in ``decoding``, so that the model does not import
+the decoding package (which imports the model's users: search, transcription, timing)."""
 
 from __future__ import annotations
 
