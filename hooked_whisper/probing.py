@@ -48,8 +48,11 @@ class ActivationStore:
         self.n = 0
 
     @classmethod
-    def open(cls, folder: str | Path) -> ShardedActivationStore:
-        return ShardedActivationStore(folder)
+    def open(cls, folder: str | Path, verify: bool = True) -> ShardedActivationStore:
+        """Read an extraction folder back. With ``verify`` (the default) every shard is read once
+        and checked against the checksums written with it (a shard that fails is refused, naming
+        the file); without it each tensor is still checked when it is read."""
+        return ShardedActivationStore(folder, verify)
 
     def append(self, batch: dict[str, list[torch.Tensor]]) -> None:
         """Add one batch: for each hook, one tensor per clip (shapes may differ with pooling='none')."""
@@ -75,8 +78,8 @@ class ShardedActivationStore(ActivationStore):
     shard (memory-mapped) and nothing else. Rows are the clips that loaded, in manifest order;
     ``labels``, ``groups`` and ``clips`` follow them, ``failed`` maps the others to the reason."""
 
-    def __init__(self, folder: str | Path):
-        from hooked_whisper.extraction import INDEX
+    def __init__(self, folder: str | Path, verify: bool = True):
+        from hooked_whisper.extraction import INDEX, _read_shard
 
         self.folder = Path(folder)
         path = self.folder / INDEX
@@ -90,17 +93,23 @@ class ShardedActivationStore(ActivationStore):
         self.groups = [e["group"] for e in ok]
         self.clips = [e["clip"] for e in ok]
         self.failed = {e["clip"]: e["error"] for e in self.index["rows"] if "error" in e}
+        if verify:
+            for name in self.index["shards"]:
+                _read_shard(self.folder / name, verify=True)
 
     def _read(self, hook: str) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
-        from safetensors import safe_open
-
-        from hooked_whisper.extraction import ROWS_KEY
+        from hooked_whisper.extraction import ROWS_KEY, _open_shard, check_tensor
 
         out = []
         for name in self.index["shards"]:
-            with safe_open(str(self.folder / name), "pt") as f:
+            path = self.folder / name
+            with _open_shard(path) as f:
+                metadata = f.metadata() or {}
                 keys = [k for k in f.keys() if k == hook or k.startswith(f"{hook}/")]
-                out.append((f.get_tensor(ROWS_KEY).tolist(), {k: f.get_tensor(k) for k in keys}))
+                tensors = {k: f.get_tensor(k) for k in [ROWS_KEY, *keys]}
+            for key, tensor in tensors.items():
+                check_tensor(path, key, tensor, metadata)
+            out.append((tensors.pop(ROWS_KEY).tolist(), tensors))
         return out
 
     def rows(self, hook: str) -> list[torch.Tensor]:
@@ -112,6 +121,8 @@ class ShardedActivationStore(ActivationStore):
 
     def __getitem__(self, hook: str) -> torch.Tensor:
         self._check(hook)
+        if self.n == 0:
+            raise ValueError(f"{self.folder} holds no activations: every clip failed (see store.failed)")
         parts = [tensors[hook] for _, tensors in self._read(hook) if hook in tensors]
         return torch.cat(parts) if parts else torch.stack(self.rows(hook))
 
@@ -128,6 +139,7 @@ def extract_activations(
     progress: bool = True,
     shard_size: int = 256,
     dtype: torch.dtype = torch.float32,
+    allow_hooks: bool = False,
 ) -> ActivationStore:
     """Activations at ``hooks`` for every clip (paths or waveforms at ``sample_rate``, or a
     ``Manifest`` with labels and groups), pooled.
@@ -144,10 +156,16 @@ def extract_activations(
     ``dtype``) and the result is read back lazily (``ActivationStore.open``): memory stays
     bounded whatever the corpus size, a rerun resumes, clips that fail to load are recorded and
     skipped, and under ``torchrun`` each process extracts its share (see
-    ``hooked_whisper.extraction``). Without it everything is kept in memory.
+    ``hooked_whisper.extraction``). Each shard records a hash of its clips, a fingerprint of the
+    model's weights, the active hooks and the options: a rerun recomputes the shards whose
+    inputs changed, and says so. Extracting into a folder while hooks are active on the model is
+    refused unless ``allow_hooks=True`` (the shards then record the hooks' names). Without
+    ``out_dir`` everything is kept in memory.
     """
-    from hooked_whisper.extraction import Manifest, extract_to_folder
+    from hooked_whisper.extraction import Manifest, active_hooks, extract_to_folder, model_fingerprint
 
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of clips, 1 or more; got {batch_size!r}")
     manifest = clips if isinstance(clips, Manifest) else Manifest(list(clips), [None] * len(clips), [None] * len(clips))
     if len(manifest.clips) == 0:
         raise ValueError("no clips given: the dataset is empty")
@@ -162,9 +180,18 @@ def extract_activations(
     if out_dir is not None:
         settings = {"model": str(getattr(model, "name_or_path", type(model).__name__))}
         settings |= {"pooling": pooling, "decoder_pooling": decoder_pooling}
+        hooked = active_hooks(model)
+        if hooked and not allow_hooks:
+            raise ValueError(
+                f"the model has {len(hooked)} hook(s) active ({'; '.join(hooked[:3])}"
+                f"{' ...' if len(hooked) > 3 else ''}): "
+                "the shards would hold hooked activations. Extract outside the `with model.hooks(...)` block, "
+                "or pass allow_hooks=True to extract with them (the shards record them)"
+            )
+        state = {"model": model_fingerprint(model), "hooks": json.dumps(hooked)}
         extract_to_folder(
             manifest, out_dir, hooks, pooled_batch, settings, batch_size, shard_size, dtype, sample_rate,
-            max_seconds=30.0, progress=progress,
+            max_seconds=30.0, progress=progress, model_state=state,
         )  # fmt: skip
         return ActivationStore.open(out_dir)
     store = ActivationStore(hooks)
@@ -230,9 +257,15 @@ def _pool_decoder(model: HookedWhisper, x: torch.Tensor, tokens: torch.Tensor, p
         return x[: last + 1].mean(0)
     if pooling == "none":
         return x[: last + 1]
-    if not -x.shape[0] <= int(pooling) < x.shape[0]:
-        raise ValueError(f"decoder position {pooling} is outside this clip's {x.shape[0]} positions")
-    return x[int(pooling)]
+    # A position counts within this row's own tokens (negative ones from its own end), never
+    # into the end-of-text padding a batch adds to its shorter rows.
+    n = last + 1
+    if not -n <= int(pooling) < n:
+        raise ValueError(
+            f"decoder position {pooling} is outside this clip's {n} tokens (prompt and transcript): use a "
+            f"position in [-{n}, {n - 1}], or decoder_pooling='last'"
+        )
+    return x[int(pooling) % n]
 
 
 @dataclass
