@@ -76,13 +76,15 @@ def encoder_lens(
     reference: str | None = None,
     apply_ln: bool = True,
     max_new_tokens: int = 128,
+    sample_rate: int | None = None,
 ) -> list[EncoderLensRow]:
     """Transcribe one clip from each encoder layer's output, through the unchanged decoder.
 
     As in the seed paper, layer ``l``'s residual stream goes through ``encoder_ln_final`` (or
     nothing, with ``apply_ln=False``) into the cross-attention of the decoder in place of the
     final encoder output. Early layers often make the decoder loop: generation stops once a
-    loop is detected (or at ``max_new_tokens``), and each row says whether it looped.
+    loop is detected (or at ``max_new_tokens``), and each row says whether it looped. An
+    array of samples is at ``sample_rate`` Hz (16 kHz unless told).
     """
     from hooked_whisper.decoding.search import DecodingOptions, decode_window
 
@@ -91,7 +93,7 @@ def encoder_lens(
     for layer in layers:
         if not 0 <= layer < n_layers:
             raise ValueError(f"encoder layer {layer} out of range: this model has layers 0..{n_layers - 1}")
-    mel = model.to_mel(audio)
+    mel = model.to_mel(audio, sample_rate)
     if mel.shape[0] != 1:
         raise ValueError("encoder_lens reads one clip at a time")
     states: dict[int, torch.Tensor] = {}

@@ -25,6 +25,7 @@ from hooked_whisper.audio import (
     SAMPLE_RATE,
     AudioInput,
     audio_clips,
+    check_mel,
     is_single_clip,
     log_mel_spectrogram,
     pad_or_trim,
@@ -191,7 +192,7 @@ class HookedWhisper(HookedAudioModel):
                 + (" (this model takes 128 mel bins)" if shape[-2] == 80 and expected[0] == 128 else "")
                 + (" (this model takes 80 mel bins)" if shape[-2] == 128 and expected[0] == 80 else "")
             )
-        mel = torch.as_tensor(audio)
+        mel = check_mel(torch.as_tensor(audio))
         return (mel if mel.ndim == 3 else mel.unsqueeze(0)).to(self.device, self.dtype)
 
     def _is_single_clip(self, audio: AudioInput) -> bool:
