@@ -42,8 +42,9 @@ class ActivationStore:
     reads a folder written by ``extract_activations(..., out_dir=folder)`` (or the
     ``hooked-whisper extract`` command) lazily instead."""
 
-    def __init__(self, hooks: list[str]):
+    def __init__(self, hooks: list[str], unpooled: Sequence[str] = ()):
         self.hooks = hooks
+        self.unpooled = set(unpooled)  # hooks kept with pooling "none": one row per position, not per clip
         self._memory: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
         self.n = 0
 
@@ -88,6 +89,7 @@ class ShardedActivationStore(ActivationStore):
         self.index = json.loads(path.read_text())
         ok = [e for e in self.index["rows"] if "error" not in e]
         self.hooks = self.index["hooks"]
+        self.unpooled = set(self.index.get("unpooled", []))
         self.n = len(ok)
         self.labels = [e["label"] for e in ok]
         self.groups = [e["group"] for e in ok]
@@ -177,9 +179,10 @@ def extract_activations(
     if decoder_pooling not in DECODER_POOLINGS and not isinstance(decoder_pooling, int):
         raise ValueError(f"decoder pooling must be one of {DECODER_POOLINGS} or a position, not {decoder_pooling!r}")
     pooled_batch = partial(_pooled_batch, model, hooks, pooling, decoder_pooling)
+    unpooled = [h for h in hooks if (decoder_pooling if model.hook_layout(h).unit == "token" else pooling) == "none"]
     if out_dir is not None:
         settings = {"model": str(getattr(model, "name_or_path", type(model).__name__))}
-        settings |= {"pooling": pooling, "decoder_pooling": decoder_pooling}
+        settings |= {"pooling": pooling, "decoder_pooling": decoder_pooling, "unpooled": unpooled}
         hooked = active_hooks(model)
         if hooked and not allow_hooks:
             raise ValueError(
@@ -194,7 +197,7 @@ def extract_activations(
             max_seconds=30.0, progress=progress, model_state=state,
         )  # fmt: skip
         return ActivationStore.open(out_dir)
-    store = ActivationStore(hooks)
+    store = ActivationStore(hooks, unpooled)
     starts = range(0, len(manifest.clips), batch_size)
     for start in tqdm(starts, desc="extracting activations", disable=not progress, unit="batch"):
         waveforms = audio_clips(list(manifest.clips[start : start + batch_size]), sample_rate)
@@ -268,6 +271,42 @@ def _pool_decoder(model: HookedWhisper, x: torch.Tensor, tokens: torch.Tensor, p
     return x[int(pooling) % n]
 
 
+def _check_labels(labels, task: str | None) -> list:
+    """``labels`` as a list of hashable classes, refusing what would silently become a class."""
+    import numpy as np
+
+    if task not in (None, "classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', not {task!r}")
+    if task == "regression":
+        raise ValueError(
+            "train_probes fits classification probes; for a continuous target fit a regression on "
+            "store[hook] yourself (e.g. ridge regression), or bin the target and pass task='classification'"
+        )
+    if isinstance(labels, (torch.Tensor, np.ndarray)):
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be one per example (1-D); got shape {tuple(labels.shape)}")
+        labels = labels.tolist()
+    labels = [x.item() if isinstance(x, np.generic) else x for x in labels]
+    missing = [i for i, x in enumerate(labels) if x is None or x == "" or (isinstance(x, float) and math.isnan(x))]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} labels are missing (None, NaN or empty), at examples {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}: they would become a class of their own; drop those examples"
+        )
+    unhashable = next((x for x in labels if not isinstance(x, (str, int, float, bool))), None)
+    if unhashable is not None:
+        raise ValueError(
+            f"labels are strings, integers or booleans, one per example; got a {type(unhashable).__name__}"
+        )
+    if task is None and any(isinstance(x, float) for x in labels):
+        raise ValueError(
+            f"the labels are floats ({len(set(labels))} distinct values): a probe here is a classifier, each "
+            "distinct value a class. Pass task='classification' if they are classes, or task='regression' for a "
+            "continuous target"
+        )
+    return labels
+
+
 @dataclass
 class ProbeResult:
     hook: str
@@ -279,7 +318,7 @@ class ProbeResult:
     ci_high: float
     majority: float  # always predicting the training folds' most common class
     shuffled: float  # mean balanced accuracy with permuted labels (chance for this design)
-    p_value: float  # permutation test: P(permuted balanced accuracy >= balanced accuracy)
+    p_value: float | None  # permutation test: P(permuted >= balanced accuracy); None when not tested
     control: float  # balanced accuracy on the control task: a random label per group (Hewitt and Liang)
     selectivity: float  # balanced accuracy - control
     l2: float  # median strength chosen inside the training folds
@@ -309,9 +348,11 @@ class ProbeReport:
         for r in self.results:
             depth = f"{(r.layer + 1) / self.n_layers:.2f}" if r.layer is not None and self.n_layers else "-"
             compression = f"{r.compression:.2f}" if r.compression is not None else "-"
+            permuted = "-" if r.p_value is None else f"{r.shuffled:.3f}"
+            p = "not tested" if r.p_value is None else f"{r.p_value:.3f}"
             lines.append(
                 f"| {r.hook} | {depth} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.ci_low:.2f}-{r.ci_high:.2f} "
-                f"| {r.balanced_accuracy:.3f} | {r.majority:.3f} | {r.shuffled:.3f} | {r.p_value:.3f} "
+                f"| {r.balanced_accuracy:.3f} | {r.majority:.3f} | {permuted} | {p} "
                 f"| {r.control:.3f} | {r.selectivity:+.3f} | {compression} |"
             )
         return "\n".join(lines)
@@ -333,6 +374,7 @@ def train_probes(
     code_length: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    task: str | None = None,
 ) -> ProbeReport:
     """A linear probe per hook, cross-validated over ``folds`` group-disjoint folds, with its
     controls (see ``hooked_whisper.probe_fitting``): majority baseline, a permutation test
@@ -345,6 +387,11 @@ def train_probes(
     permutations) or ``"logistic"`` (multinomial, L-BFGS). ``l2`` is a strength, or a grid
     searched by cross-validation inside each training split. Deterministic for a ``seed``; runs
     on the GPU when there is one (or on ``device``).
+
+    ``labels`` are one class per example (strings, integers, booleans; a list, or a 1-D tensor
+    or array); None, NaN and empty labels are refused. Probes are classifiers: float labels
+    could be a continuous target, so they need ``task="classification"`` (each distinct value a
+    class). ``permutations=0`` skips the permutation test (its p-value is None, "not tested").
     """
     hooks = list(
         hooks if hooks is not None else activations.hooks if isinstance(activations, ActivationStore) else activations
@@ -353,6 +400,19 @@ def train_probes(
         raise ValueError("no hooks to probe")
     if method not in ("logistic", "ridge"):
         raise ValueError(f"method must be 'logistic' or 'ridge', not {method!r}")
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ValueError(f"folds must be a whole number, 2 or more (cross-validation); got {folds!r}")
+    if not isinstance(permutations, int) or isinstance(permutations, bool) or permutations < 0:
+        raise ValueError(f"permutations must be a whole number, 0 (no test) or more; got {permutations!r}")
+    labels = _check_labels(labels, task)
+    if isinstance(activations, ActivationStore):
+        for hook in hooks:
+            if hook in activations.unpooled:
+                raise ValueError(
+                    f"{hook} was extracted with pooling 'none' (one vector per position, not per clip); a probe "
+                    "needs one vector per clip: extract with pooling='mean_audio' / decoder_pooling='last', or "
+                    "pool the rows yourself (store.rows(hook)) and pass {hook: tensor}"
+                )
     classes = sorted(set(labels), key=str)
     if len(classes) < 2:
         raise ValueError(f"probing needs at least two classes; the labels hold only {classes}")
@@ -372,6 +432,13 @@ def train_probes(
         if x.shape[0] != len(y):
             raise ValueError(f"{len(y)} labels for {x.shape[0]} examples at {hook}: one label per clip is needed")
         x = x.flatten(1)
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            raise ValueError(
+                f"the features at {hook} hold NaN or infinite values ({int(bad.any(0).sum())} of {x.shape[1]} columns, "
+                f"{int(bad.any(1).sum())} of {x.shape[0]} examples): a probe cannot fit them; drop or fix those "
+                "examples (a clip that overflowed, a float16 extraction out of range)"
+            )
         cv = cross_validate(x, y, groups, n_classes, fold_of, method, l2, seed)
         correct = int((cv.predictions == y).sum())
         accuracy = correct / len(y)
@@ -398,7 +465,7 @@ def train_probes(
                 ci_high=high,
                 majority=sum(majority) / len(majority),
                 shuffled=sum(permuted) / len(permuted) if permuted else float("nan"),
-                p_value=(1 + sum(p >= balanced for p in permuted)) / (1 + len(permuted)),
+                p_value=(1 + sum(p >= balanced for p in permuted)) / (1 + len(permuted)) if permuted else None,
                 control=control_balanced,
                 selectivity=balanced - control_balanced,
                 l2=median_l2,
