@@ -41,6 +41,8 @@ class LogitLens:
 def logit_lens(model: HookedWhisper, cache: WhisperActivationCache, k: int = 5) -> LogitLens:
     """Project each decoder layer's accumulated residual stream through ``decoder_ln_final`` and
     the unembedding. Needs the decoder's ``hook_resid_pre``/``hook_resid_post`` in the cache."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= model.cfg.d_vocab:
+        raise ValueError(f"k (tokens shown per layer) must be a whole number in [1, {model.cfg.d_vocab}], got {k!r}")
     with torch.no_grad():
         resid, labels = cache.decoder.accumulated_resid(apply_ln=True, return_labels=True)  # type: ignore[misc]
         if not cache.has_batch_dim:

@@ -298,6 +298,12 @@ class HookedWhisper(HookedAudioModel):
             raise ValueError(f"tokens are [pos] or [batch, pos]; got shape {tuple(tokens.shape)}")
         if tokens.shape[-1] == 0:
             raise ValueError("tokens are empty: give at least the start-of-transcript token (model.prompt())")
+        outside = (tokens < 0) | (tokens >= self.cfg.d_vocab)
+        if outside.any():
+            raise ValueError(
+                f"token id {int(tokens[outside][0])} is outside this model's vocabulary of {self.cfg.d_vocab} ids "
+                f"(0..{self.cfg.d_vocab - 1})"
+            )
         return tokens if tokens.ndim == 2 else tokens.unsqueeze(0)
 
     # ------------------------------------------------------------------ what the toolkit asks of a model

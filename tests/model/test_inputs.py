@@ -115,3 +115,13 @@ def test_a_ready_mel_holding_nan_is_refused(tiny_en):
     mel[0, 5, 7] = float("nan")
     with pytest.raises(ValueError, match="log-mel features hold 1 NaN or infinite values"):
         tiny_en.run_with_cache(mel)
+
+
+def test_a_list_of_languages_and_out_of_vocabulary_ids_are_refused(small):
+    with pytest.raises(ValueError, match=r"language is one code for every clip \(e.g. 'en'\), not list"):
+        small.generate([CLIP, CLIP], language=["en", "fr"])
+    n = small.cfg.d_vocab
+    with pytest.raises(ValueError, match=rf"prompt holds token id {n}, outside this model's vocabulary of {n} ids"):
+        small.generate(CLIP, prompt=[n])
+    with pytest.raises(ValueError, match=rf"token id {n + 5} is outside this model's vocabulary of {n} ids"):
+        small.run_with_cache(CLIP, [small.special.sot, n + 5])
