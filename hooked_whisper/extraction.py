@@ -163,7 +163,12 @@ def _read_shard(path: Path, verify: bool = False) -> tuple[list[int], dict[str, 
 
 def check_tensor(path: Path, key: str, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
     """Refuse a tensor read from a shard whose bytes differ from those written."""
-    checksums = json.loads(metadata.get("sha256", "{}"))
+    if "sha256" not in metadata:  # written before shards carried checksums: readable, not verifiable
+        warnings.warn(
+            f"{path} was written without checksums (an older version): its data is not verified", stacklevel=3
+        )
+        return
+    checksums = json.loads(metadata["sha256"])
     if key not in checksums:
         raise ValueError(
             f"{path} records no checksum for {key!r} (written by an older version, or damaged): rerun the "
@@ -187,6 +192,8 @@ def _shard_status(path: Path, rows: range, hooks: Sequence[str], state: dict[str
         held, failed, keys, metadata = _read_shard(path, verify=True)
     except Exception:
         return "unreadable or failing its checksum"
+    if "sha256" not in metadata:
+        return "written by an older version"
     recorded = [("inputs", "audio changed"), ("model", "model weights changed"), ("hooks", "active hooks changed")]
     for key, why in [*recorded, ("options", "options changed")]:
         if metadata.get(key) != state[key]:

@@ -236,3 +236,21 @@ def test_batched_decoder_positions_are_per_row(tiny_en, float32_spread):
     for batch_size in (1, 2):
         with pytest.raises(ValueError, match=rf"decoder position {n_short} is outside this clip's {n_short} tokens"):
             extract_activations(tiny_en, clips, [hook], decoder_pooling=n_short, batch_size=batch_size, progress=False)
+
+
+def test_shards_from_before_checksums_are_read_with_a_warning_and_recomputed_on_rerun(tiny_en, two_files, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hooked_whisper.probing import ActivationStore
+
+    out = tmp_path / "acts"
+    plain = extract_two(tiny_en, out, two_files)[ENCODER_HOOK]
+    shard = out / "shard-00000.safetensors"
+    with safe_open(str(shard), "pt") as f:
+        tensors, failed = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()["failed"]
+    save_file(tensors, str(shard), metadata={"failed": failed})  # what the previous version wrote
+    with pytest.warns(UserWarning, match="shard-00000.safetensors was written without checksums"):
+        assert torch.equal(ActivationStore.open(out)[ENCODER_HOOK], plain)
+    with pytest.warns(UserWarning, match=r"recomputing 1 of the 2 shards .*\(1 written by an older version\)"):
+        assert torch.equal(extract_two(tiny_en, out, two_files)[ENCODER_HOOK], plain)
