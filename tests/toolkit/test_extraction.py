@@ -254,3 +254,20 @@ def test_shards_from_before_checksums_are_read_with_a_warning_and_recomputed_on_
         assert torch.equal(ActivationStore.open(out)[ENCODER_HOOK], plain)
     with pytest.warns(UserWarning, match=r"recomputing 1 of the 2 shards .*\(1 written by an older version\)"):
         assert torch.equal(extract_two(tiny_en, out, two_files)[ENCODER_HOOK], plain)
+
+
+def test_arrays_are_extracted_at_their_sample_rate_and_a_new_rate_is_recomputed(tiny_en, tmp_path):
+    import torchaudio.functional
+
+    from hooked_whisper import load_audio
+    from hooked_whisper.probing import extract_activations
+
+    at_8k = [
+        torchaudio.functional.resample(load_audio(DATA / c), 16000, 8000) for c in ("cards_001.wav", "goforward.wav")
+    ]
+    out = tmp_path / "acts"
+    sharded = extract_two(tiny_en, out, at_8k, sample_rate=8000)[ENCODER_HOOK]
+    in_memory = extract_activations(tiny_en, at_8k, [ENCODER_HOOK], sample_rate=8000, progress=False)[ENCODER_HOOK]
+    assert torch.equal(sharded, in_memory)
+    with pytest.warns(UserWarning, match=r"recomputing 2 of the 2 shards .*\(2 audio changed\)"):
+        extract_two(tiny_en, out, at_8k, sample_rate=16000)  # the same samples read at another rate
