@@ -19,11 +19,11 @@ CHUNK_SECONDS = 30
 N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480000 samples: one 30 s window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames, 50 encoder positions per second
 
-MAX_CHANNELS = 8  # a 2-D array axis this short holds channels, not samples or clips
+MAX_CHANNELS = 8  # [k, samples] with 2 <= k <= this could be k clips or k channels: refused
+MAX_FLOAT_AMPLITUDE = 1.5  # float audio lives in [-1, 1]; beyond this it is integer PCM read as float
 
 AudioLike = str | Path | np.ndarray | torch.Tensor
 AudioInput = AudioLike | Sequence[AudioLike]
-_warned_default_rate = False
 
 
 def load_audio(audio: AudioLike, sample_rate: int | None = None) -> Float[torch.Tensor, " samples"]:
@@ -32,9 +32,10 @@ def load_audio(audio: AudioLike, sample_rate: int | None = None) -> Float[torch.
     ``audio`` is a path to a sound file (wav, flac, ogg, mp3: anything libsndfile reads) or an
     array of samples. For a file the rate is read from its header; for an array it is
     ``sample_rate``, which must then be given. Other rates are resampled with torchaudio. Stereo
-    (or any multi-channel) input is averaged to mono; integer PCM is scaled to [-1, 1].
-    An array may be ``[samples]`` or ``[samples, channels]``/``[channels, samples]`` (the shorter
-    axis is taken as channels).
+    (or any multi-channel) input is averaged to mono; integer PCM is scaled to [-1, 1]. Float
+    samples beyond +-1.5 are refused (integer PCM converted to float without scaling: divide by
+    32768). An array may be ``[samples]`` or ``[samples, channels]``/``[channels, samples]`` (the
+    shorter axis is taken as channels).
     """
     if isinstance(audio, (str, Path)):
         waveform, file_rate = _read_file(Path(audio))
@@ -50,7 +51,9 @@ def load_audio(audio: AudioLike, sample_rate: int | None = None) -> Float[torch.
                 "an array of samples needs its sample rate: pass sample_rate=<Hz> (Whisper runs at "
                 f"{SAMPLE_RATE} Hz; other rates are resampled)"
             )
-        waveform = _to_float_mono(torch.as_tensor(audio))
+        x = torch.as_tensor(audio)
+        _check_float_range(x, "the audio array")
+        waveform = _to_float_mono(x)
     else:
         raise TypeError(f"audio must be a path, a numpy array or a torch tensor, not {type(audio).__name__}")
 
@@ -69,21 +72,22 @@ def audio_clips(audio: AudioInput, sample_rate: int | None = None) -> list[Float
 
     - a path: one clip, at the rate its header gives (a different ``sample_rate`` is an error);
     - a 1-D array ``[samples]``: one clip;
-    - a 2-D array ``[batch, samples]``: one clip per row, when the rows are unmistakably clips
-      (more than ``MAX_CHANNELS`` of them, or one). ``[samples, channels]`` (what
-      ``soundfile.read`` returns for stereo) is one clip, its channels averaged. ``[k, samples]``
-      with 2 <= k <= 8 could be k clips or k channels, so it is refused: pass a list of 1-D
-      waveforms for a batch, or average the channels first;
+    - a 2-D array: the longer axis is time. ``[samples, channels]`` (more rows than columns:
+      what ``soundfile.read`` returns, whatever the channel count, a microphone array's too) is
+      one clip, its channels averaged. ``[batch, samples]`` is one clip per row when the rows are
+      unmistakably clips (more than ``MAX_CHANNELS`` of them, or one). ``[k, samples]`` with
+      2 <= k <= 8 could be k clips or k channels, so it is refused: pass a list of 1-D waveforms
+      for a batch, or average the channels first;
     - a list of paths and/or arrays: one clip each (a 2-D item is one multi-channel clip).
 
     Arrays are at ``sample_rate`` Hz; without it they are taken as 16 kHz, Whisper's rate, and a
-    warning says so once per process. Other rates are resampled.
+    warning says so each time (naming the length that rate implies). Other rates are resampled.
     """
     if isinstance(audio, (str, Path)):
         return [load_audio(audio, sample_rate)]
     if isinstance(audio, (np.ndarray, torch.Tensor)):
         x = torch.as_tensor(audio)
-        rate = _array_rate(sample_rate)
+        rate = _array_rate(sample_rate, x)
         if x.ndim == 1 or (x.ndim == 2 and _is_multichannel(tuple(x.shape))):
             return [load_audio(x, rate)]
         if x.ndim == 2:
@@ -113,7 +117,7 @@ def _is_multichannel(shape: tuple[int, ...]) -> bool:
     """For a 2-D array: True for ``[samples, channels]``, False for a batch of clips; refuses
     the shapes that could be either."""
     rows, cols = shape
-    if cols <= MAX_CHANNELS < rows:
+    if rows > cols:  # the longer axis is time: [samples, channels], whatever the channel count
         return True
     if 1 < rows <= MAX_CHANNELS:
         raise ValueError(
@@ -129,21 +133,34 @@ def _one_array(x: np.ndarray | torch.Tensor, sample_rate: int | None) -> torch.T
         raise TypeError(f"a list of clips holds paths or arrays, not {type(x).__name__}")
     if x.ndim not in (1, 2):
         raise ValueError(f"each clip in a list is [samples] or [samples, channels]; got shape {tuple(x.shape)}")
-    return load_audio(x, _array_rate(sample_rate))
+    return load_audio(x, _array_rate(sample_rate, x))
 
 
-def _array_rate(sample_rate: int | None) -> int:
-    global _warned_default_rate
+def _array_rate(sample_rate: int | None, x: np.ndarray | torch.Tensor | None = None) -> int:
+    """``sample_rate``, or 16 kHz with a warning each time an array comes without one (the
+    warning names the array's length at 16 kHz, so that each differing array is shown)."""
     if sample_rate is None:
-        if not _warned_default_rate:
-            _warned_default_rate = True
-            warnings.warn(
-                f"an audio array was given without sample_rate=; it is taken to be {SAMPLE_RATE} Hz "
-                "(pass sample_rate=<Hz> to have other rates resampled)",
-                stacklevel=4,
-            )
+        length = f" of {max(x.shape) / SAMPLE_RATE:.2f} s at that rate" if x is not None and x.ndim else ""
+        warnings.warn(
+            f"an audio array{length} was given without sample_rate=; it is taken to be {SAMPLE_RATE} Hz "
+            "(pass sample_rate=<Hz> to have other rates resampled)",
+            stacklevel=4,
+        )
         return SAMPLE_RATE
     return sample_rate
+
+
+def _check_float_range(x: torch.Tensor, what: str) -> None:
+    """Refuse float samples far outside [-1, 1]: integer PCM converted to float unscaled."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return
+    peak = float(x.detach().abs().nan_to_num(0.0, 0.0, 0.0).max())
+    if peak > MAX_FLOAT_AMPLITUDE:
+        raise ValueError(
+            f"{what} holds float samples up to {peak:.6g}, but float audio lies in [-1, 1]: it looks like "
+            "integer PCM converted to float without scaling. Divide by 32768 for 16-bit samples "
+            "(2147483648 for 32-bit), or pass the integer array itself"
+        )
 
 
 def _read_file(path: Path) -> tuple[torch.Tensor, int]:
@@ -155,7 +172,37 @@ def _read_file(path: Path) -> tuple[torch.Tensor, int]:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types for unreadable files
         raise ValueError(f"could not read {path} as audio ({err}); use wav, flac, ogg or mp3") from err
+    _check_wav_length(path)
+    _check_float_range(torch.from_numpy(data), str(path))
     return torch.from_numpy(data.mean(axis=1)), int(rate)
+
+
+def _check_wav_length(path: Path) -> None:
+    """Refuse a WAV file shorter than its header says (a cut download or copy): libsndfile
+    reads what is there without a word, so the clip would silently lose its end."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return
+        order = "little" if head[:4] == b"RIFF" else "big"
+        size = path.stat().st_size
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            length = int.from_bytes(chunk[4:8], order)
+            if chunk[:4] == b"data":
+                if length in (0, 0xFFFFFFFF, 0x7FFFFFFF):  # left unknown by a streaming writer
+                    return
+                present = size - f.tell()
+                if present < length:
+                    raise ValueError(
+                        f"{path} is truncated: its header says {length} bytes of samples but the file holds "
+                        f"{present} ({present / length:.0%}); copy or download it again (or rewrite its header "
+                        "to keep the part that is there)"
+                    )
+                return
+            f.seek(length + (length & 1), 1)
 
 
 def _to_float_mono(x: torch.Tensor) -> torch.Tensor:
@@ -242,4 +289,16 @@ def log_mel_spectrogram(
     log_spec = mel.clamp(min=1e-10).log10()
     peak = log_spec.amax(dim=(-2, -1), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - 8.0)
-    return (log_spec + 4.0) / 4.0
+    return check_mel((log_spec + 4.0) / 4.0)
+
+
+def check_mel(mel: torch.Tensor) -> torch.Tensor:
+    """Refuse a log-mel holding NaN or infinity (an amplitude so large its power overflows, or a
+    damaged ready-made mel): every activation computed from it would be NaN. Returns ``mel``."""
+    if not torch.isfinite(mel).all():
+        bad = int((~torch.isfinite(mel)).sum())
+        raise ValueError(
+            f"the log-mel features hold {bad} NaN or infinite values: the audio's amplitude overflowed the "
+            "spectrogram (scale it into [-1, 1]) or the mel given was damaged; nothing finite can be computed from it"
+        )
+    return mel

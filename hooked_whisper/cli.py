@@ -165,6 +165,17 @@ def extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number, 1 or more (0 would extract nothing, or loop forever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 MODEL_HELP = (
     "'tiny.en' or 'base' (bundled by the weights extra), a Hugging Face repo id such as "
     "'openai/whisper-small', or a path to a checkpoint (default: %(default)s)"
@@ -186,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timestamps", action="store_true", help="print segments with their times (always decoded)")
     p.add_argument("--word-timestamps", action="store_true", help="also time each word (alignment heads + DTW)")
     p.add_argument("--beam-size", type=int, default=None, help="beam search instead of greedy decoding")
-    p.add_argument("--batch-size", type=int, default=8, help="files decoded together (default: 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="files decoded together (default: 8)")
     p.add_argument(
         "--fallback",
         default="loop-aware",
@@ -205,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pooling", default="mean_audio", help="encoder pooling: mean_audio, mean or none")
     p.add_argument("--decoder-pooling", default="prompt_end", help="last, prompt_end, mean, none or a position")
     p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--shard-size", type=int, default=256, help="clips per shard (a multiple of --batch-size)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--shard-size", type=positive_int, default=256, help="clips per shard (a multiple of --batch-size)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     p.set_defaults(run=extract)

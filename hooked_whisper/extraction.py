@@ -5,11 +5,17 @@ the manifest is cut into shards of ``shard_size`` rows, shard ``k`` belongs to r
 ``k % world_size``, and each rank writes its own.
 
 A shard is written to a temporary name and renamed when complete, so a crash leaves no shard
-that looks finished; a rerun checks every shard it finds (its rows, its hooks) and redoes the
-rest. ``settings.json`` records the model, hooks, pooling, dtype and the manifest's hash: a rerun
-with other settings into the same folder is refused. Clips that fail to load are recorded with
-the reason and skipped. ``index.json`` (written once every rank is done) maps each manifest row
-to its shard and row, or to its error. ``ActivationStore.open(folder)`` reads it back lazily.
+that looks finished. Each shard records what it was computed from: a hash of its clips' bytes
+(file contents, or an array's samples with its sample rate), a fingerprint of the model's
+weights, the hooks that were active, the options, and a SHA-256 of each tensor it holds. A rerun
+keeps a shard only if all of these match and its tensors pass their checksums, recomputes the
+rest and says how many and why (a warning); reading a shard back checks its checksums too.
+
+``settings.json`` records the model, hooks, pooling, dtype and the manifest's hash: a rerun with
+other settings into the same folder is refused. Clips that fail to load are recorded with the
+reason and skipped (an extraction where every clip fails is an error). ``index.json`` (written
+once every rank is done) maps each manifest row to its shard and row, or to its error.
+``ActivationStore.open(folder)`` reads it back lazily.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.audio import SAMPLE_RATE, load_audio
+from hooked_whisper.audio import SAMPLE_RATE, _array_rate, load_audio
 
 INDEX, SETTINGS = "index.json", "settings.json"
 ROWS_KEY = "__rows__"  # in each shard: the manifest rows it holds, in order
@@ -119,27 +126,117 @@ def _shard_path(folder: Path, shard: int) -> Path:
     return folder / f"shard-{shard:05d}.safetensors"
 
 
-def _read_shard(path: Path) -> tuple[list[int], dict[str, str], set[str]]:
-    """(the manifest rows a shard holds, the rows that failed with their reasons, its keys)."""
+def _open_shard(path: Path):
+    """``safe_open`` on a shard, with a clear error for a file that is not a whole shard."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        failed = json.loads((f.metadata() or {}).get("failed", "{}"))
-        return f.get_tensor(ROWS_KEY).tolist(), failed, set(f.keys())
-
-
-def _shard_is_complete(path: Path, rows: range, hooks: Sequence[str]) -> bool:
-    """A shard counts as done only if it opens and holds every hook and exactly its rows (the
-    ones that loaded; the rest are listed as failed in its metadata)."""
-    if not path.is_file():
-        return False
     try:
-        held, failed, keys = _read_shard(path)
+        return safe_open(str(path), "pt")
+    except Exception as err:  # SafetensorError for a truncated or overwritten file
+        raise ValueError(
+            f"{path} is not a readable safetensors shard ({err}); it is truncated or damaged: delete it "
+            "and rerun the extraction into this folder to recompute it"
+        ) from err
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_shard(path: Path, verify: bool = False) -> tuple[list[int], dict[str, str], set[str], dict[str, str]]:
+    """(the manifest rows a shard holds, the rows that failed with their reasons, its keys, what
+    it records of its inputs). With ``verify`` every tensor is checked against its checksum."""
+    with _open_shard(path) as f:
+        metadata = f.metadata() or {}
+        failed = json.loads(metadata.get("failed", "{}"))
+        keys = set(f.keys())
+        rows = f.get_tensor(ROWS_KEY).tolist() if ROWS_KEY in keys else []
+        if verify:
+            for key in sorted(keys):
+                check_tensor(path, key, f.get_tensor(key), metadata)
+        return rows, failed, keys, metadata
+
+
+def check_tensor(path: Path, key: str, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Refuse a tensor read from a shard whose bytes differ from those written."""
+    if "sha256" not in metadata:  # written before shards carried checksums: readable, not verifiable
+        warnings.warn(
+            f"{path} was written without checksums (an older version): its data is not verified", stacklevel=3
+        )
+        return
+    checksums = json.loads(metadata["sha256"])
+    if key not in checksums:
+        raise ValueError(
+            f"{path} records no checksum for {key!r} (written by an older version, or damaged): rerun the "
+            "extraction into a new folder"
+        )
+    if tensor_digest(tensor) != checksums[key]:
+        raise ValueError(
+            f"{path} fails its checksum at {key!r}: its bytes changed after it was written (disk or copy "
+            "damage); rerun the extraction into this folder to recompute it"
+        )
+
+
+def _shard_status(path: Path, rows: range, hooks: Sequence[str], state: dict[str, str]) -> str | None:
+    """None if the shard at ``path`` is complete and was computed from ``state`` (its inputs,
+    the model's weights, the active hooks, the options), else why it must be (re)computed.
+    A shard counts as complete only if it opens, passes its checksums, and holds every hook and
+    exactly its rows (the ones that loaded; the rest are listed as failed in its metadata)."""
+    if not path.is_file():
+        return "missing"
+    try:
+        held, failed, keys, metadata = _read_shard(path)
+        if "sha256" not in metadata:
+            return "written by an older version"
+        _read_shard(path, verify=True)
     except Exception:
-        return False
+        return "unreadable or failing its checksum"
+    recorded = [("inputs", "audio changed"), ("model", "model weights changed"), ("hooks", "active hooks changed")]
+    for key, why in [*recorded, ("options", "options changed")]:
+        if metadata.get(key) != state[key]:
+            return why
     expected = [r for r in rows if str(r) not in failed]
     has_hooks = all(h in keys or any(k.startswith(f"{h}/") for k in keys) for h in hooks)
-    return held == expected and has_hooks
+    return None if held == expected and has_hooks else "incomplete"
+
+
+def clip_digest(clip, sample_rate: int | None) -> str:
+    """A hash of what one clip is: a file's bytes (so a file replaced under the same path counts
+    as changed), or an array's dtype, shape and samples with its sample rate."""
+    h = hashlib.sha256()
+    if isinstance(clip, (str, Path)):
+        path = Path(clip)
+        if not path.is_file():
+            return "missing"
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    return hashlib.sha256(f"{tensor_digest(torch.as_tensor(clip))}@{sample_rate}".encode()).hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every parameter and persistent buffer (name, dtype, shape, bytes): any weight
+    edit changes it. Computed once per extraction run."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}\0{tensor_digest(t)}\n".encode())
+    return h.hexdigest()
+
+
+def active_hooks(model: torch.nn.Module) -> list[str]:
+    """The forward hooks attached to the model's hook points, as ``"name: function"``."""
+    out = []
+    for name, point in getattr(model, "hook_dict", {}).items():
+        handles = getattr(point, "fwd_hooks", [])
+        fns = [getattr(h, "user_hook", None) for h in handles] or list(point._forward_hooks.values())
+        out += [f"{name}: {getattr(fn, '__name__', repr(fn))}" for fn in fns]
+        out += [f"{name}: (a torch hook)"] * max(0, len(point._forward_hooks) - len(fns))
+    return sorted(out)
 
 
 def extract_to_folder(
@@ -154,9 +251,15 @@ def extract_to_folder(
     sample_rate: int | None = None,
     max_seconds: float | None = None,
     progress: bool = True,
+    model_state: dict[str, str] | None = None,
 ) -> Path:
     """Extract ``clips`` into ``folder`` (see the module docstring); ``pooled_batch`` turns a
-    list of 16 kHz waveforms into one pooled tensor per clip and hook. Returns the folder."""
+    list of 16 kHz waveforms into one pooled tensor per clip and hook. ``model_state`` records
+    what the activations depend on besides the clips: ``{"model": model_fingerprint(model),
+    "hooks": json of active_hooks(model)}``. Returns the folder."""
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number of clips, 1 or more; got {value!r}")
     if shard_size % batch_size:
         raise ValueError(f"shard_size ({shard_size}) must be a multiple of batch_size ({batch_size})")
     folder = Path(folder)
@@ -165,15 +268,26 @@ def extract_to_folder(
     settings = {**settings, "hooks": list(hooks), "dtype": str(dtype).removeprefix("torch."), "n_rows": n}
     settings |= {"shard_size": shard_size, "batch_size": batch_size, "manifest_sha256": clips.digest()}
     _check_settings(folder, settings, rank, world)
+    options = json.dumps({k: settings[k] for k in sorted(settings) if k != "manifest_sha256"}, sort_keys=True)
+    base = {"model": "", "hooks": "[]", **(model_state or {}), "options": options}
     mine = [s for s in range(math.ceil(n / shard_size)) if s % world == rank]
-    todo = [s for s in mine if not _shard_is_complete(_shard_path(folder, s), _rows(s, shard_size, n), hooks)]
+    rate = None if all(isinstance(c, (str, Path)) for c in clips.clips) else _array_rate(sample_rate)
+    states = {s: {**base, "inputs": _inputs_digest(clips, _rows(s, shard_size, n), rate)} for s in mine}
+    status = {s: _shard_status(_shard_path(folder, s), _rows(s, shard_size, n), hooks, states[s]) for s in mine}
+    todo = [s for s in mine if status[s] is not None]
+    redo = [status[s] for s in todo if status[s] != "missing"]
+    if redo:
+        reasons = ", ".join(f"{redo.count(r)} {r}" for r in sorted(set(redo)))
+        warnings.warn(
+            f"{folder}: recomputing {len(redo)} of the {len(mine)} shards found there ({reasons})", stacklevel=3
+        )
     total = sum(len(_rows(s, shard_size, n)) for s in todo)
     desc = f"rank {rank}/{world}" if world > 1 else "extracting activations"
     with tqdm(total=total, desc=desc, unit="clip", position=rank, disable=not progress) as bar:
         for shard in todo:
             _write_shard(
-                clips, folder, shard, _rows(shard, shard_size, n), pooled_batch, batch_size, dtype, sample_rate,
-                max_seconds, bar,
+                clips, folder, shard, _rows(shard, shard_size, n), pooled_batch, batch_size, dtype, rate,
+                max_seconds, bar, states[shard],
             )  # fmt: skip
     _barrier(world)
     if rank == 0:
@@ -183,14 +297,31 @@ def extract_to_folder(
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    rows = json.loads((folder / INDEX).read_text())["rows"]
+    if all("error" in row for row in rows):
+        reasons = sorted({row["error"] for row in rows})
+        raise ValueError(
+            f"every clip failed ({len(rows)} of {len(rows)}), so {folder} holds no activations; the "
+            f"reasons: {'; '.join(reasons[:3])}{' ...' if len(reasons) > 3 else ''} (all listed in {folder / INDEX})"
+        )
     return folder
+
+
+def _inputs_digest(clips: Manifest, rows: range, sample_rate: int | None) -> str:
+    h = hashlib.sha256()
+    for row in rows:
+        clip = clips.clips[row]
+        h.update(f"{row}:{clip_digest(clip, None if isinstance(clip, (str, Path)) else sample_rate)}\n".encode())
+    return h.hexdigest()
 
 
 def _rows(shard: int, shard_size: int, n: int) -> range:
     return range(shard * shard_size, min(n, (shard + 1) * shard_size))
 
 
-def _write_shard(clips, folder, shard, rows, pooled_batch, batch_size, dtype, sample_rate, max_seconds, bar) -> None:
+def _write_shard(
+    clips, folder, shard, rows, pooled_batch, batch_size, dtype, sample_rate, max_seconds, bar, state
+) -> None:
     from safetensors.torch import save_file
 
     kept: list[int] = []
@@ -201,7 +332,7 @@ def _write_shard(clips, folder, shard, rows, pooled_batch, batch_size, dtype, sa
         for row in rows[start : start + batch_size]:
             try:
                 clip = clips.clips[row]
-                wave = load_audio(clip, None if isinstance(clip, (str, Path)) else sample_rate or SAMPLE_RATE)
+                wave = load_audio(clip, None if isinstance(clip, (str, Path)) else sample_rate)
                 if max_seconds is not None and wave.shape[0] > max_seconds * SAMPLE_RATE:
                     raise ValueError(f"lasts {wave.shape[0] / SAMPLE_RATE:.1f} s, over the {max_seconds:.0f} s window")
                 if wave.shape[0] == 0:
@@ -223,7 +354,8 @@ def _write_shard(clips, folder, shard, rows, pooled_batch, batch_size, dtype, sa
             tensors.update({f"{hook}/{row}": v.contiguous() for row, v in zip(kept, values)})
     path = _shard_path(folder, shard)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"failed": json.dumps(failed)})
+    checksums = json.dumps({key: tensor_digest(t) for key, t in tensors.items()})
+    save_file(tensors, str(tmp), metadata={"failed": json.dumps(failed), "sha256": checksums, **state})
     os.replace(tmp, path)  # only complete shards carry the final name
 
 
@@ -232,7 +364,7 @@ def _write_index(folder: Path, n: int, shard_size: int, clips: Manifest) -> None
     shards = []
     for shard in range(math.ceil(n / shard_size)):
         path = _shard_path(folder, shard)
-        held, failed, _ = _read_shard(path)
+        held, failed, _, _ = _read_shard(path)
         shards.append(path.name)
         position = {row: i for i, row in enumerate(held)}
         for row in _rows(shard, shard_size, n):

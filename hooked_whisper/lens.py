@@ -48,6 +48,8 @@ def logit_lens(
     (``decoder_ln_final``; an audio LLM's ``ln_final``) and the unembedding. Needs the decoder's
     ``hook_resid_pre``/``hook_resid_post`` in the cache (``cache.decoder``: a HookedWhisper or
     HookedQwen2Audio cache)."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= model.cfg.d_vocab:
+        raise ValueError(f"k (tokens shown per layer) must be a whole number in [1, {model.cfg.d_vocab}], got {k!r}")
     with torch.no_grad():
         resid, labels = cache.decoder.accumulated_resid(apply_ln=True, return_labels=True)  # type: ignore[misc]
         if not cache.has_batch_dim:
@@ -83,13 +85,15 @@ def encoder_lens(
     reference: str | None = None,
     apply_ln: bool = True,
     max_new_tokens: int = 128,
+    sample_rate: int | None = None,
 ) -> list[EncoderLensRow]:
     """Transcribe one clip from each encoder layer's output, through the unchanged decoder.
 
     As in the seed paper, layer ``l``'s residual stream goes through ``encoder_ln_final`` (or
     nothing, with ``apply_ln=False``) into the cross-attention of the decoder in place of the
     final encoder output. Early layers often make the decoder loop: generation stops once a
-    loop is detected (or at ``max_new_tokens``), and each row says whether it looped.
+    loop is detected (or at ``max_new_tokens``), and each row says whether it looped. An
+    array of samples is at ``sample_rate`` Hz (16 kHz unless told).
     """
     from hooked_whisper.decoding.search import DecodingOptions, decode_window
 
@@ -99,7 +103,7 @@ def encoder_lens(
     for layer in layers:
         if not 0 <= layer < n_layers:
             raise ValueError(f"encoder layer {layer} out of range: this model has layers 0..{n_layers - 1}")
-    mel = model.to_mel(audio)
+    mel = model.to_mel(audio, sample_rate)
     if mel.shape[0] != 1:
         raise ValueError("encoder_lens reads one clip at a time")
     states: dict[int, torch.Tensor] = {}

@@ -25,6 +25,7 @@ from hooked_whisper.audio import (
     SAMPLE_RATE,
     AudioInput,
     audio_clips,
+    check_mel,
     is_single_clip,
     log_mel_spectrogram,
     pad_or_trim,
@@ -194,7 +195,7 @@ class HookedWhisper(HookedAudioModel):
                 + (" (this model takes 128 mel bins)" if shape[-2] == 80 and expected[0] == 128 else "")
                 + (" (this model takes 80 mel bins)" if shape[-2] == 128 and expected[0] == 80 else "")
             )
-        mel = torch.as_tensor(audio)
+        mel = check_mel(torch.as_tensor(audio))
         return (mel if mel.ndim == 3 else mel.unsqueeze(0)).to(self.device, self.dtype)
 
     def _is_single_clip(self, audio: AudioInput) -> bool:
@@ -300,6 +301,12 @@ class HookedWhisper(HookedAudioModel):
             raise ValueError(f"tokens are [pos] or [batch, pos]; got shape {tuple(tokens.shape)}")
         if tokens.shape[-1] == 0:
             raise ValueError("tokens are empty: give at least the start-of-transcript token (model.prompt())")
+        outside = (tokens < 0) | (tokens >= self.cfg.d_vocab)
+        if outside.any():
+            raise ValueError(
+                f"token id {int(tokens[outside][0])} is outside this model's vocabulary of {self.cfg.d_vocab} ids "
+                f"(0..{self.cfg.d_vocab - 1})"
+            )
         return tokens if tokens.ndim == 2 else tokens.unsqueeze(0)
 
     # ------------------------------------------------------------------ what the toolkit asks of a model

@@ -41,14 +41,18 @@ class ActivationStore:
     reads a folder written by ``extract_activations(..., out_dir=folder)`` (or the
     ``hooked-whisper extract`` command) lazily instead."""
 
-    def __init__(self, hooks: list[str]):
+    def __init__(self, hooks: list[str], unpooled: Sequence[str] = ()):
         self.hooks = hooks
+        self.unpooled = set(unpooled)  # hooks kept with pooling "none": one row per position, not per clip
         self._memory: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
         self.n = 0
 
     @classmethod
-    def open(cls, folder: str | Path) -> ShardedActivationStore:
-        return ShardedActivationStore(folder)
+    def open(cls, folder: str | Path, verify: bool = True) -> ShardedActivationStore:
+        """Read an extraction folder back. With ``verify`` (the default) every shard is read once
+        and checked against the checksums written with it (a shard that fails is refused, naming
+        the file); without it each tensor is still checked when it is read."""
+        return ShardedActivationStore(folder, verify)
 
     def append(self, batch: dict[str, list[torch.Tensor]]) -> None:
         """Add one batch: for each hook, one tensor per clip (shapes may differ with pooling='none')."""
@@ -74,8 +78,8 @@ class ShardedActivationStore(ActivationStore):
     shard (memory-mapped) and nothing else. Rows are the clips that loaded, in manifest order;
     ``labels``, ``groups`` and ``clips`` follow them, ``failed`` maps the others to the reason."""
 
-    def __init__(self, folder: str | Path):
-        from hooked_whisper.extraction import INDEX
+    def __init__(self, folder: str | Path, verify: bool = True):
+        from hooked_whisper.extraction import INDEX, _read_shard
 
         self.folder = Path(folder)
         path = self.folder / INDEX
@@ -84,22 +88,29 @@ class ShardedActivationStore(ActivationStore):
         self.index = json.loads(path.read_text())
         ok = [e for e in self.index["rows"] if "error" not in e]
         self.hooks = self.index["hooks"]
+        self.unpooled = set(self.index.get("unpooled", []))
         self.n = len(ok)
         self.labels = [e["label"] for e in ok]
         self.groups = [e["group"] for e in ok]
         self.clips = [e["clip"] for e in ok]
         self.failed = {e["clip"]: e["error"] for e in self.index["rows"] if "error" in e}
+        if verify:
+            for name in self.index["shards"]:
+                _read_shard(self.folder / name, verify=True)
 
     def _read(self, hook: str) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
-        from safetensors import safe_open
-
-        from hooked_whisper.extraction import ROWS_KEY
+        from hooked_whisper.extraction import ROWS_KEY, _open_shard, check_tensor
 
         out = []
         for name in self.index["shards"]:
-            with safe_open(str(self.folder / name), "pt") as f:
+            path = self.folder / name
+            with _open_shard(path) as f:
+                metadata = f.metadata() or {}
                 keys = [k for k in f.keys() if k == hook or k.startswith(f"{hook}/")]
-                out.append((f.get_tensor(ROWS_KEY).tolist(), {k: f.get_tensor(k) for k in keys}))
+                tensors = {k: f.get_tensor(k) for k in [ROWS_KEY, *keys]}
+            for key, tensor in tensors.items():
+                check_tensor(path, key, tensor, metadata)
+            out.append((tensors.pop(ROWS_KEY).tolist(), tensors))
         return out
 
     def rows(self, hook: str) -> list[torch.Tensor]:
@@ -111,6 +122,8 @@ class ShardedActivationStore(ActivationStore):
 
     def __getitem__(self, hook: str) -> torch.Tensor:
         self._check(hook)
+        if self.n == 0:
+            raise ValueError(f"{self.folder} holds no activations: every clip failed (see store.failed)")
         parts = [tensors[hook] for _, tensors in self._read(hook) if hook in tensors]
         return torch.cat(parts) if parts else torch.stack(self.rows(hook))
 
@@ -127,6 +140,7 @@ def extract_activations(
     progress: bool = True,
     shard_size: int = 256,
     dtype: torch.dtype = torch.float32,
+    allow_hooks: bool = False,
 ) -> ActivationStore:
     """Activations at ``hooks`` for every clip (paths or waveforms at ``sample_rate``, or a
     ``Manifest`` with labels and groups), pooled.
@@ -143,10 +157,16 @@ def extract_activations(
     ``dtype``) and the result is read back lazily (``ActivationStore.open``): memory stays
     bounded whatever the corpus size, a rerun resumes, clips that fail to load are recorded and
     skipped, and under ``torchrun`` each process extracts its share (see
-    ``hooked_whisper.extraction``). Without it everything is kept in memory.
+    ``hooked_whisper.extraction``). Each shard records a hash of its clips, a fingerprint of the
+    model's weights, the active hooks and the options: a rerun recomputes the shards whose
+    inputs changed, and says so. Extracting into a folder while hooks are active on the model is
+    refused unless ``allow_hooks=True`` (the shards then record the hooks' names). Without
+    ``out_dir`` everything is kept in memory.
     """
-    from hooked_whisper.extraction import Manifest, extract_to_folder
+    from hooked_whisper.extraction import Manifest, active_hooks, extract_to_folder, model_fingerprint
 
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of clips, 1 or more; got {batch_size!r}")
     manifest = clips if isinstance(clips, Manifest) else Manifest(list(clips), [None] * len(clips), [None] * len(clips))
     if len(manifest.clips) == 0:
         raise ValueError("no clips given: the dataset is empty")
@@ -158,15 +178,25 @@ def extract_activations(
     if decoder_pooling not in DECODER_POOLINGS and not isinstance(decoder_pooling, int):
         raise ValueError(f"decoder pooling must be one of {DECODER_POOLINGS} or a position, not {decoder_pooling!r}")
     pooled_batch = partial(_pooled_batch, model, hooks, pooling, decoder_pooling)
+    unpooled = [h for h in hooks if (decoder_pooling if model.hook_layout(h).unit == "token" else pooling) == "none"]
     if out_dir is not None:
         settings = {"model": str(getattr(model, "name_or_path", type(model).__name__))}
-        settings |= {"pooling": pooling, "decoder_pooling": decoder_pooling}
+        settings |= {"pooling": pooling, "decoder_pooling": decoder_pooling, "unpooled": unpooled}
+        hooked = active_hooks(model)
+        if hooked and not allow_hooks:
+            raise ValueError(
+                f"the model has {len(hooked)} hook(s) active ({'; '.join(hooked[:3])}"
+                f"{' ...' if len(hooked) > 3 else ''}): "
+                "the shards would hold hooked activations. Extract outside the `with model.hooks(...)` block, "
+                "or pass allow_hooks=True to extract with them (the shards record them)"
+            )
+        state = {"model": model_fingerprint(model), "hooks": json.dumps(hooked)}
         extract_to_folder(
             manifest, out_dir, hooks, pooled_batch, settings, batch_size, shard_size, dtype, sample_rate,
-            max_seconds=30.0, progress=progress,
+            max_seconds=30.0, progress=progress, model_state=state,
         )  # fmt: skip
         return ActivationStore.open(out_dir)
-    store = ActivationStore(hooks)
+    store = ActivationStore(hooks, unpooled)
     starts = range(0, len(manifest.clips), batch_size)
     for start in tqdm(starts, desc="extracting activations", disable=not progress, unit="batch"):
         waveforms = audio_clips(list(manifest.clips[start : start + batch_size]), sample_rate)
@@ -229,9 +259,51 @@ def _pool_decoder(model: HookedAudioModel, x: torch.Tensor, tokens: torch.Tensor
         return x[: last + 1].mean(0)
     if pooling == "none":
         return x[: last + 1]
-    if not -x.shape[0] <= int(pooling) < x.shape[0]:
-        raise ValueError(f"decoder position {pooling} is outside this clip's {x.shape[0]} positions")
-    return x[int(pooling)]
+    # A position counts within this row's own tokens (negative ones from its own end), never
+    # into the end-of-text padding a batch adds to its shorter rows.
+    n = last + 1
+    if not -n <= int(pooling) < n:
+        raise ValueError(
+            f"decoder position {pooling} is outside this clip's {n} tokens (prompt and transcript): use a "
+            f"position in [-{n}, {n - 1}], or decoder_pooling='last'"
+        )
+    return x[int(pooling) % n]
+
+
+def _check_labels(labels, task: str | None) -> list:
+    """``labels`` as a list of hashable classes, refusing what would silently become a class."""
+    import numpy as np
+
+    if task not in (None, "classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', not {task!r}")
+    if task == "regression":
+        raise ValueError(
+            "train_probes fits classification probes; for a continuous target fit a regression on "
+            "store[hook] yourself (e.g. ridge regression), or bin the target and pass task='classification'"
+        )
+    if isinstance(labels, (torch.Tensor, np.ndarray)):
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be one per example (1-D); got shape {tuple(labels.shape)}")
+        labels = labels.tolist()
+    labels = [x.item() if isinstance(x, np.generic) else x for x in labels]
+    missing = [i for i, x in enumerate(labels) if x is None or x == "" or (isinstance(x, float) and math.isnan(x))]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} labels are missing (None, NaN or empty), at examples {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}: they would become a class of their own; drop those examples"
+        )
+    unhashable = next((x for x in labels if not isinstance(x, (str, int, float, bool))), None)
+    if unhashable is not None:
+        raise ValueError(
+            f"labels are strings, integers or booleans, one per example; got a {type(unhashable).__name__}"
+        )
+    if task is None and any(isinstance(x, float) for x in labels):
+        raise ValueError(
+            f"the labels are floats ({len(set(labels))} distinct values): a probe here is a classifier, each "
+            "distinct value a class. Pass task='classification' if they are classes, or task='regression' for a "
+            "continuous target"
+        )
+    return labels
 
 
 @dataclass
@@ -245,7 +317,7 @@ class ProbeResult:
     ci_high: float
     majority: float  # always predicting the training folds' most common class
     shuffled: float  # mean balanced accuracy with permuted labels (chance for this design)
-    p_value: float  # permutation test: P(permuted balanced accuracy >= balanced accuracy)
+    p_value: float | None  # permutation test: P(permuted >= balanced accuracy); None when not tested
     control: float  # balanced accuracy on the control task: a random label per group (Hewitt and Liang)
     selectivity: float  # balanced accuracy - control
     l2: float  # median strength chosen inside the training folds
@@ -275,9 +347,11 @@ class ProbeReport:
         for r in self.results:
             depth = f"{(r.layer + 1) / self.n_layers:.2f}" if r.layer is not None and self.n_layers else "-"
             compression = f"{r.compression:.2f}" if r.compression is not None else "-"
+            permuted = "-" if r.p_value is None else f"{r.shuffled:.3f}"
+            p = "not tested" if r.p_value is None else f"{r.p_value:.3f}"
             lines.append(
                 f"| {r.hook} | {depth} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.ci_low:.2f}-{r.ci_high:.2f} "
-                f"| {r.balanced_accuracy:.3f} | {r.majority:.3f} | {r.shuffled:.3f} | {r.p_value:.3f} "
+                f"| {r.balanced_accuracy:.3f} | {r.majority:.3f} | {permuted} | {p} "
                 f"| {r.control:.3f} | {r.selectivity:+.3f} | {compression} |"
             )
         return "\n".join(lines)
@@ -299,6 +373,7 @@ def train_probes(
     code_length: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    task: str | None = None,
 ) -> ProbeReport:
     """A linear probe per hook, cross-validated over ``folds`` group-disjoint folds, with its
     controls (see ``hooked_whisper.probe_fitting``): majority baseline, a permutation test
@@ -311,6 +386,11 @@ def train_probes(
     permutations) or ``"logistic"`` (multinomial, L-BFGS). ``l2`` is a strength, or a grid
     searched by cross-validation inside each training split. Deterministic for a ``seed``; runs
     on the GPU when there is one (or on ``device``).
+
+    ``labels`` are one class per example (strings, integers, booleans; a list, or a 1-D tensor
+    or array); None, NaN and empty labels are refused. Probes are classifiers: float labels
+    could be a continuous target, so they need ``task="classification"`` (each distinct value a
+    class). ``permutations=0`` skips the permutation test (its p-value is None, "not tested").
     """
     hooks = list(
         hooks if hooks is not None else activations.hooks if isinstance(activations, ActivationStore) else activations
@@ -319,6 +399,19 @@ def train_probes(
         raise ValueError("no hooks to probe")
     if method not in ("logistic", "ridge"):
         raise ValueError(f"method must be 'logistic' or 'ridge', not {method!r}")
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ValueError(f"folds must be a whole number, 2 or more (cross-validation); got {folds!r}")
+    if not isinstance(permutations, int) or isinstance(permutations, bool) or permutations < 0:
+        raise ValueError(f"permutations must be a whole number, 0 (no test) or more; got {permutations!r}")
+    labels = _check_labels(labels, task)
+    if isinstance(activations, ActivationStore):
+        for hook in hooks:
+            if hook in activations.unpooled:
+                raise ValueError(
+                    f"{hook} was extracted with pooling 'none' (one vector per position, not per clip); a probe "
+                    "needs one vector per clip: extract with pooling='mean_audio' / decoder_pooling='last', or "
+                    "pool the rows yourself (store.rows(hook)) and pass {hook: tensor}"
+                )
     classes = sorted(set(labels), key=str)
     if len(classes) < 2:
         raise ValueError(f"probing needs at least two classes; the labels hold only {classes}")
@@ -338,6 +431,13 @@ def train_probes(
         if x.shape[0] != len(y):
             raise ValueError(f"{len(y)} labels for {x.shape[0]} examples at {hook}: one label per clip is needed")
         x = x.flatten(1)
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            raise ValueError(
+                f"the features at {hook} hold NaN or infinite values ({int(bad.any(0).sum())} of {x.shape[1]} columns, "
+                f"{int(bad.any(1).sum())} of {x.shape[0]} examples): a probe cannot fit them; drop or fix those "
+                "examples (a clip that overflowed, a float16 extraction out of range)"
+            )
         cv = cross_validate(x, y, groups, n_classes, fold_of, method, l2, seed)
         correct = int((cv.predictions == y).sum())
         accuracy = correct / len(y)
@@ -363,7 +463,7 @@ def train_probes(
                 ci_high=high,
                 majority=sum(majority) / len(majority),
                 shuffled=sum(permuted) / len(permuted) if permuted else float("nan"),
-                p_value=(1 + sum(p >= balanced for p in permuted)) / (1 + len(permuted)),
+                p_value=(1 + sum(p >= balanced for p in permuted)) / (1 + len(permuted)) if permuted else None,
                 control=control_balanced,
                 selectivity=balanced - control_balanced,
                 l2=median_l2,

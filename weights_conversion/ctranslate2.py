@@ -201,6 +201,23 @@ def read_ctranslate2_config(folder: Path) -> dict:
         cfg = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"could not read {path} as JSON: {err}") from err
+
+    def ids(value) -> bool:
+        return isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+
+    def pairs(value) -> bool:
+        return isinstance(value, list) and all(ids(p) and len(p) == 2 for p in value)
+
+    checks = {
+        "suppress_ids": (ids, "a list of token ids (whole numbers >= 0)"),
+        "suppress_ids_begin": (ids, "a list of token ids (whole numbers >= 0)"),
+        "alignment_heads": (pairs, "a list of [layer, head] pairs"),
+    }
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} holds a JSON {type(cfg).__name__}, not the object of a CTranslate2 config")
+    for key, (valid, what) in checks.items():
+        if key in cfg and not valid(cfg[key]):
+            raise ValueError(f"{path}: {key} must be {what}, got {json.dumps(cfg[key])[:80]}")
     return {
         "suppress_tokens": cfg.get("suppress_ids", []),
         "begin_suppress_tokens": cfg.get("suppress_ids_begin", []),

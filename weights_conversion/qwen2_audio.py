@@ -110,7 +110,15 @@ def load_qwen2_audio_folder(folder: Path) -> tuple[HookedQwen2AudioConfig, dict[
     (one safetensors file or shards with their index)."""
     from safetensors.torch import load_file
 
-    cfg = HookedQwen2AudioConfig.from_hf_config(read_json(folder / "config.json"))
+    raw = read_json(folder / "config.json")
+    if "audio_config" not in raw or "text_config" not in raw:
+        kind = raw.get("model_type", "unknown")
+        hint = " (a Whisper checkpoint: load it with HookedWhisper.from_pretrained)" if kind == "whisper" else ""
+        raise CheckpointError(
+            f"{folder} is not a Qwen2-Audio checkpoint: its config.json (model_type {kind!r}) has no "
+            f"audio_config and text_config{hint}"
+        )
+    cfg = HookedQwen2AudioConfig.from_hf_config(raw)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{folder} has no .safetensors weights (pickled .bin files are not read: convert them)")

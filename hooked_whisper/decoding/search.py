@@ -61,8 +61,23 @@ class DecodingOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.language is not None and not isinstance(self.language, str):
+            raise ValueError(
+                f"language is one code for every clip (e.g. 'en'), not {type(self.language).__name__} "
+                f"{self.language!r}: for clips in different languages call once per language, or leave it "
+                "out to detect each clip's"
+            )
         if self.language is not None:
             model.prompt(self.language, self.task)  # raises a clear error for unknown codes
+        for name in ("prompt", "prefix"):
+            ids = getattr(self, name)
+            if isinstance(ids, (list, tuple)):
+                bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < model.cfg.d_vocab]
+                if bad:
+                    raise ValueError(
+                        f"{name} holds token id {bad[0]!r}, outside this model's vocabulary of {model.cfg.d_vocab} "
+                        f"ids (0..{model.cfg.d_vocab - 1}); pass text, or ids from model.to_tokens"
+                    )
 
 
 @dataclass

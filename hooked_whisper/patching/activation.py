@@ -150,13 +150,14 @@ def activation_patch(
 
 
 def mean_activations(
-    model: HookedAudioModel, clips: Sequence, hooks: Sequence[str], tokens=None
+    model: HookedAudioModel, clips: Sequence, hooks: Sequence[str], tokens=None, sample_rate: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Per-hook mean over ``clips`` (and over token positions for decoder hooks): the reference for mean ablation."""
+    """Per-hook mean over ``clips`` (arrays at ``sample_rate``; and over token positions for
+    decoder hooks): the reference for mean ablation."""
     sums: dict[str, torch.Tensor] = {}
     for clip in clips:
         with torch.no_grad():
-            _, cache = model.run_with_cache(clip, tokens, names_filter=list(hooks))
+            _, cache = model.run_with_cache(clip, tokens, names_filter=list(hooks), sample_rate=sample_rate)
         for hook in hooks:
             x = cache[hook]
             layout = model.hook_layouts[hook]
@@ -191,7 +192,7 @@ def ablate(
     elif kind == "mean":
         if not reference:
             raise ValueError("mean ablation needs reference=[clips] to average over")
-        means = mean_activations(model, reference, sorted({s.hook for s in sites}), tokens=tokens)
+        means = mean_activations(model, reference, sorted({s.hook for s in sites}), tokens, sample_rate)
         sources = [means[s.hook] for s in sites]
     elif kind == "resample":
         if reference is None:

@@ -108,3 +108,20 @@ def test_waveform_for_a_model_with_a_shorter_audio_context():
     with pytest.raises(ValueError, match=r"reads 200 mel frames.*pass a log-mel \[batch, 80, 200\]"):
         model.encode(np.zeros(16000, dtype=np.float32), sample_rate=16000)
     assert model.encode(torch.zeros(1, 80, 200)).shape == (1, 100, 64)
+
+
+def test_a_ready_mel_holding_nan_is_refused(tiny_en):
+    mel = log_mel_spectrogram(pad_or_trim(load_audio(CLIP)))[None]
+    mel[0, 5, 7] = float("nan")
+    with pytest.raises(ValueError, match="log-mel features hold 1 NaN or infinite values"):
+        tiny_en.run_with_cache(mel)
+
+
+def test_a_list_of_languages_and_out_of_vocabulary_ids_are_refused(small):
+    with pytest.raises(ValueError, match=r"language is one code for every clip \(e.g. 'en'\), not list"):
+        small.generate([CLIP, CLIP], language=["en", "fr"])
+    n = small.cfg.d_vocab
+    with pytest.raises(ValueError, match=rf"prompt holds token id {n}, outside this model's vocabulary of {n} ids"):
+        small.generate(CLIP, prompt=[n])
+    with pytest.raises(ValueError, match=rf"token id {n + 5} is outside this model's vocabulary of {n} ids"):
+        small.run_with_cache(CLIP, [small.special.sot, n + 5])

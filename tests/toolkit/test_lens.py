@@ -74,3 +74,22 @@ def test_plots_are_written(tiny_en, tmp_path):
     plot_logit_lens(logit_lens(tiny_en, cache), tiny_en, tmp_path / "lens.png")
     plot_encoder_lens(encoder_lens(tiny_en, DATA / "cards_001.wav", reference="ten of clubs"), tmp_path / "enc.png")
     assert (tmp_path / "lens.png").stat().st_size > 10_000 and (tmp_path / "enc.png").stat().st_size > 10_000
+
+
+def test_encoder_lens_reads_an_array_at_the_sample_rate_given(tiny_en):
+    import torchaudio.functional
+
+    from hooked_whisper import load_audio
+    from hooked_whisper.lens import encoder_lens
+
+    at_8k = torchaudio.functional.resample(load_audio(DATA / "goforward.wav"), 16000, 8000)
+    told = encoder_lens(tiny_en, at_8k, layers=[3], sample_rate=8000)
+    assert told[0].tokens == encoder_lens(tiny_en, load_audio(at_8k, 8000), layers=[3], sample_rate=16000)[0].tokens
+
+
+def test_logit_lens_k_must_be_a_positive_count(tiny_en):
+    with torch.no_grad():
+        _, cache = tiny_en.run_with_cache(DATA / "cards_005.wav")
+    for k in (0, -1, tiny_en.cfg.d_vocab + 1):
+        with pytest.raises(ValueError, match=r"k \(tokens shown per layer\) must be a whole number in \[1, 51864\]"):
+            logit_lens(tiny_en, cache, k=k)

@@ -295,3 +295,24 @@ def test_bad_input(tiny_en, runs):
         tiny_en.run_with_hooks(CLEAN, tokens, fwd_hooks=hooks)
     with pytest.raises(ValueError, match="receiver XL9H0 via kv does not exist"):
         path_patch(tiny_en, CLEAN, CORRUPT, "encoder_blocks.0.hook_mlp_out", [Receiver(9, 0)], metric, tokens=tokens)
+
+
+def test_mean_ablation_reads_its_reference_at_the_sample_rate_given(tiny_en, runs):
+    """``sample_rate`` reaches the reference clips of a mean ablation (it was dropped there)."""
+    import torchaudio.functional
+
+    from hooked_whisper import load_audio
+    from hooked_whisper.patching import mean_activations
+
+    tokens, _, _, metric = runs
+    hook = "decoder_blocks.0.hook_cross_attn_out"
+    at_8k = [torchaudio.functional.resample(load_audio(c), 16000, 8000) for c in (CLEAN, CORRUPT)]
+    at_16k = [load_audio(a, 8000) for a in at_8k]  # what the model should read
+    means = mean_activations(tiny_en, at_8k[1:], [hook], tokens, sample_rate=8000)
+    assert torch.equal(means[hook], mean_activations(tiny_en, at_16k[1:], [hook], tokens, sample_rate=16000)[hook])
+    sites = layer_sites(tiny_en, "decoder_blocks.{l}.hook_cross_attn_out")[:1]
+    kwargs = dict(kind="mean", tokens=tokens, progress=False)
+    told = ablate(tiny_en, at_8k[0], sites, metric, reference=at_8k[1:], sample_rate=8000, **kwargs)
+    assert torch.equal(
+        told, ablate(tiny_en, at_16k[0], sites, metric, reference=at_16k[1:], sample_rate=16000, **kwargs)
+    )

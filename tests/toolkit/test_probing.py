@@ -52,3 +52,12 @@ def test_mel_hook_pools_at_mel_frame_rate(tiny_en, float32_spread):
     assert_close(store["hook_mel"][0], cache["hook_mel"][0, :, :n].mean(-1), float32_spread, "hook_mel")
     conv1 = cache["encoder_embed.hook_conv1"][0, :n].mean(0)
     assert_close(store["encoder_embed.hook_conv1"][0], conv1, float32_spread, "conv1")
+
+
+def test_an_unpooled_store_is_refused_by_train_probes(tiny_en, tmp_path):
+    clips = [DATA / "cards_001.wav", DATA / "goforward.wav"]
+    hook = "encoder_blocks.0.hook_resid_post"
+    for out_dir in (None, tmp_path / "acts"):
+        store = extract_activations(tiny_en, clips, [hook], pooling="none", out_dir=out_dir, progress=False)
+        with pytest.raises(ValueError, match=r"extracted with pooling 'none' .* one vector per clip"):
+            train_probes(store, ["a", "b"], folds=2, progress=False)

@@ -107,3 +107,61 @@ def test_intervention_statistics():
     assert group_bootstrap_interval([True] * 5, list("abcde")) == (1.0, 1.0)
     with pytest.raises(ValueError, match="one group per outcome"):
         group_bootstrap_interval([True], [1, 2])
+
+
+# ---------------------------------------------------------------- inputs that would silently mislead
+def planted(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return x, ["a" if v > 0 else "b" for v in x[:, 0]]
+
+
+def test_nan_or_inf_features_are_refused_naming_the_hook():
+    x, labels = planted()
+    x[3, 2], x[7, 4] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"features at layer.h hold NaN or infinite values \(2 of 6 columns, 2 of 60"):
+        train_probes({"layer.h": x}, labels, permutations=0, progress=False)
+
+
+def test_missing_labels_are_refused():
+    x, labels = planted()
+    for missing in (None, float("nan"), ""):
+        bad = labels[:5] + [missing] + labels[6:]
+        with pytest.raises(ValueError, match=r"1 labels are missing \(None, NaN or empty\), at examples \[5\]"):
+            train_probes({"h": x}, bad, permutations=0, progress=False)
+
+
+def test_float_labels_need_the_task_said():
+    x, labels = planted()
+    numeric = [float(label == "b") for label in labels]  # in the order of the string classes
+    with pytest.raises(ValueError, match=r"labels are floats \(2 distinct values\).*task='classification'"):
+        train_probes({"h": x}, numeric, permutations=0, progress=False)
+    with pytest.raises(ValueError, match="fits classification probes"):
+        train_probes({"h": x}, numeric, permutations=0, progress=False, task="regression")
+    said = train_probes({"h": x}, numeric, permutations=0, progress=False, task="classification")
+    assert (
+        said.results[0].accuracy == train_probes({"h": x}, labels, permutations=0, progress=False).results[0].accuracy
+    )
+
+
+def test_labels_as_a_tensor_are_one_class_per_value():
+    x, labels = planted()
+    as_ints = torch.tensor([int(label == "b") for label in labels])
+    report = train_probes({"h": x}, as_ints, permutations=0, progress=False)
+    assert report.classes == [0, 1]
+    assert (
+        report.results[0].accuracy == train_probes({"h": x}, labels, permutations=0, progress=False).results[0].accuracy
+    )
+    with pytest.raises(ValueError, match=r"one per example \(1-D\); got shape \(60, 1\)"):
+        train_probes({"h": x}, as_ints[:, None], permutations=0, progress=False)
+
+
+def test_no_permutations_means_not_tested_and_folds_are_checked():
+    x, labels = planted()
+    report = train_probes({"h": x}, labels, permutations=0, progress=False)
+    assert report.results[0].p_value is None and "| - | not tested |" in report.table()
+    tested = train_probes({"h": x}, labels, permutations=5, progress=False)
+    assert 0 < tested.results[0].p_value <= 1 and "not tested" not in tested.table()
+    for folds in (0, 1):
+        with pytest.raises(ValueError, match=rf"folds must be a whole number, 2 or more .*; got {folds}"):
+            train_probes({"h": x}, labels, folds=folds, progress=False)
