@@ -228,7 +228,7 @@ def test_batched_decoder_positions_are_per_row(tiny_en, float32_spread):
 
     clips = [DATA / "cards_001.wav", DATA / "librivox_0880.wav"]  # short and long transcripts
     hook = "decoder_blocks.3.hook_resid_post"
-    for position in (-1, -3, 2):
+    for position in (-2, 2):  # from each row's own end, and from its start
         one = extract_activations(tiny_en, clips, [hook], decoder_pooling=position, batch_size=1, progress=False)
         two = extract_activations(tiny_en, clips, [hook], decoder_pooling=position, batch_size=2, progress=False)
         assert_close(two[hook], one[hook], float32_spread, f"position {position}")  # batched kernels differ in ulps
