@@ -13,7 +13,8 @@ import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -72,6 +73,24 @@ class HookedAudioModel(HookedRootModule):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.RLock()
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: dict[str, torch.Tensor],
+        *model_args: Any,
+        name_or_path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Self:
+        """The end of every ``from_pretrained``: the modules are built on the meta device (no
+        random init to throw away), the checkpoint's tensors are assigned in, and the model is
+        moved and set to eval mode (float32 on the CPU unless told)."""
+        with torch.device("meta"):
+            model = cls(*model_args)
+        model.load_state_dict(state_dict, assign=True, strict=True)
+        model.name_or_path = str(name_or_path)
+        return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
 
     def init_weights(self, std: float = 0.02) -> None:
         """Random weights for a model built from a config alone (checkpoints overwrite them):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from hooked_whisper.hook_layout import WHISPER_NAMING, HookLayout, layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
 from hooked_whisper.kv_cache import DecoderCache, heads_first
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
+
+if TYPE_CHECKING:
+    from hooked_whisper.decoding.search import DecodingOptions
 
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
 
@@ -369,47 +372,27 @@ class HookedWhisper(HookedAudioModel):
     def generate(
         self,
         audio: AudioInput,
-        language: str | None = None,
-        task: str = "transcribe",
-        timestamps: bool = False,
+        options: DecodingOptions | None = None,
         *,
-        beam_size: int | None = None,
-        patience: float | None = None,
-        temperature: float = 0.0,
-        best_of: int | None = None,
-        length_penalty: float | None = None,
-        prompt: str | list[int] | None = None,
-        prefix: str | list[int] | None = None,
-        max_new_tokens: int | None = None,
-        stop_on_loop: bool | Callable[[list[int]], bool] = False,
         seed: int | None = None,
         fwd_hooks: list | None = None,
         sample_rate: int | None = None,
+        **overrides: Any,
     ) -> Int[torch.Tensor, "batch pos"]:
         """Decode one 30 s window per clip; returns prompt + generated tokens ``[batch, pos]``,
         each row ending with end-of-text and padded with it, ready for ``run_with_cache``.
 
-        Greedy by default (token for token what Hugging Face ``generate`` writes, with or without
-        ``timestamps``); ``beam_size`` runs openai-whisper's beam search, ``temperature > 0``
-        samples (``best_of`` samples, the most likely kept; ``seed`` makes it repeatable).
-        ``fwd_hooks`` apply at every step; the language is detected per clip when not given.
+        ``options`` is a ``DecodingOptions``; keywords (``language``, ``beam_size``,
+        ``temperature``, ``max_new_tokens``...) override its fields, which are declared there
+        only. Greedy by default (token for token what Hugging Face ``generate`` writes, with or
+        without ``timestamps``); ``beam_size`` runs openai-whisper's beam search,
+        ``temperature > 0`` samples (``best_of`` samples, the most likely kept; ``seed`` makes it
+        repeatable). ``fwd_hooks`` apply at every step; the language is detected per clip when
+        not given.
         """
         from hooked_whisper.decoding.search import DecodingOptions, decode_window, padded_tokens
 
-        options = DecodingOptions(
-            language=language,
-            task=task,
-            timestamps=timestamps,
-            temperature=temperature,
-            beam_size=beam_size,
-            patience=patience,
-            best_of=best_of,
-            length_penalty=length_penalty,
-            max_new_tokens=max_new_tokens,
-            prompt=prompt,
-            prefix=prefix,
-            stop_on_loop=stop_on_loop,
-        )
+        options = DecodingOptions.merged(options, overrides)
         options.check(self)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         mel = self.to_mel(audio, sample_rate)
@@ -512,8 +495,12 @@ class HookedWhisper(HookedAudioModel):
 
         ckpt = load_checkpoint(name_or_path, tokenizer=tokenizer)
         cfg = HookedWhisperConfig(**{**ckpt.config.to_dict(), **cfg_overrides})
-        with torch.device("meta"):
-            model = cls(cfg, ckpt.tokenizer, ckpt.generation_config)
-        model.load_state_dict(ckpt.state_dict, assign=True, strict=True)
-        model.name_or_path = str(name_or_path)
-        return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+        return cls.from_state_dict(
+            ckpt.state_dict,
+            cfg,
+            ckpt.tokenizer,
+            ckpt.generation_config,
+            name_or_path=name_or_path,
+            device=device,
+            dtype=dtype,
+        )

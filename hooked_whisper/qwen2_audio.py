@@ -13,6 +13,7 @@ TransformerLens' decoder-only models for the language model (``blocks.{l}...``, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -406,18 +407,28 @@ class HookedQwen2Audio(HookedAudioModel):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        name_or_path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **cfg_overrides: Any,
     ) -> HookedQwen2Audio:
         """Load a Hugging Face Qwen2-Audio checkpoint: a local folder (``config.json``, safetensors
         shards, ``tokenizer.json``) or a Hub repo id such as ``Qwen/Qwen2-Audio-7B-Instruct``
-        (downloaded, or read from the local Hub cache when offline)."""
+        (downloaded, or read from the local Hub cache when offline). ``cfg_overrides`` sets
+        config fields such as the opt-in hook flags, as on ``HookedWhisper.from_pretrained``."""
         from weights_conversion.qwen2_audio import load_qwen2_audio_folder
         from weights_conversion.resolve import download
 
         path = Path(name_or_path).expanduser()
         folder = path if path.is_dir() else download(str(name_or_path))
         cfg, state_dict, tokenizer = load_qwen2_audio_folder(folder)
-        with torch.device("meta"):
-            model = cls(cfg, TextTokenizer(tokenizer) if tokenizer else None)
-        model.load_state_dict(state_dict, assign=True, strict=True)
-        return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+        cfg = dataclasses.replace(cfg, **cfg_overrides)
+        return cls.from_state_dict(
+            state_dict,
+            cfg,
+            TextTokenizer(tokenizer) if tokenizer else None,
+            name_or_path=name_or_path,
+            device=device,
+            dtype=dtype,
+        )

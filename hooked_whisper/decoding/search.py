@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,8 +26,12 @@ if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodingOptions:
+    """How to decode one 30 s window, declared once: ``generate`` takes these fields as keywords
+    (merged with ``dataclasses.replace``), so no caller re-lists them. Frozen: a run's options
+    cannot change under it, and one instance can be shared between calls."""
+
     language: str | None = None  # None: detected per clip on multilingual models
     task: str = "transcribe"  # or "translate"
     timestamps: bool = False
@@ -41,6 +45,19 @@ class DecodingOptions:
     prefix: str | list[int] | None = None  # forced start of the transcript
     max_initial_timestamp: float | None = 1.0  # seconds
     stop_on_loop: bool | Callable[[list[int]], bool] = False  # greedy/sampling only
+
+    @classmethod
+    def merged(cls, options: DecodingOptions | None, overrides: dict[str, Any]) -> DecodingOptions:
+        """``options`` (the defaults when None) with ``overrides`` applied; an unknown keyword
+        is a TypeError that names the fields there are."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(
+                f"unknown decoding option(s) {', '.join(unknown)}; "
+                f"DecodingOptions fields are: {', '.join(sorted(known))}"
+            )
+        return replace(options or cls(), **overrides)
 
     def check(self, model: HookedWhisper) -> None:
         if self.beam_size is not None and self.best_of is not None:

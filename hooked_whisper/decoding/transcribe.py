@@ -78,7 +78,7 @@ class LongFormSettings:
         )
         if self.loop_aware and options.beam_size is None and not options.stop_on_loop:
             ts = model.special.timestamp_begin
-            options.stop_on_loop = lambda tokens: loop_start(tokens, ts) is not None
+            options = replace(options, stop_on_loop=lambda tokens: loop_start(tokens, ts) is not None)
         return options
 
     def needs_retry(self, result: WindowResult) -> bool:

@@ -3,10 +3,13 @@ silence, short and long audio, bad options."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from hooked_whisper import load_audio
+from hooked_whisper.decoding import DecodingOptions
 from hooked_whisper.decoding.repetition import is_looping
 from tests.support import CLIPS, DATA, long_clip
 
@@ -80,6 +83,18 @@ def test_unsupported_language_is_a_clear_error(tiny_en, base):
         tiny_en.generate(DATA / "goforward.wav", language="de")
     with pytest.raises(ValueError, match="beam_size and best_of"):
         tiny_en.generate(DATA / "goforward.wav", beam_size=2, best_of=2, temperature=0.5)
+    with pytest.raises(TypeError, match="beam_sise.*fields are: .*beam_size"):
+        tiny_en.generate(DATA / "goforward.wav", beam_sise=2)
+
+
+def test_generate_takes_one_options_object_and_keyword_overrides(tiny_en):
+    options = DecodingOptions(max_new_tokens=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.max_new_tokens = 6  # type: ignore[misc]
+    capped = tiny_en.generate(DATA / "goforward.wav", options)
+    assert torch.equal(capped, tiny_en.generate(DATA / "goforward.wav", max_new_tokens=5))
+    longer = tiny_en.generate(DATA / "goforward.wav", options, max_new_tokens=8)  # a keyword wins
+    assert longer.shape[1] > capped.shape[1]
 
 
 def test_long_audio_is_refused_by_forward_but_transcribed(tiny_en):
