@@ -56,7 +56,22 @@ def checked(fn: Callable) -> Callable:
 class HookedAudioModel(HookedRootModule):
     """Subclasses build their modules, call ``setup()`` and fill ``hook_layouts``; they declare
     how their blocks' hooks are named (``hook_naming``), whether the decoder reads the audio
-    through cross-attention, and answer ``layer_count``, ``head_count`` and ``blocks_of``."""
+    through cross-attention, and answer ``layer_count``, ``head_count`` and ``blocks_of``.
+
+    The contract: what decoding and the toolkit may call on either family (not yet enforced
+    with ``abc.abstractmethod``; ``tests/toolkit/test_families.py`` exercises it on both):
+
+    - ``cfg``, ``tokenizer``, ``device``, ``dtype``, ``W_E``, ``W_U``, ``hook_naming``,
+      ``hook_layouts``, ``has_cross_attention``, ``audio_route``, ``OPT_IN_FLAGS``
+    - ``to_mel(audio, sample_rate)``: audio features; ``encode``; ``finish_encoder(resid)``
+    - ``decode(tokens, encoder_out, cache)``: logits, extending a per-call KV cache
+    - ``check_tokens``, ``tokens_for``, ``probe_tokens()`` (the default decoder input for a clip)
+    - ``to_tokens``, ``to_string``, ``to_str_tokens``
+    - ``layer_count``, ``head_count``, ``kv_head_count``, ``blocks_of``, ``hook_name``,
+      ``hook_layout``, ``require_cross_attention``
+    - ``position_count(unit)``, ``prompt_length(tokens)``, ``real_length(tokens)``
+    - ``forward(audio, tokens)``, ``run_with_cache``, ``generate``, ``from_pretrained``
+    """
 
     hook_layouts: dict[str, HookLayout]
     hook_naming: HookNaming
