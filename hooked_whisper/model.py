@@ -263,11 +263,17 @@ class HookedWhisper(HookedAudioModel):
     def forward(
         self, audio: AudioInput, tokens: TokensInput | None = None, sample_rate: int | None = None
     ) -> Float[torch.Tensor, "batch pos d_vocab"]:
-        """Logits ``[batch, pos, d_vocab]`` of ``tokens`` given ``audio``. Without tokens, the
-        decoder reads the prompt plus the model's own greedy transcript."""
+        """Logits ``[batch, pos, d_vocab]`` of ``tokens`` given ``audio``. Tokens are required (as
+        in openai-whisper and TransformerLens): a forward pass that silently decoded first would
+        hide a generation inside what reads as one pass."""
+        if tokens is None:
+            raise TypeError(
+                "forward needs tokens: pass model(audio, tokens), or call model.run_with_cache(audio) "
+                "(which decodes the greedy transcript first) or model.generate(audio) to get them"
+            )
         mel = self.to_mel(audio, sample_rate)
         encoder_out = self.encode(mel)
-        return self.decode(self.tokens_for(mel, tokens, encoder_out), encoder_out)
+        return self.decode(self.tokens_for(mel, tokens), encoder_out)
 
     def tokens_for(
         self, mel: torch.Tensor, tokens: TokensInput | None, encoder_out: torch.Tensor | None = None
@@ -359,11 +365,10 @@ class HookedWhisper(HookedAudioModel):
         (``blocks.{l}`` names) for ``accumulated_resid``, ``decompose_resid`` and friends.
         """
         self.check_names_filter(names_filter)
-        # forward() encodes once and, without tokens, decodes greedily from that same encoder
-        # output; the teacher-forced pass runs last, so the cache holds its activations.
-        logits, cache_dict = super().run_with_cache(
-            self.to_mel(audio, sample_rate), tokens, names_filter=names_filter, **kwargs
-        )
+        mel = self.to_mel(audio, sample_rate)
+        if tokens is None:  # the greedy transcript, decoded before caching starts
+            tokens = self.tokens_for(mel, None)
+        logits, cache_dict = super().run_with_cache(mel, tokens, names_filter=names_filter, **kwargs)
         return logits, WhisperActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
 
     # ------------------------------------------------------------------ generation and transcription

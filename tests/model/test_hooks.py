@@ -59,7 +59,10 @@ def test_hooks_removed_after_exception(tiny_en):
         tiny_en(CLIP, [tiny_en.special.sot])
     assert no_hooks_left(tiny_en)
     with pytest.raises(RuntimeError, match="boom"):
-        tiny_en.run_with_hooks(CLIP, fwd_hooks=[("decoder_blocks.0.cross_attn.hook_k", broken)])  # during generation
+        tiny_en.generate(CLIP, fwd_hooks=[("decoder_blocks.0.cross_attn.hook_k", broken)])  # during generation
+    assert no_hooks_left(tiny_en)
+    with pytest.raises(TypeError, match="forward needs tokens"):
+        tiny_en.run_with_hooks(CLIP, fwd_hooks=[("decoder_blocks.0.cross_attn.hook_k", broken)])
     assert no_hooks_left(tiny_en)
 
 
