@@ -261,19 +261,27 @@ class HookedWhisper(HookedAudioModel):
 
     @serialised
     def forward(
-        self, audio: AudioInput, tokens: TokensInput | None = None, sample_rate: int | None = None
+        self,
+        audio: AudioInput,
+        tokens: TokensInput | None = None,
+        sample_rate: int | None = None,
+        greedy_tokens: bool = False,
     ) -> Float[torch.Tensor, "batch pos d_vocab"]:
         """Logits ``[batch, pos, d_vocab]`` of ``tokens`` given ``audio``. Tokens are required (as
         in openai-whisper and TransformerLens): a forward pass that silently decoded first would
-        hide a generation inside what reads as one pass."""
-        if tokens is None:
+        hide a generation inside what reads as one pass. ``greedy_tokens=True`` asks for that
+        generation explicitly (``run_with_cache(audio)`` does): the prompt plus each clip's greedy
+        transcript, decoded from this pass's own encoder output, so the encoder runs once."""
+        if tokens is None and not greedy_tokens:
             raise TypeError(
                 "forward needs tokens: pass model(audio, tokens), or call model.run_with_cache(audio) "
                 "(which decodes the greedy transcript first) or model.generate(audio) to get them"
             )
+        if tokens is not None and greedy_tokens:
+            raise ValueError("greedy_tokens=True decodes the tokens itself: pass tokens or greedy_tokens, not both")
         mel = self.to_mel(audio, sample_rate)
         encoder_out = self.encode(mel)
-        return self.decode(self.tokens_for(mel, tokens), encoder_out)
+        return self.decode(self.tokens_for(mel, tokens, encoder_out), encoder_out)
 
     def tokens_for(
         self, mel: torch.Tensor, tokens: TokensInput | None, encoder_out: torch.Tensor | None = None
@@ -365,10 +373,11 @@ class HookedWhisper(HookedAudioModel):
         (``blocks.{l}`` names) for ``accumulated_resid``, ``decompose_resid`` and friends.
         """
         self.check_names_filter(names_filter)
-        mel = self.to_mel(audio, sample_rate)
-        if tokens is None:  # the greedy transcript, decoded before caching starts
-            tokens = self.tokens_for(mel, None)
-        logits, cache_dict = super().run_with_cache(mel, tokens, names_filter=names_filter, **kwargs)
+        # Without tokens, forward decodes greedily from the encoder output it has just computed;
+        # the teacher-forced pass runs last, so the cache holds its activations.
+        logits, cache_dict = super().run_with_cache(
+            self.to_mel(audio, sample_rate), tokens, greedy_tokens=tokens is None, names_filter=names_filter, **kwargs
+        )
         return logits, WhisperActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
 
     # ------------------------------------------------------------------ generation and transcription

@@ -66,6 +66,18 @@ def test_hooks_removed_after_exception(tiny_en):
     assert no_hooks_left(tiny_en)
 
 
+def test_run_with_cache_without_tokens_encodes_once(tiny_en):
+    """run_with_cache(audio) reads the greedy transcript decoded from the same pass's encoder
+    output: one encoder run, and the tokens generate writes (without the final end-of-text)."""
+    calls = []
+    with tiny_en.hooks(fwd_hooks=[("hook_mel", lambda x, hook: calls.append(x.shape))]):
+        _, cache = tiny_en.run_with_cache(CLIP, names_filter=["hook_tokens"])
+    assert len(calls) == 1
+    assert cache["hook_tokens"][0].tolist() == tiny_en.generate(CLIP)[0, :-1].tolist()
+    with pytest.raises(ValueError, match="pass tokens or greedy_tokens, not both"):
+        tiny_en(CLIP, [tiny_en.special.sot], greedy_tokens=True)
+
+
 def test_unknown_hook_name_suggests_close_ones(tiny_en):
     with pytest.raises(
         ValueError, match=r"no hook named 'decoder_blocks.0.hook_attn_output'.*decoder_blocks.0.hook_attn_out"
