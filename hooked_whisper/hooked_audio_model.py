@@ -1,9 +1,10 @@
 """What every hooked audio model here shares: hook names checked with a suggestion, hook
 return values checked, hooks that never outlive their block, and one caller at a time.
 
-The hooks live on the model, and so does per-call state such as the decoder's position offset:
-every forward pass, generation and ``hooks()`` block holds the model's lock, so a model shared
-between threads runs one caller at a time and no caller sees another's hooks.
+The hooks live on the model: every forward pass, generation and ``hooks()`` block holds the
+model's lock, so a model shared between threads runs one caller at a time and no caller sees
+another's hooks. Per-call state (where the running decoder call starts, whether its rows are
+left-padded) is not on the model: ``decoding()`` holds it for the call, per thread.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -22,6 +25,31 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.hook_layout import HookLayout, HookNaming
+
+
+@dataclass(frozen=True)
+class DecodeCall:
+    """The decoder call now running, as hooks that address decoder positions need it: the
+    absolute position of its first token (a KV-cached step continues after the ones before) and
+    whether its rows are left-padded (then positions differ from row to row)."""
+
+    offset: int = 0
+    padded: bool = False
+
+
+# A ContextVar, not an attribute: each thread (and each nested call) sees its own decoder call.
+_NO_DECODE_CALL = DecodeCall()  # frozen: safe to share as the default
+_DECODE_CALL: ContextVar[DecodeCall] = ContextVar("decode_call", default=_NO_DECODE_CALL)
+
+
+@contextmanager
+def decoding(offset: int, padded: bool = False) -> Iterator[DecodeCall]:
+    """Mark a decoder call from ``offset`` for the hooks that fire inside it."""
+    token = _DECODE_CALL.set(call := DecodeCall(offset, padded))
+    try:
+        yield call
+    finally:
+        _DECODE_CALL.reset(token)
 
 
 def serialised(method: Callable) -> Callable:
@@ -81,13 +109,20 @@ class HookedAudioModel(HookedRootModule):
     # How the audio reaches the text side, for errors about what this family cannot do.
     audio_route: str = ""
     OPT_IN_FLAGS: tuple[str, ...] = ()  # config switches for hooks that cost memory, as in TransformerLens
-    # Whether the current decode() call's rows are left-padded (batched transcription), in which
-    # case decoder positions differ from row to row; patching hooks read it.
-    decode_padded: bool = False
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.RLock()
+
+    @property
+    def decode_offset(self) -> int:
+        """The absolute decoder position where the decoder call now running starts (0 outside one)."""
+        return _DECODE_CALL.get().offset
+
+    @property
+    def decode_padded(self) -> bool:
+        """Whether the rows of the decoder call now running are left-padded (batched transcription)."""
+        return _DECODE_CALL.get().padded
 
     @classmethod
     def from_state_dict(

@@ -34,7 +34,7 @@ from hooked_whisper.cache import WhisperActivationCache
 from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
 from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
 from hooked_whisper.hook_layout import WHISPER_NAMING, HookLayout, layout_of
-from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
+from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
 from hooked_whisper.kv_cache import DecoderCache, heads_first
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 
@@ -75,8 +75,6 @@ class HookedWhisper(HookedAudioModel):
         self.decoder_blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_decoder_layers)])
         self.decoder_ln_final = LayerNorm(cfg)
 
-        self.decode_offset = 0  # first decoder position of the current decode() call
-        # Hooks and decode_offset are state shared by every caller: one call at a time (see hooks()).
         self.init_weights()
         self.setup()
         self.hook_layouts: dict[str, HookLayout] = {name: layout_of(name) for name in self.hook_dict}
@@ -249,15 +247,15 @@ class HookedWhisper(HookedAudioModel):
             cache = self.new_decoder_cache(encoder_out)
             if encoder_out.shape[0] == 1 < tokens.shape[0]:
                 cache = cache.for_rows(tokens.shape[0])
-        # Hooks that address decoder positions read these to know where a KV-cached step starts.
-        self.decode_offset, self.decode_padded = cache.position, cache.pad is not None
-        tokens = self.hook_tokens(tokens)
-        positions, self_mask = cache.positions(tokens.shape[1]), cache.self_attention_mask(tokens.shape[1])
-        pos_embed = self.pos_embed(tokens, self.decode_offset, positions)
-        resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(pos_embed)
-        for i, block in enumerate(self.decoder_blocks):
-            resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i], self_mask)
-        return self.decoder_ln_final(resid) @ self.W_U
+        # Hooks that address decoder positions read where this call starts (a KV-cached step).
+        with decoding(cache.position, cache.pad is not None):
+            tokens = self.hook_tokens(tokens)
+            positions, self_mask = cache.positions(tokens.shape[1]), cache.self_attention_mask(tokens.shape[1])
+            pos_embed = self.pos_embed(tokens, cache.position, positions)
+            resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(pos_embed)
+            for i, block in enumerate(self.decoder_blocks):
+                resid, cache.self_kv[i] = block(resid, cache.cross_kv[i], cache.self_kv[i], self_mask)
+            return self.decoder_ln_final(resid) @ self.W_U
 
     @serialised
     def forward(

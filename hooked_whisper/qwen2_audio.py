@@ -44,7 +44,7 @@ from hooked_whisper.components.rms_norm import RMSNorm
 from hooked_whisper.components.rotary_attention import rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
 from hooked_whisper.hook_layout import QWEN2_AUDIO_NAMING, HookLayout, qwen2_audio_layout_of
-from hooked_whisper.hooked_audio_model import HookedAudioModel, serialised
+from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 AUDIO_SLOT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
@@ -148,7 +148,6 @@ class HookedQwen2Audio(HookedAudioModel):
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         keep_kernel_layouts(self, {"W_audio_proj": LINEAR, "W_U": LINEAR})  # nn.Linear's [out, in]
 
-        self.decode_offset = 0  # first position of the current decode() call (read by patching hooks)
         self.init_weights()
         self.setup()
         self.hook_layouts: dict[str, HookLayout] = {name: qwen2_audio_layout_of(name) for name in self.hook_dict}
@@ -267,20 +266,20 @@ class HookedQwen2Audio(HookedAudioModel):
         """Language-model logits. ``audio_embeds`` fill the placeholders of a prompt; with
         ``cache`` the tokens continue the positions already in it, which is extended in place."""
         cache = cache if cache is not None else LanguageModelCache.empty(self.cfg.n_layers)
-        self.decode_offset = cache.position
-        tokens = self.hook_tokens(tokens)
-        resid = self.hook_embed(F.embedding(tokens, self.W_E))
-        if bool((tokens == self.cfg.audio_token_id).any()):
-            if audio_embeds is None:
-                raise ValueError("these tokens hold audio placeholders: pass the audio embeddings (model.encode)")
-            resid = self._insert_audio(resid, tokens, audio_embeds)
-        positions = torch.arange(cache.position, cache.position + tokens.shape[1], device=tokens.device)
-        assert self.cfg.d_head is not None
-        cos, sin = rotary_tables(positions, self.cfg.d_head, self.cfg.rope_theta, resid.dtype)
-        for i, block in enumerate(self.blocks):
-            resid, cache.kv[i] = block(resid, cos, sin, cache.kv[i])
-        cache.position += tokens.shape[1]
-        return self.ln_final(resid) @ self.W_U
+        with decoding(cache.position):  # read by hooks that address positions
+            tokens = self.hook_tokens(tokens)
+            resid = self.hook_embed(F.embedding(tokens, self.W_E))
+            if bool((tokens == self.cfg.audio_token_id).any()):
+                if audio_embeds is None:
+                    raise ValueError("these tokens hold audio placeholders: pass the audio embeddings (model.encode)")
+                resid = self._insert_audio(resid, tokens, audio_embeds)
+            positions = torch.arange(cache.position, cache.position + tokens.shape[1], device=tokens.device)
+            assert self.cfg.d_head is not None
+            cos, sin = rotary_tables(positions, self.cfg.d_head, self.cfg.rope_theta, resid.dtype)
+            for i, block in enumerate(self.blocks):
+                resid, cache.kv[i] = block(resid, cos, sin, cache.kv[i])
+            cache.position += tokens.shape[1]
+            return self.ln_final(resid) @ self.W_U
 
     def check_tokens(self, tokens: torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str) -> torch.Tensor:
         """Token ids as ``[batch, pos]`` on the model's device, or a clear error."""
