@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_whisper.patching.metrics import Metric
-from hooked_whisper.patching.sites import Site, region, resolve_all
+from hooked_whisper.patching.sites import Site, check_token_positions, region, resolve_all
 
 if TYPE_CHECKING:
     from hooked_whisper.hooked_audio_model import HookedAudioModel
@@ -145,6 +145,7 @@ def activation_patch(
     """
     sites = resolve_all(model, sites)
     mel, tokens = prepare(model, target, tokens, sample_rate)
+    check_token_positions(model, sites, tokens.shape[1])
     cache = source_cache(model, source, tokens, {s.hook for s in sites}, sample_rate)
     return _sweep(model, mel, tokens, sites, [cache[s.hook] for s in sites], metric, alpha, batch_size, progress)
 
@@ -187,6 +188,8 @@ def ablate(
     """
     sites = resolve_all(model, sites)
     mel, target_tokens = prepare(model, target, tokens, sample_rate) if metric is not None else (None, None)
+    if target_tokens is not None:
+        check_token_positions(model, sites, target_tokens.shape[1])
     if kind == "zero":
         sources: list = [0.0] * len(sites)
     elif kind == "mean":

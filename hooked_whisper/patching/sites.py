@@ -69,6 +69,12 @@ def resolve(model: HookedAudioModel, site: Site | str) -> Site:
             raise ValueError(f"head {site.head} out of range: {site.hook} has heads 0..{n_heads - 1}")
     if isinstance(site.positions, Seconds):
         site = replace(site, positions=layout.positions(site.positions.start, site.positions.end), label=site.name)
+    if site.positions is not None and layout.unit == "token" and any(p < 0 for p in site.positions):
+        raise ValueError(
+            f"{site.hook}: decoder positions are absolute (0 is the first prompt token), so a negative one "
+            "has no fixed meaning across generation steps and would patch nothing; pass tokens.shape[1] - 1 "
+            "for the last position"
+        )
     if site.positions is not None and layout.unit != "token":
         limit = model.position_count(layout.unit)
         bad = [p for p in site.positions if not 0 <= p < limit]
@@ -80,6 +86,20 @@ def resolve(model: HookedAudioModel, site: Site | str) -> Site:
 def resolve_all(model: HookedAudioModel, sites: Sequence[Site] | Site | str) -> list[Site]:
     many = [sites] if isinstance(sites, (Site, str)) else list(sites)
     return [resolve(model, s) for s in many]
+
+
+def check_token_positions(model: HookedAudioModel, sites: Sequence[Site], n_tokens: int) -> None:
+    """In a teacher-forced run of ``n_tokens`` tokens, a decoder position at or past the end would
+    patch nothing (and the site would look irrelevant): refuse it."""
+    for site in sites:
+        if site.positions is None or model.hook_layouts[site.hook].unit != "token":
+            continue
+        beyond = [p for p in site.positions if p >= n_tokens]  # type: ignore[union-attr]
+        if beyond:
+            raise ValueError(
+                f"{site.hook}: decoder positions {beyond[:3]} lie past the {n_tokens} tokens this run reads "
+                f"(0..{n_tokens - 1})"
+            )
 
 
 def refuse_padded_rows(model: HookedAudioModel, hook: str) -> None:

@@ -293,6 +293,15 @@ def test_bad_input(tiny_en, runs):
             [short["decoder_blocks.0.hook_resid_post"]],
         )
         tiny_en.run_with_hooks(CLEAN, tokens, fwd_hooks=hooks)
+    # A decoder position at -1 or past the end would patch nothing and look irrelevant: refused.
+    last = Site("decoder_blocks.1.hook_resid_post", positions=(-1,))
+    with pytest.raises(ValueError, match="decoder positions are absolute"):
+        ablate(tiny_en, CLEAN, last, metric, tokens=tokens)
+    with pytest.raises(ValueError, match="decoder positions are absolute"):
+        ablate(tiny_en, CLEAN, last)  # hooks for generation
+    beyond = Site("decoder_blocks.1.hook_resid_post", positions=(tokens.shape[1],))
+    with pytest.raises(ValueError, match=rf"lie past the {tokens.shape[1]} tokens"):
+        activation_patch(tiny_en, CLEAN, CORRUPT, [beyond], metric, tokens=tokens)
     with pytest.raises(ValueError, match="receiver XL9H0 via kv does not exist"):
         path_patch(tiny_en, CLEAN, CORRUPT, "encoder_blocks.0.hook_mlp_out", [Receiver(9, 0)], metric, tokens=tokens)
 
