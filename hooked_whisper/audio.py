@@ -87,7 +87,7 @@ def audio_clips(audio: AudioInput, sample_rate: int | None = None) -> list[Float
         return [load_audio(audio, sample_rate)]
     if isinstance(audio, (np.ndarray, torch.Tensor)):
         x = torch.as_tensor(audio)
-        rate = _array_rate(sample_rate, x)
+        rate = array_rate(sample_rate, x)
         if x.ndim == 1 or (x.ndim == 2 and _is_multichannel(tuple(x.shape))):
             return [load_audio(x, rate)]
         if x.ndim == 2:
@@ -133,10 +133,10 @@ def _one_array(x: np.ndarray | torch.Tensor, sample_rate: int | None) -> torch.T
         raise TypeError(f"a list of clips holds paths or arrays, not {type(x).__name__}")
     if x.ndim not in (1, 2):
         raise ValueError(f"each clip in a list is [samples] or [samples, channels]; got shape {tuple(x.shape)}")
-    return load_audio(x, _array_rate(sample_rate, x))
+    return load_audio(x, array_rate(sample_rate, x))
 
 
-def _array_rate(sample_rate: int | None, x: np.ndarray | torch.Tensor | None = None) -> int:
+def array_rate(sample_rate: int | None, x: np.ndarray | torch.Tensor | None = None) -> int:
     """``sample_rate``, or 16 kHz with a warning each time an array comes without one (the
     warning names the array's length at 16 kHz, so that each differing array is shown)."""
     if sample_rate is None:

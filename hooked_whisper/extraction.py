@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.audio import SAMPLE_RATE, _array_rate, load_audio
+from hooked_whisper.audio import SAMPLE_RATE, array_rate, load_audio
 
 INDEX, SETTINGS = "index.json", "settings.json"
 ROWS_KEY = "__rows__"  # in each shard: the manifest rows it holds, in order
@@ -271,7 +271,7 @@ def extract_to_folder(
     options = json.dumps({k: settings[k] for k in sorted(settings) if k != "manifest_sha256"}, sort_keys=True)
     base = {"model": "", "hooks": "[]", **(model_state or {}), "options": options}
     mine = [s for s in range(math.ceil(n / shard_size)) if s % world == rank]
-    rate = None if all(isinstance(c, (str, Path)) for c in clips.clips) else _array_rate(sample_rate)
+    rate = None if all(isinstance(c, (str, Path)) for c in clips.clips) else array_rate(sample_rate)
     states = {s: {**base, "inputs": _inputs_digest(clips, _rows(s, shard_size, n), rate)} for s in mine}
     status = {s: _shard_status(_shard_path(folder, s), _rows(s, shard_size, n), hooks, states[s]) for s in mine}
     todo = [s for s in mine if status[s] is not None]
@@ -310,8 +310,7 @@ def extract_to_folder(
 def _inputs_digest(clips: Manifest, rows: range, sample_rate: int | None) -> str:
     h = hashlib.sha256()
     for row in rows:
-        clip = clips.clips[row]
-        h.update(f"{row}:{clip_digest(clip, None if isinstance(clip, (str, Path)) else sample_rate)}\n".encode())
+        h.update(f"{row}:{clip_digest(clips.clips[row], sample_rate)}\n".encode())  # a file's rate is its own
     return h.hexdigest()
 
 
