@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hooked_whisper.probing import ActivationStore, train_probes
-from tests.support import CLIPS, DATA, assert_close
+from tests.support import CLIPS, DATA, assert_close, random_whisper
 
 BIN = Path(sys.executable).parent
 HOOKS = ["encoder_blocks.1.hook_resid_post", "decoder_blocks.2.hook_resid_post"]
@@ -117,6 +117,13 @@ def test_other_settings_into_the_same_folder_are_refused(manifest, single, tiny_
 ENCODER_HOOK = "encoder_blocks.1.hook_resid_post"
 
 
+@pytest.fixture(scope="module")
+def reader():
+    """What a rerun must notice (audio, hooks, weights, damaged shards) does not depend on the
+    weights: a small random model reads the clips in a fraction of tiny.en's time."""
+    return random_whisper(d_model=64, n_heads=2, d_head=32, n_encoder_layers=2, n_decoder_layers=1, d_vocab=51864)
+
+
 def extract_two(model, folder: Path, clips, **kwargs):
     """Two clips, one shard each, an encoder hook only (fast)."""
     from hooked_whisper.probing import extract_activations
@@ -133,45 +140,45 @@ def two_files(tmp_path) -> list[Path]:
     return files
 
 
-def test_a_replaced_audio_file_is_recomputed(tiny_en, two_files, tmp_path):
+def test_a_replaced_audio_file_is_recomputed(reader, two_files, tmp_path):
     out = tmp_path / "acts"
-    before = extract_two(tiny_en, out, two_files)[ENCODER_HOOK]
+    before = extract_two(reader, out, two_files)[ENCODER_HOOK]
     two_files[1].write_bytes((DATA / "librivox_0880.wav").read_bytes())  # same path, other audio
     with pytest.warns(UserWarning, match=r"recomputing 1 of the 2 shards .*\(1 audio changed\)"):
-        after = extract_two(tiny_en, out, two_files)[ENCODER_HOOK]
-    fresh = extract_two(tiny_en, tmp_path / "fresh", two_files)[ENCODER_HOOK]
+        after = extract_two(reader, out, two_files)[ENCODER_HOOK]
+    fresh = extract_two(reader, tmp_path / "fresh", two_files)[ENCODER_HOOK]
     assert torch.equal(after, fresh) and torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
 
 
-def test_active_hooks_are_refused_or_recorded(tiny_en, two_files, tmp_path):
+def test_active_hooks_are_refused_or_recorded(reader, two_files, tmp_path):
     out = tmp_path / "acts"
-    plain = extract_two(tiny_en, out, two_files)[ENCODER_HOOK]
+    plain = extract_two(reader, out, two_files)[ENCODER_HOOK]
 
     def ablate(x, hook):
         return torch.zeros_like(x)
 
-    with tiny_en.hooks(fwd_hooks=[("encoder_blocks.0.hook_resid_post", ablate)]):
+    with reader.hooks(fwd_hooks=[("encoder_blocks.0.hook_resid_post", ablate)]):
         with pytest.raises(
             ValueError, match=r"1 hook\(s\) active \(encoder_blocks.0.hook_resid_post: ablate\).*allow_hooks=True"
         ):
-            extract_two(tiny_en, out, two_files)
+            extract_two(reader, out, two_files)
         with pytest.warns(UserWarning, match=r"recomputing 2 of the 2 shards .*\(2 active hooks changed\)"):
-            hooked = extract_two(tiny_en, out, two_files, allow_hooks=True)[ENCODER_HOOK]
+            hooked = extract_two(reader, out, two_files, allow_hooks=True)[ENCODER_HOOK]
     assert not torch.equal(hooked, plain)
     with pytest.warns(UserWarning, match=r"2 active hooks changed"):  # the hooks are gone: recomputed
-        assert torch.equal(extract_two(tiny_en, out, two_files)[ENCODER_HOOK], plain)
+        assert torch.equal(extract_two(reader, out, two_files)[ENCODER_HOOK], plain)
 
 
-def test_a_weight_edit_is_recomputed(tiny_en, two_files, tmp_path):
+def test_a_weight_edit_is_recomputed(reader, two_files, tmp_path):
     out = tmp_path / "acts"
-    plain = extract_two(tiny_en, out, two_files)[ENCODER_HOOK]
-    weight = tiny_en.encoder_blocks[0].mlp.W_in
+    plain = extract_two(reader, out, two_files)[ENCODER_HOOK]
+    weight = reader.encoder_blocks[0].mlp.W_in
     saved = weight.detach().clone()
     try:
         with torch.no_grad():
             weight.mul_(0.5)
         with pytest.warns(UserWarning, match=r"\(2 model weights changed\)"):
-            edited = extract_two(tiny_en, out, two_files)[ENCODER_HOOK]
+            edited = extract_two(reader, out, two_files)[ENCODER_HOOK]
     finally:
         with torch.no_grad():
             weight.copy_(saved)
@@ -184,11 +191,11 @@ def flip_a_data_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_damaged_shards_are_refused_by_the_store_and_recomputed_by_a_rerun(tiny_en, two_files, tmp_path):
+def test_damaged_shards_are_refused_by_the_store_and_recomputed_by_a_rerun(reader, two_files, tmp_path):
     from hooked_whisper.probing import ActivationStore
 
     out = tmp_path / "acts"
-    plain = extract_two(tiny_en, out, two_files)[ENCODER_HOOK]
+    plain = extract_two(reader, out, two_files)[ENCODER_HOOK]
     shard = out / "shard-00001.safetensors"
     flip_a_data_byte(shard)
     with pytest.raises(ValueError, match=r"shard-00001.safetensors fails its checksum"):
@@ -196,15 +203,15 @@ def test_damaged_shards_are_refused_by_the_store_and_recomputed_by_a_rerun(tiny_
     with pytest.raises(ValueError, match=r"shard-00001.safetensors fails its checksum"):
         ActivationStore.open(out, verify=False)[ENCODER_HOOK]
     with pytest.warns(UserWarning, match=r"recomputing 1 of the 2 shards .*failing its checksum"):
-        assert torch.equal(extract_two(tiny_en, out, two_files)[ENCODER_HOOK], plain)
+        assert torch.equal(extract_two(reader, out, two_files)[ENCODER_HOOK], plain)
     shard.write_bytes(shard.read_bytes()[:-100])  # truncated
     with pytest.raises(ValueError, match=r"shard-00001.safetensors is not a readable safetensors shard.*truncated"):
         ActivationStore.open(out)
 
 
-def test_an_extraction_where_every_clip_fails_says_so(tiny_en, tmp_path):
+def test_an_extraction_where_every_clip_fails_says_so(reader, tmp_path):
     with pytest.raises(ValueError, match=r"every clip failed \(2 of 2\).*no audio file"):
-        extract_two(tiny_en, tmp_path / "acts", [tmp_path / "none1.wav", tmp_path / "none2.wav"])
+        extract_two(reader, tmp_path / "acts", [tmp_path / "none1.wav", tmp_path / "none2.wav"])
 
 
 def test_batch_size_zero_is_refused(tiny_en, two_files, tmp_path, capsys):
@@ -238,14 +245,14 @@ def test_batched_decoder_positions_are_per_row(tiny_en, float32_spread):
             extract_activations(tiny_en, clips, [hook], decoder_pooling=n_short, batch_size=batch_size, progress=False)
 
 
-def test_shards_from_before_checksums_are_read_with_a_warning_and_recomputed_on_rerun(tiny_en, two_files, tmp_path):
+def test_shards_from_before_checksums_are_read_with_a_warning_and_recomputed_on_rerun(reader, two_files, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from hooked_whisper.probing import ActivationStore
 
     out = tmp_path / "acts"
-    plain = extract_two(tiny_en, out, two_files)[ENCODER_HOOK]
+    plain = extract_two(reader, out, two_files)[ENCODER_HOOK]
     shard = out / "shard-00000.safetensors"
     with safe_open(str(shard), "pt") as f:
         tensors, failed = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()["failed"]
@@ -253,10 +260,10 @@ def test_shards_from_before_checksums_are_read_with_a_warning_and_recomputed_on_
     with pytest.warns(UserWarning, match="shard-00000.safetensors was written without checksums"):
         assert torch.equal(ActivationStore.open(out)[ENCODER_HOOK], plain)
     with pytest.warns(UserWarning, match=r"recomputing 1 of the 2 shards .*\(1 written by an older version\)"):
-        assert torch.equal(extract_two(tiny_en, out, two_files)[ENCODER_HOOK], plain)
+        assert torch.equal(extract_two(reader, out, two_files)[ENCODER_HOOK], plain)
 
 
-def test_arrays_are_extracted_at_their_sample_rate_and_a_new_rate_is_recomputed(tiny_en, tmp_path):
+def test_arrays_are_extracted_at_their_sample_rate_and_a_new_rate_is_recomputed(reader, tmp_path):
     import torchaudio.functional
 
     from hooked_whisper import load_audio
@@ -266,8 +273,8 @@ def test_arrays_are_extracted_at_their_sample_rate_and_a_new_rate_is_recomputed(
         torchaudio.functional.resample(load_audio(DATA / c), 16000, 8000) for c in ("cards_001.wav", "goforward.wav")
     ]
     out = tmp_path / "acts"
-    sharded = extract_two(tiny_en, out, at_8k, sample_rate=8000)[ENCODER_HOOK]
-    in_memory = extract_activations(tiny_en, at_8k, [ENCODER_HOOK], sample_rate=8000, progress=False)[ENCODER_HOOK]
+    sharded = extract_two(reader, out, at_8k, sample_rate=8000)[ENCODER_HOOK]
+    in_memory = extract_activations(reader, at_8k, [ENCODER_HOOK], sample_rate=8000, progress=False)[ENCODER_HOOK]
     assert torch.equal(sharded, in_memory)
     with pytest.warns(UserWarning, match=r"recomputing 2 of the 2 shards .*\(2 audio changed\)"):
-        extract_two(tiny_en, out, at_8k, sample_rate=16000)  # the same samples read at another rate
+        extract_two(reader, out, at_8k, sample_rate=16000)  # the same samples read at another rate
