@@ -230,6 +230,7 @@ class HookedQwen2Audio(HookedAudioModel):
             resid, _ = block(resid, key_mask=key_mask)
         return self.finish_encoder(resid)
 
+    @serialised
     def finish_encoder(
         self, resid: Float[torch.Tensor, "batch audio_pos d_audio"]
     ) -> Float[torch.Tensor, "batch audio_token d_model"]:
