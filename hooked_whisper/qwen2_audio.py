@@ -41,7 +41,7 @@ from hooked_whisper.components.attention import KeyValue
 from hooked_whisper.components.blocks import LanguageModelBlock
 from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
 from hooked_whisper.components.rms_norm import RMSNorm
-from hooked_whisper.components.rotary_attention import rotary_tables
+from hooked_whisper.components.rotary_attention import rotary_frequencies, rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
 from hooked_whisper.hook_layout import QWEN2_AUDIO_NAMING, HookLayout, qwen2_audio_layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
@@ -275,8 +275,8 @@ class HookedQwen2Audio(HookedAudioModel):
                     raise ValueError("these tokens hold audio placeholders: pass the audio embeddings (model.encode)")
                 resid = self._insert_audio(resid, tokens, audio_embeds)
             positions = torch.arange(cache.position, cache.position + tokens.shape[1], device=tokens.device)
-            assert self.cfg.d_head is not None
-            cos, sin = rotary_tables(positions, self.cfg.d_head, self.cfg.rope_theta, resid.dtype)
+            inv_freq = rotary_frequencies(self.cfg, cache.position + tokens.shape[1], tokens.device)
+            cos, sin = rotary_tables(positions, inv_freq, resid.dtype)
             for i, block in enumerate(self.blocks):
                 resid, cache.kv[i] = block(resid, cos, sin, cache.kv[i])
             cache.position += tokens.shape[1]
