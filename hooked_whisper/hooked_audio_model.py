@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import sys
 import threading
 import time
@@ -26,7 +27,8 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.hook_layout import HookLayout, HookNaming
+from hooked_whisper.audio import SAMPLE_RATE
+from hooked_whisper.hook_layout import POSITIONS_PER_SECOND, HookLayout, HookNaming
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,8 @@ class HookedAudioModel(HookedRootModule):
     - ``to_tokens``, ``to_string``, ``to_str_tokens``
     - ``layer_count``, ``head_count``, ``kv_head_count``, ``blocks_of``, ``hook_name``,
       ``hook_layout``, ``require_cross_attention``
-    - ``position_count(unit)``, ``prompt_length(tokens)``, ``real_length(tokens)``
+    - ``position_count(unit)``, ``real_position_count(unit, n_samples)``, ``prompt_length(tokens)``,
+      ``real_length(tokens)``
     - ``forward(audio, tokens)``, ``run_with_cache``, ``generate``, ``from_pretrained``
     """
 
@@ -233,6 +236,15 @@ class HookedAudioModel(HookedRootModule):
             close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
             hint = f"; closest valid names: {', '.join(close)}" if close else ""
             raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
+
+    def position_count(self, unit: str) -> int:
+        """How many positions an audio-side hook has in ``unit`` (see ``hook_layout``)."""
+        raise NotImplementedError
+
+    def real_position_count(self, unit: str, n_samples: int) -> int:
+        """How many of the first positions in ``unit`` hold a clip of ``n_samples`` 16 kHz samples
+        (the rest is padding up to 30 s): every position that reads any of its audio."""
+        return min(math.ceil(n_samples * POSITIONS_PER_SECOND[unit] / SAMPLE_RATE), self.position_count(unit))
 
     def layer_count(self, stack: str) -> int:
         """How many blocks ``stack`` ("encoder" or "decoder") has."""

@@ -379,6 +379,18 @@ class HookedQwen2Audio(HookedAudioModel):
         n = self.cfg.audio.n_audio_ctx
         return {"mel_frame": 2 * n, "audio_position": n, "audio_token": n // 2}[unit]
 
+    def real_position_count(self, unit: str, n_samples: int) -> int:
+        """What this model's encoder and language model read of a clip of ``n_samples``: its mel
+        frames, the encoder positions they give, and the audio tokens the language model receives
+        (pooling drops a last encoder position that has no partner)."""
+        n_frames = torch.tensor([math.ceil(n_samples / HOP_LENGTH)])
+        counts = {
+            "mel_frame": n_frames,
+            "audio_position": encoder_positions(n_frames),
+            "audio_token": AudioFeatures(torch.empty(0), n_frames).n_audio_tokens,
+        }
+        return int(counts[unit][0])
+
     def layer_count(self, stack: str) -> int:
         """Blocks of the audio tower ("encoder") or of the language model ("decoder")."""
         return self.cfg.audio.n_encoder_layers if self._stack_of(stack) == "encoder" else self.cfg.n_layers
