@@ -170,7 +170,9 @@ def extract_activations(
     manifest = clips if isinstance(clips, Manifest) else Manifest(list(clips), [None] * len(clips), [None] * len(clips))
     if len(manifest.clips) == 0:
         raise ValueError("no clips given: the dataset is empty")
-    hooks = list(hooks)
+    hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+    if not hooks:
+        raise ValueError("no hooks given: name at least one hook to extract (model.hook_dict lists them)")
     for name in hooks:
         model.check_hook_name(name)
     if pooling not in ENCODER_POOLINGS:

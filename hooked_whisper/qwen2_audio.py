@@ -36,6 +36,7 @@ from hooked_whisper.audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
+from hooked_whisper.cache import ExplainedCache
 from hooked_whisper.components import AudioEmbed, EncoderBlock, LayerNorm
 from hooked_whisper.components.attention import KeyValue
 from hooked_whisper.components.blocks import LanguageModelBlock
@@ -90,7 +91,7 @@ class LanguageModelCache:
         return cls([None] * n_layers)
 
 
-class Qwen2AudioActivationCache(ActivationCache):
+class Qwen2AudioActivationCache(ExplainedCache):
     """TransformerLens' cache; ``cache.decoder`` is the language model (already named
     ``blocks.{l}``), so the toolkit's lenses read it as they read HookedWhisper's decoder."""
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.patching.metrics import Metric
+from hooked_whisper.patching.metrics import Metric, per_row
 from hooked_whisper.patching.sites import Site, check_token_positions, region, resolve_all
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ def patch_hooks(
     interpolate. ``rows[i]``, if given, restricts site ``i`` to one batch row (for sweeps).
     """
     sites = resolve_all(model, sites)
+    if len(sources) != len(sites):
+        raise ValueError(f"{len(sites)} sites but {len(sources)} sources: give one source per site")
     rows = list(rows) if rows is not None else [None] * len(sites)
     by_hook: dict[str, list[int]] = {}
     for i, site in enumerate(sites):
@@ -133,7 +135,7 @@ def _sweep(model: HookedAudioModel, mel, tokens, sites, sources, metric, alpha, 
                 enc = model.encode(mel.expand(len(chunk), -1, -1))
             else:
                 enc = encoder_out.expand(len(chunk), -1, -1) if rows_own_kv else encoder_out
-            values.append(metric(model.decode(batch_tokens, enc)))
+            values.append(per_row(metric, model.decode(batch_tokens, enc)))
     return torch.cat(values)
 
 

@@ -295,6 +295,32 @@ def test_mean_and_resample_ablation_hooks_while_generating(tiny_en):
         tiny_en.generate(CLEAN, max_new_tokens=8, fwd_hooks=patch_hooks(tiny_en, [site], [short]))
 
 
+def test_a_metric_over_rows_and_empty_sweeps_are_refused():
+    """A metric must give one value per row (sweeps carry one site per row): a scalar, even on a
+    one-site sweep whose answer would look right, is refused with the fix; so are empty sweeps."""
+    model = random_whisper(d_model=64, n_heads=2, d_head=32, n_encoder_layers=1, n_decoder_layers=2, d_vocab=51864)
+    tokens = torch.tensor([model.prompt() + [220]])
+    site = Site("decoder_blocks.0.hook_resid_post")
+    for reduce in (torch.mean, torch.sum, lambda v: float(v.sum())):
+        with pytest.raises(ValueError, match=r"one value per batch row .*not over rows"):
+            ablate(model, CLEAN, [site], lambda logits, r=reduce: r(logits[:, -1, 5]), tokens=tokens, progress=False)
+    per_row = ablate(model, CLEAN, [site, site], lambda logits: logits[:, -1, 5], tokens=tokens, progress=False)
+    assert per_row.shape == (2,) and per_row[0] == per_row[1]
+    for empty in (
+        lambda: ablate(model, CLEAN, [], lambda logits: logits[:, -1, 5], tokens=tokens),
+        lambda: ablate(model, CLEAN, []),  # hooks for generation that would ablate nothing
+        lambda: activation_patch(model, CLEAN, CORRUPT, [], lambda logits: logits[:, -1, 5], tokens=tokens),
+    ):
+        with pytest.raises(ValueError, match="no sites given"):
+            empty()
+    with pytest.raises(ValueError, match="no receivers given"):
+        path_patch(model, CLEAN, CORRUPT, "encoder_blocks.0.hook_mlp_out", [], lambda logits: logits[:, -1, 5])
+    with pytest.raises(ValueError, match="no hooks given"):
+        attribution_patch(model, CLEAN, CORRUPT, lambda logits: logits[:, -1, 5], hooks=[], tokens=tokens)
+    with pytest.raises(ValueError, match="1 sites but 0 sources"):
+        patch_hooks(model, [site], [])
+
+
 def test_bad_input(tiny_en, runs):
     tokens, *_, metric = runs
     with pytest.raises(ValueError, match="head 6 out of range"):

@@ -39,6 +39,8 @@ def test_probing_errors(tiny_en):
         train_probes({"h": torch.zeros(4, 3)}, [0, 1, 0], progress=False)
     with pytest.raises(ValueError, match="at least two classes"):
         train_probes({"h": torch.zeros(4, 3)}, [1, 1, 1, 1], progress=False)
+    with pytest.raises(ValueError, match="no hooks given: name at least one hook"):
+        extract_activations(tiny_en, [DATA / "cards_001.wav"], [])
     with pytest.raises(ValueError, match="pooling must be one of"):
         extract_activations(tiny_en, [DATA / "cards_001.wav"], ["hook_encoder_out"], pooling="max")
 
