@@ -310,6 +310,11 @@ class HookedAudioModel(HookedRootModule):
         with self._lock:
             super().reset_hooks(*args, **kwargs)
 
+    def remove_all_hook_fns(self, *args: Any, **kwargs: Any) -> None:
+        """TransformerLens' ``remove_all_hook_fns``, holding the model's lock (as ``reset_hooks``)."""
+        with self._lock:
+            super().remove_all_hook_fns(*args, **kwargs)
+
     @contextmanager
     def hooks(  # type: ignore[override]
         self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False
