@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformer_lens import ActivationCache
-from transformer_lens.utilities import Slice
+from transformer_lens.utilities import Slice, get_act_name
 
 from hooked_whisper.hook_layout import one_stack_name, whisper_stack_view_name
 
@@ -21,10 +21,53 @@ if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper
 
 
+class MissingActivation(KeyError):
+    """A KeyError whose message reads as a sentence (KeyError's own ``str`` quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ExplainedCache(ActivationCache):
+    """TransformerLens' cache, whose missing activation names the hook and the fix: its methods
+    (``accumulated_resid``, ``decompose_resid``...) read many hooks, which a ``names_filter`` may
+    have left out, and would otherwise fail on a view's renamed key the user never wrote."""
+
+    def __getitem__(self, key) -> torch.Tensor:
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            raise MissingActivation(_why_missing(self, key)) from None
+
+
+def _why_missing(cache: ActivationCache, key: Any) -> str:
+    stack = getattr(cache.model, "side", None)  # set on a one-stack view's model
+    model = getattr(cache.model, "full", cache.model)
+    if isinstance(key, str):
+        name = key
+    else:  # TransformerLens' (name, layer, ...) shorthand, a negative layer counted from the end
+        layer = key[1] if len(key) > 1 else None
+        layer = cache.model.cfg.n_layers + layer if layer is not None and layer < 0 else layer
+        name = get_act_name(key[0], layer, *key[2:])
+    original = name
+    if stack is not None:
+        on_stack = [n for n, lay in model.hook_layouts.items() if lay.is_encoder_side == (stack == "encoder")]
+        original = next((n for n in on_stack if whisper_stack_view_name(n, stack) == name), name)
+    shown = f"{original!r}" + (f" (the {stack} view's {name!r})" if original != name else "")
+    if original in model.hook_dict:
+        return (
+            f"this cache holds no {shown}: the run that made it left it out with a names_filter. Rerun "
+            "run_with_cache without names_filter, or with one that keeps it (accumulated_resid and "
+            "decompose_resid read every block's residual-stream hooks)"
+        )
+    return f"{shown} is not an activation of this model; model.hook_dict lists them"
+
+
 class _StackModel:
     """What TransformerLens' cache methods read from a model, for one of Whisper's two stacks."""
 
     def __init__(self, model: HookedWhisper, side: Literal["encoder", "decoder"]):
+        self.side, self.full = side, model  # for errors naming the full model's hook
         cfg = model.cfg
         n_layers = model.layer_count(side)
         self.cfg = SimpleNamespace(
@@ -68,14 +111,14 @@ def _view(
     return out
 
 
-class WhisperActivationCache(ActivationCache):
+class WhisperActivationCache(ExplainedCache):
     """Every cached activation under its HookedWhisper name, plus ``.encoder``/``.decoder`` views."""
 
     model: Any
 
     @property
     def encoder(self) -> ActivationCache:
-        return ActivationCache(
+        return ExplainedCache(
             _view(self.cache_dict, self.model, "encoder"), _StackModel(self.model, "encoder"), self.has_batch_dim
         )
 
@@ -86,7 +129,7 @@ class WhisperActivationCache(ActivationCache):
         )
 
 
-class DecoderStackCache(ActivationCache):
+class DecoderStackCache(ExplainedCache):
     """The decoder view. Each block writes three times into the residual stream (self-attention,
     cross-attention, MLP), so the decompositions list cross-attention terms too, and the MLP's
     LayerNorm is ``ln3``."""

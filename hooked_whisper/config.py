@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from hooked_whisper.tokenizer import ASSETS, SpecialTokens
 
@@ -151,7 +151,12 @@ class HookedQwen2AudioConfig:
 
     The language model's names follow TransformerLens: ``n_layers``, ``n_key_value_heads``
     (grouped-query attention), ``d_mlp`` of the gated MLP, ``rope_theta`` and ``eps`` of RMSNorm.
+    ``rope_type`` is one of ``ROPE_TYPES`` (transformers' names), stretched by ``rope_factor``:
+    "linear" divides every rotary frequency by it, "dynamic" (NTK-aware) raises the base once a
+    call's tokens run past ``n_ctx``.
     """
+
+    ROPE_TYPES: ClassVar[tuple[str, ...]] = ("default", "linear", "dynamic")
 
     audio: HookedWhisperConfig
     d_model: int
@@ -162,6 +167,8 @@ class HookedQwen2AudioConfig:
     d_vocab: int
     d_head: int | None = None
     rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
     eps: float = 1e-6
     n_ctx: int = 32768
     audio_token_id: int = 151646
@@ -175,6 +182,14 @@ class HookedQwen2AudioConfig:
         if self.d_head is None:
             self.d_head = self.d_model // self.n_heads
         self.eos_token_ids = tuple(self.eos_token_ids)
+        if self.rope_type not in self.ROPE_TYPES:
+            raise ValueError(
+                f"rope_type={self.rope_type!r} is not implemented: HookedQwen2Audio computes the "
+                f"{', '.join(repr(t) for t in self.ROPE_TYPES)} rotary embeddings (a model that needs another "
+                "would give wrong logits, so it is refused)"
+            )
+        if self.rope_type != "default" and not self.rope_factor >= 1.0:
+            raise ValueError(f"rope_factor={self.rope_factor!r}: a {self.rope_type!r} rotary scaling factor is >= 1")
 
     @property
     def n_audio_tokens(self) -> int:
@@ -194,9 +209,15 @@ class HookedQwen2AudioConfig:
             raise ValueError(f"hidden_act={text['hidden_act']!r}: only Qwen2's SiLU-gated MLP is implemented")
         if text.get("use_sliding_window", False):
             raise ValueError("use_sliding_window=True is not implemented; every Qwen2-Audio release leaves it off")
-        rope = text.get("rope_parameters") or {"rope_type": "default", "rope_theta": text.get("rope_theta", 1e6)}
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"rope_type={rope['rope_type']!r}: only the default rotary embedding is implemented")
+        # transformers >= 5 writes one ``rope_parameters``; older configs a ``rope_theta`` and a
+        # ``rope_scaling`` (or null) whose kind is under "type" or "rope_type".
+        rope = {"rope_theta": text.get("rope_theta", 1e6), **(text.get("rope_scaling") or {})}
+        rope.update(text.get("rope_parameters") or {})
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
+            raise ValueError("partial_rotary_factor != 1 is not implemented: Qwen2 rotates every dimension of a head")
+        if rope_type != "default" and "factor" not in rope:
+            raise ValueError(f"rope scaling {rope_type!r} without a 'factor' in the text config: add the factor")
         if text.get("tie_word_embeddings", False):
             raise ValueError("tie_word_embeddings=True: Qwen2-Audio's unembedding is its own matrix")
         heads = audio["encoder_attention_heads"]
@@ -221,6 +242,8 @@ class HookedQwen2AudioConfig:
             d_vocab=text["vocab_size"],
             d_head=text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"],
             rope_theta=float(rope["rope_theta"]),
+            rope_type=rope_type,
+            rope_factor=float(rope.get("factor", 1.0)),
             eps=text.get("rms_norm_eps", 1e-6),
             n_ctx=text.get("max_position_embeddings", 32768),
             audio_token_id=cfg.get("audio_token_index", cfg.get("audio_token_id", 151646)),

@@ -1,9 +1,9 @@
 """What every hooked audio model here shares: hook names checked with a suggestion, hook
 return values checked, hooks that never outlive their block, and one caller at a time.
 
-The hooks live on the model: every forward pass, generation and ``hooks()`` block holds the
-model's lock, so a model shared between threads runs one caller at a time and no caller sees
-another's hooks. Per-call state (where the running decoder call starts, whether its rows are
+The hooks live on the model: every forward pass, generation, ``hooks()`` block and hook edit
+holds the model's lock (``ModelLock``), so a model shared between threads runs one caller at a
+time and no caller sees another's hooks. Per-call state (where the running decoder call starts, whether its rows are
 left-padded) is not on the model: ``decoding()`` holds it for the call, per thread.
 """
 
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -24,7 +27,8 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.hook_layout import HookLayout, HookNaming
+from hooked_whisper.audio import SAMPLE_RATE
+from hooked_whisper.hook_layout import POSITIONS_PER_SECOND, HookLayout, HookNaming
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,62 @@ def decoding(offset: int, padded: bool = False) -> Iterator[DecodeCall]:
         yield call
     finally:
         _DECODE_CALL.reset(token)
+
+
+class ModelLock:
+    """The model's lock: re-entrant within a thread; other threads wait their turn.
+
+    Waiting is right while the holder works, but not when the holder is itself parked waiting on
+    another thread (a ``Future``, a ``join``, a queue): a worker started inside ``with
+    model.hooks()`` (or from a hook) that calls the model would then wait forever on the block
+    that waits on it. Python cannot say whom the holder waits on, so a waiter raises once the
+    holder has sat in ``threading``'s wait for ``grace_s`` seconds on end (the library never
+    waits on threads while holding the lock, so only user code can be parked there); a holder
+    that computes, sleeps or does I/O is waited for as long as it takes. Raising in the waiter
+    ends the deadlock: the error reaches the holder through its ``Future`` or queue.
+    """
+
+    grace_s = 5.0  # far longer than a thread start; short enough that a deadlock is not mistaken for slowness
+    _poll_s = 0.05
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._owner: threading.Thread | None = None
+        self._depth = 0
+
+    def __enter__(self) -> ModelLock:
+        if not self._lock.acquire(blocking=False):
+            parked_since = None
+            while not self._lock.acquire(timeout=self._poll_s):
+                owner = self._owner
+                if owner is None or not _parked_in_thread_wait(owner):
+                    parked_since = None
+                    continue
+                parked_since = parked_since or time.monotonic()
+                if time.monotonic() - parked_since >= self.grace_s:
+                    raise RuntimeError(
+                        f"this thread waits for the model, but thread {owner.name!r} holds it (inside `with "
+                        f"model.hooks()`, a hook or another model call) while itself waiting on a thread for "
+                        f"{self.grace_s:g} s: a thread started there cannot use the model until that block ends, "
+                        f"so the two would wait on each other forever. Call the model from the block's own "
+                        f"thread, or give each worker its own copy (copy.deepcopy(model))"
+                    )
+        self._owner = threading.current_thread()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+        self._lock.release()
+
+
+def _parked_in_thread_wait(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked in ``threading``'s own waiting code (``Condition.wait``,
+    ``Event.wait``, ``join``; futures and queues wait through them)."""
+    frame = sys._current_frames().get(thread.ident)  # noqa: SLF001 (documented, for exactly this kind of check)
+    return frame is not None and frame.f_code.co_filename == threading.__file__
 
 
 def serialised(method: Callable) -> Callable:
@@ -97,7 +157,8 @@ class HookedAudioModel(HookedRootModule):
     - ``to_tokens``, ``to_string``, ``to_str_tokens``
     - ``layer_count``, ``head_count``, ``kv_head_count``, ``blocks_of``, ``hook_name``,
       ``hook_layout``, ``require_cross_attention``
-    - ``position_count(unit)``, ``prompt_length(tokens)``, ``real_length(tokens)``
+    - ``position_count(unit)``, ``real_position_count(unit, n_samples)``, ``prompt_length(tokens)``,
+      ``real_length(tokens)``
     - ``forward(audio, tokens)``, ``run_with_cache``, ``generate``, ``from_pretrained``
     """
 
@@ -112,7 +173,7 @@ class HookedAudioModel(HookedRootModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self._lock = threading.RLock()
+        self._lock = ModelLock()
 
     @property
     def decode_offset(self) -> int:
@@ -167,7 +228,7 @@ class HookedAudioModel(HookedRootModule):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock = ModelLock()
 
     def check_hook_name(self, name: str) -> None:
         """Raise a ValueError naming the closest valid hooks if ``name`` is not one."""
@@ -175,6 +236,15 @@ class HookedAudioModel(HookedRootModule):
             close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
             hint = f"; closest valid names: {', '.join(close)}" if close else ""
             raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
+
+    def position_count(self, unit: str) -> int:
+        """How many positions an audio-side hook has in ``unit`` (see ``hook_layout``)."""
+        raise NotImplementedError
+
+    def real_position_count(self, unit: str, n_samples: int) -> int:
+        """How many of the first positions in ``unit`` hold a clip of ``n_samples`` 16 kHz samples
+        (the rest is padding up to 30 s): every position that reads any of its audio."""
+        return min(math.ceil(n_samples * POSITIONS_PER_SECOND[unit] / SAMPLE_RATE), self.position_count(unit))
 
     def layer_count(self, stack: str) -> int:
         """How many blocks ``stack`` ("encoder" or "decoder") has."""
@@ -234,6 +304,17 @@ class HookedAudioModel(HookedRootModule):
         with self._lock:
             super().add_hook(name, checked(hook) if dir == "fwd" else hook, dir, is_permanent, level, prepend)
 
+    def reset_hooks(self, *args: Any, **kwargs: Any) -> None:
+        """TransformerLens' ``reset_hooks``, holding the model's lock: called from another thread
+        while a ``hooks()`` block runs, it waits for the block to end instead of stripping it."""
+        with self._lock:
+            super().reset_hooks(*args, **kwargs)
+
+    def remove_all_hook_fns(self, *args: Any, **kwargs: Any) -> None:
+        """TransformerLens' ``remove_all_hook_fns``, holding the model's lock (as ``reset_hooks``)."""
+        with self._lock:
+            super().remove_all_hook_fns(*args, **kwargs)
+
     @contextmanager
     def hooks(  # type: ignore[override]
         self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False
@@ -242,7 +323,9 @@ class HookedAudioModel(HookedRootModule):
 
         The block holds the model's lock, as does every forward pass, generation and
         transcription: a model shared between threads runs one caller at a time, and no caller
-        sees another's hooks. (For parallel work use one model per thread or process.)
+        sees another's hooks. (For parallel work use one model per thread or process.) A thread
+        started inside the block that calls the model gets a clear error, not a deadlock (see
+        ``ModelLock``).
         """
         with self._lock:
             wrapped = [(name, checked(fn)) for name, fn in fwd_hooks]

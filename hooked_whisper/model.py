@@ -207,6 +207,7 @@ class HookedWhisper(HookedAudioModel):
         return is_single_clip(audio)
 
     # ------------------------------------------------------------------ the forward pass
+    @serialised
     def encode(
         self, audio: AudioInput, sample_rate: int | None = None
     ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
@@ -216,6 +217,7 @@ class HookedWhisper(HookedAudioModel):
             resid, _ = block(resid)
         return self.finish_encoder(resid)
 
+    @serialised
     def finish_encoder(
         self, resid: Float[torch.Tensor, "batch audio_pos d_model"]
     ) -> Float[torch.Tensor, "batch audio_pos d_model"]:

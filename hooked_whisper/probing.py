@@ -170,7 +170,9 @@ def extract_activations(
     manifest = clips if isinstance(clips, Manifest) else Manifest(list(clips), [None] * len(clips), [None] * len(clips))
     if len(manifest.clips) == 0:
         raise ValueError("no clips given: the dataset is empty")
-    hooks = list(hooks)
+    hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+    if not hooks:
+        raise ValueError("no hooks given: name at least one hook to extract (model.hook_dict lists them)")
     for name in hooks:
         model.check_hook_name(name)
     if pooling not in ENCODER_POOLINGS:
@@ -210,7 +212,6 @@ def _pooled_batch(
     """One pooled activation per clip and hook for a batch of 16 kHz waveforms."""
     layouts = {h: model.hook_layout(h) for h in hooks}
     needs_decoder = any(layout.unit == "token" for layout in layouts.values())
-    seconds = [w.shape[0] / SAMPLE_RATE for w in waveforms]
     mel = model.to_mel(waveforms, SAMPLE_RATE)
     with torch.no_grad():
         if needs_decoder:
@@ -226,7 +227,10 @@ def _pooled_batch(
     for hook in hooks:
         acts, layout = cache[hook], layouts[hook]
         if layout.unit != "token":
-            batch[hook] = [_pool_audio(acts[i], layout, seconds[i], pooling) for i in range(len(waveforms))]
+            batch[hook] = [
+                _pool_audio(acts[i], layout, model.real_position_count(layout.unit, len(w)), pooling)
+                for i, w in enumerate(waveforms)
+            ]
         else:
             batch[hook] = [_pool_decoder(model, acts[i], tokens[i], decoder_pooling) for i in range(len(waveforms))]
     return batch
@@ -236,12 +240,13 @@ def _store(cache: dict, x: torch.Tensor, hook) -> None:
     cache[hook.name] = x
 
 
-def _pool_audio(x: torch.Tensor, layout: HookLayout, seconds: float, pooling: str | int) -> torch.Tensor:
-    """Pool one clip's activation (batch axis removed) over its audio positions."""
+def _pool_audio(x: torch.Tensor, layout: HookLayout, n_real: int, pooling: str | int) -> torch.Tensor:
+    """Pool one clip's activation (batch axis removed) over its audio positions, the first
+    ``n_real`` of which hold the clip (``model.real_position_count``)."""
     if layout.key_unit is not None:
         raise ValueError("attention patterns and scores have two position axes; pool hook_z or hook_attn_out instead")
     x = x.movedim(layout.pos_axis - 1, 0)  # positions first, whatever the hook's layout
-    n_frames = min(math.ceil(seconds * layout.positions_per_second), x.shape[0])  # type: ignore[operator]
+    n_frames = min(n_real, x.shape[0])
     if pooling == "mean_audio":
         return x[:n_frames].mean(0)
     if pooling == "mean":

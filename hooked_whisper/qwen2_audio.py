@@ -36,12 +36,13 @@ from hooked_whisper.audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
+from hooked_whisper.cache import ExplainedCache
 from hooked_whisper.components import AudioEmbed, EncoderBlock, LayerNorm
 from hooked_whisper.components.attention import KeyValue
 from hooked_whisper.components.blocks import LanguageModelBlock
 from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
 from hooked_whisper.components.rms_norm import RMSNorm
-from hooked_whisper.components.rotary_attention import rotary_tables
+from hooked_whisper.components.rotary_attention import rotary_frequencies, rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
 from hooked_whisper.hook_layout import QWEN2_AUDIO_NAMING, HookLayout, qwen2_audio_layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
@@ -90,7 +91,7 @@ class LanguageModelCache:
         return cls([None] * n_layers)
 
 
-class Qwen2AudioActivationCache(ActivationCache):
+class Qwen2AudioActivationCache(ExplainedCache):
     """TransformerLens' cache; ``cache.decoder`` is the language model (already named
     ``blocks.{l}``), so the toolkit's lenses read it as they read HookedWhisper's decoder."""
 
@@ -230,6 +231,7 @@ class HookedQwen2Audio(HookedAudioModel):
             resid, _ = block(resid, key_mask=key_mask)
         return self.finish_encoder(resid)
 
+    @serialised
     def finish_encoder(
         self, resid: Float[torch.Tensor, "batch audio_pos d_audio"]
     ) -> Float[torch.Tensor, "batch audio_token d_model"]:
@@ -274,8 +276,8 @@ class HookedQwen2Audio(HookedAudioModel):
                     raise ValueError("these tokens hold audio placeholders: pass the audio embeddings (model.encode)")
                 resid = self._insert_audio(resid, tokens, audio_embeds)
             positions = torch.arange(cache.position, cache.position + tokens.shape[1], device=tokens.device)
-            assert self.cfg.d_head is not None
-            cos, sin = rotary_tables(positions, self.cfg.d_head, self.cfg.rope_theta, resid.dtype)
+            inv_freq = rotary_frequencies(self.cfg, cache.position + tokens.shape[1], tokens.device)
+            cos, sin = rotary_tables(positions, inv_freq, resid.dtype)
             for i, block in enumerate(self.blocks):
                 resid, cache.kv[i] = block(resid, cos, sin, cache.kv[i])
             cache.position += tokens.shape[1]
@@ -377,6 +379,18 @@ class HookedQwen2Audio(HookedAudioModel):
         """How many positions an audio-side hook has in ``unit`` (see ``hook_layout``)."""
         n = self.cfg.audio.n_audio_ctx
         return {"mel_frame": 2 * n, "audio_position": n, "audio_token": n // 2}[unit]
+
+    def real_position_count(self, unit: str, n_samples: int) -> int:
+        """What this model's encoder and language model read of a clip of ``n_samples``: its mel
+        frames, the encoder positions they give, and the audio tokens the language model receives
+        (pooling drops a last encoder position that has no partner)."""
+        n_frames = torch.tensor([math.ceil(n_samples / HOP_LENGTH)])
+        counts = {
+            "mel_frame": n_frames,
+            "audio_position": encoder_positions(n_frames),
+            "audio_token": AudioFeatures(torch.empty(0), n_frames).n_audio_tokens,
+        }
+        return int(counts[unit][0])
 
     def layer_count(self, stack: str) -> int:
         """Blocks of the audio tower ("encoder") or of the language model ("decoder")."""

@@ -16,12 +16,26 @@ from hooked_whisper.components.layout import HEADS_IN, HEADS_OUT, keep_kernel_la
 from hooked_whisper.config import HookedQwen2AudioConfig
 
 
+def rotary_frequencies(cfg: HookedQwen2AudioConfig, length: int, device: torch.device) -> torch.Tensor:
+    """The ``d_head / 2`` rotary frequencies ``theta ** (-2i / d_head)`` (float32) of a call whose tokens end at
+    absolute position ``length``, scaled as ``cfg.rope_type`` says: "linear" divides them by the
+    factor; "dynamic" raises the base by ``(factor * length / n_ctx - (factor - 1)) ** (d / (d - 2))``
+    once ``length`` passes ``n_ctx``, each call from its own length (keys already cached keep the
+    rotation they were computed with, as in transformers)."""
+    d_head, theta = cfg.d_head, cfg.rope_theta
+    assert d_head is not None
+    if cfg.rope_type == "dynamic" and length > cfg.n_ctx:
+        factor = cfg.rope_factor
+        theta = theta * ((factor * length / cfg.n_ctx) - (factor - 1)) ** (d_head / (d_head - 2))
+    inv_freq = 1.0 / theta ** (torch.arange(0, d_head, 2, dtype=torch.float32, device=device) / d_head)
+    return inv_freq / cfg.rope_factor if cfg.rope_type == "linear" else inv_freq
+
+
 def rotary_tables(
-    positions: torch.Tensor, d_head: int, theta: float, dtype: torch.dtype
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
 ) -> tuple[Float[torch.Tensor, "pos d_head"], Float[torch.Tensor, "pos d_head"]]:
-    """cos and sin of each position times the rotary frequencies ``theta ** (-2i / d_head)``,
-    each frequency written twice (first half, second half), computed in float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, d_head, 2, dtype=torch.float32, device=positions.device) / d_head)
+    """cos and sin of each position times the rotary frequencies (``rotary_frequencies``), each
+    frequency written twice (first half, second half), computed in float32."""
     angles = positions.float()[:, None] * inv_freq[None, :]
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.patching.metrics import Metric
+from hooked_whisper.patching.metrics import Metric, per_row
 from hooked_whisper.patching.sites import Site, check_token_positions, region, resolve_all
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ def patch_hooks(
     interpolate. ``rows[i]``, if given, restricts site ``i`` to one batch row (for sweeps).
     """
     sites = resolve_all(model, sites)
+    if len(sources) != len(sites):
+        raise ValueError(f"{len(sites)} sites but {len(sources)} sources: give one source per site")
     rows = list(rows) if rows is not None else [None] * len(sites)
     by_hook: dict[str, list[int]] = {}
     for i, site in enumerate(sites):
@@ -48,20 +50,13 @@ def patch_hooks(
                 source = sources[i]
                 if isinstance(source, torch.Tensor):
                     layout = model.hook_layouts[sites[i].hook]
-                    pos_axis = layout.pos_axis
-                    if source.shape[pos_axis] == 1 and x.shape[pos_axis] != 1:  # a mean over positions
-                        there = tuple(slice(None) if a == pos_axis else t for a, t in enumerate(there))
-                    if source.shape[1:] != x.shape[1:] and layout.unit != "token":
+                    if layout.unit == "token":
+                        there = _token_source_index(model, source, x, there, layout.pos_axis, hook.name)
+                    elif source.shape[1:] != x.shape[1:]:
                         raise ValueError(
                             f"source activation {tuple(source.shape)} does not match {tuple(x.shape)} at {hook.name}"
                         )
-                    try:
-                        target = source[there].to(x.dtype)
-                    except IndexError as err:
-                        raise ValueError(
-                            f"the reference run has {source.shape[pos_axis]} positions at {hook.name}, "
-                            "fewer than this run: give both runs the same tokens"
-                        ) from err
+                    target = source[there].to(x.dtype)
                 else:
                     target = torch.full_like(x[here], float(source))
                 x[here] = x[here] + alpha * (target - x[here])
@@ -70,6 +65,33 @@ def patch_hooks(
         return hook_fn
 
     return [(hook, make(indices)) for hook, indices in by_hook.items()]
+
+
+def _token_source_index(
+    model: HookedAudioModel, source: torch.Tensor, x: torch.Tensor, there: tuple, pos_axis: int, hook: str
+) -> tuple:
+    """Where in a decoder hook's ``source`` this call's patch reads. One position is a mean over
+    positions (``mean_activations``): every position, in every call, gets it. Otherwise the
+    source holds a reference run position by position: this call's absolute positions (a
+    KV-cached step continues at ``model.decode_offset``) must lie within it."""
+    if source.shape[pos_axis] == 1:
+        return tuple(slice(None) if a == pos_axis else t for a, t in enumerate(there))
+    if model.decode_padded:
+        raise ValueError(
+            f"{hook}: a reference run position by position cannot follow left-padded rows (batched transcription, "
+            "where each clip's prompt has its own length); transcribe with batch_size=1, or ablate with kind='mean'"
+        )
+    wanted = there[pos_axis]
+    if isinstance(wanted, slice):  # every position of this call
+        wanted = list(range(model.decode_offset, model.decode_offset + x.shape[pos_axis]))
+    n_source = source.shape[pos_axis]
+    if max(wanted) >= n_source:
+        raise ValueError(
+            f"the reference run at {hook} holds decoder positions 0..{n_source - 1}, but this run reads position "
+            f"{max(wanted)}: give both runs the same tokens (pass a metric to patch teacher-forced), limit the "
+            f"site to positions below {n_source}, or ablate with kind='mean' (one mean for every position)"
+        )
+    return tuple(wanted if a == pos_axis else t for a, t in enumerate(there))
 
 
 def prepare(
@@ -113,7 +135,7 @@ def _sweep(model: HookedAudioModel, mel, tokens, sites, sources, metric, alpha, 
                 enc = model.encode(mel.expand(len(chunk), -1, -1))
             else:
                 enc = encoder_out.expand(len(chunk), -1, -1) if rows_own_kv else encoder_out
-            values.append(metric(model.decode(batch_tokens, enc)))
+            values.append(per_row(metric, model.decode(batch_tokens, enc)))
     return torch.cat(values)
 
 

@@ -38,6 +38,8 @@ def attribution_patch(
             for leaf in _default_leaves(model, stack)
         ]
     hooks = list(hooks)
+    if not hooks:
+        raise ValueError("no hooks given: pass at least one hook name, or hooks=None for every layer's outputs")
     for name in hooks:
         model.check_hook_name(name)
     mel, tokens = prepare(model, base, tokens, sample_rate)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from hooked_whisper.kv_cache import DecoderCache
 from hooked_whisper.patching.activation import prepare, source_cache
-from hooked_whisper.patching.metrics import Metric
+from hooked_whisper.patching.metrics import Metric, per_row
 from hooked_whisper.patching.sites import Site, refuse_padded_rows, resolve
 
 if TYPE_CHECKING:
@@ -138,6 +138,8 @@ def path_patch(
     """
     sender = resolve(model, sender)
     receivers = list(receivers)
+    if not receivers:
+        raise ValueError("no receivers given: pass at least one Receiver (cross_attention_receivers(model) lists them)")
     for r in receivers:
         layers, heads = (
             _audio_readers(model)
@@ -182,7 +184,7 @@ def path_patch(
         if to_encoder and model.has_cross_attention:
             cache = _receivers_cross_kv(base_kv, patched_kv, chunk, rows, batch)
             with torch.no_grad():
-                values.append(metric(model.decode(tokens.expand(batch, -1), cache=cache)))
+                values.append(per_row(metric, model.decode(tokens.expand(batch, -1), cache=cache)))
             continue
         hooks = []
         if to_encoder:
@@ -198,7 +200,8 @@ def path_patch(
                     name = model.hook_name("decoder", r.layer, f"hook_{part}_input")
                     hooks.append((name, _add_to_head(model, row, r.head, delta)))
         with torch.no_grad(), model.opt_in(use_split_qkv_input=True), model.hooks(fwd_hooks=hooks):
-            values.append(metric(model.decode(tokens.expand(batch, -1), encoder_out)))  # one clip serves every row
+            # one clip's encoder output serves every row
+            values.append(per_row(metric, model.decode(tokens.expand(batch, -1), encoder_out)))
     return torch.cat(values)
 
 

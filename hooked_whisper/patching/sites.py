@@ -85,6 +85,8 @@ def resolve(model: HookedAudioModel, site: Site | str) -> Site:
 
 def resolve_all(model: HookedAudioModel, sites: Sequence[Site] | Site | str) -> list[Site]:
     many = [sites] if isinstance(sites, (Site, str)) else list(sites)
+    if not many:
+        raise ValueError("no sites given: pass at least one Site or hook name (layer_sites, head_sites build sweeps)")
     return [resolve(model, s) for s in many]
 
 

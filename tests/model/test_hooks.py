@@ -214,6 +214,22 @@ def test_stack_views(tiny_en, clean, float32_spread):
     assert enc.accumulated_resid().shape == (5, 1, 1500, tiny_en.cfg.d_model)
 
 
+def test_a_filtered_cache_names_what_it_lacks_and_the_fix(tiny_en, clean):
+    """A cache filtered to the encoder still serves the encoder view; the decoder view's methods
+    (which read hooks renamed ``blocks.{l}``) say which of the model's hooks was left out and what
+    to do, instead of a KeyError on a name the user never wrote."""
+    _, cache = clean
+    encoder_names = [k for k in cache.keys() if tiny_en.hook_layouts[k].is_encoder_side]
+    filtered = type(cache)({k: cache[k] for k in encoder_names}, tiny_en)
+    assert torch.equal(filtered.encoder.accumulated_resid(), cache.encoder.accumulated_resid())
+    with pytest.raises(KeyError, match=r"no 'decoder_blocks.0.hook_resid_pre' \(the decoder view's .*names_filter"):
+        filtered.decoder.accumulated_resid()
+    with pytest.raises(KeyError, match=r"holds no 'hook_embed'.*names_filter"):
+        filtered.decoder.decompose_resid()
+    with pytest.raises(KeyError, match=r"'decoder_blocks.0.hook_resid_pr' is not an activation of this model"):
+        cache["decoder_blocks.0.hook_resid_pr"]
+
+
 def test_half_precision_runs_and_stays_close(tiny_en):
     """bfloat16 weights and activations (the dtype a GPU user picks) give nearly the same logits."""
     half = type(tiny_en).from_pretrained("tiny.en", dtype=torch.bfloat16)

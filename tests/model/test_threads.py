@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from tests.support import DATA
@@ -45,3 +46,66 @@ def test_two_threads_never_share_hooks(small):
         assert sorted(cache.keys()) == sorted(alone_cache.keys())
         assert torch.equal(cache["hook_tokens"], alone_cache["hook_tokens"])
     assert not any(hp.has_hooks() for hp in model.hook_dict.values())
+
+
+def _zero(x, hook):
+    return torch.zeros_like(x)
+
+
+def _in_other_thread(fn) -> tuple[threading.Thread, dict]:
+    """Run ``fn`` on a daemon thread (a failure cannot hang the suite); its result or error lands in the dict."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["result"] = fn()
+        except Exception as error:  # noqa: BLE001 (handed back to the test)
+            out["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_encode_waits_for_another_threads_hooks(small):
+    """``encode`` holds the model's lock: called while another thread's block zeroes the encoder
+    output, it waits for the block to end and returns the clean output."""
+    clean = small.encode(CLIP)
+    assert clean.abs().max() > 0
+    with small.hooks([("hook_encoder_out", _zero)]):
+        thread, out = _in_other_thread(lambda: small.encode(CLIP))
+        thread.join(0.5)  # the block holds the model: the other thread must still be waiting
+        assert thread.is_alive(), "encode ran inside another thread's hooks() block"
+        assert not small.encode(CLIP).any()  # the block's own thread sees its hook
+    thread.join(30)
+    assert "error" not in out, out.get("error")
+    assert torch.equal(out["result"], clean)
+
+
+def test_reset_hooks_from_another_thread_waits_for_the_block(small):
+    """``reset_hooks`` from another thread does not strip a running block: it waits for its end."""
+    with small.hooks([("hook_encoder_out", _zero)]):
+        thread, out = _in_other_thread(small.reset_hooks)
+        thread.join(0.5)
+        assert thread.is_alive(), "reset_hooks ran inside another thread's hooks() block"
+        assert not small.encode(CLIP).any(), "the block's hook was stripped"
+    thread.join(30)
+    assert not thread.is_alive() and "error" not in out
+    assert not any(hp.has_hooks() for hp in small.hook_dict.values())
+
+
+def test_worker_started_inside_a_block_gets_an_error_not_a_deadlock(small, monkeypatch):
+    """A thread pool's worker calling the model while the block that waits on it holds the model
+    would wait forever; it gets a RuntimeError saying what to do, and the block then ends cleanly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hooked_whisper.hooked_audio_model import ModelLock
+
+    monkeypatch.setattr(ModelLock, "grace_s", 0.3)
+    # The pool outside the block: a regression's timeout ends the block before the pool joins its worker.
+    with ThreadPoolExecutor(1) as pool, small.hooks([("hook_encoder_out", _zero)]):
+        future = pool.submit(small.encode, CLIP)
+        with pytest.raises(RuntimeError, match=r"deepcopy\(model\)"):
+            future.result(timeout=30)  # a regression fails here instead of hanging
+    assert not any(hp.has_hooks() for hp in small.hook_dict.values())
+    assert small.encode(CLIP).abs().max() > 0  # the lock was released

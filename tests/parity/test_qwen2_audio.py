@@ -5,6 +5,7 @@ logits, greedy generation, loading a saved folder, and the toolkit on it."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -42,11 +43,11 @@ def tokenizer_json(path) -> int:
     return tok.token_to_id("<|AUDIO|>")
 
 
-def build(name: str, tmp_path_factory) -> SimpleNamespace:
+def build(name: str, tmp_path_factory, spec: dict | None = None) -> SimpleNamespace:
     """The random HF model, our conversion of it, the folder HF saved it to, and a clip."""
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    spec = CONFIGS[name]
+    spec = spec or CONFIGS[name]
     folder = tmp_path_factory.mktemp(name)
     audio_token = tokenizer_json(folder / "tokenizer.json")
     d, layers, heads = spec["audio"]
@@ -165,6 +166,59 @@ def test_greedy_generation_matches_transformers_and_hooks_are_live(pair):
     with torch.no_grad():
         zero_audio = model.decode(deaf[:, : full.shape[1]], torch.zeros(1, model.cfg.n_audio_tokens, model.cfg.d_model))
     assert int(zero_audio[0, -1].argmax()) == int(deaf[0, full.shape[1]])
+
+
+ROPE_SCALINGS = {
+    "linear": dict(type="linear", factor=2.5),
+    # n_ctx 64 < the prompt's ~136 tokens: the base is raised from the prefill on, and again at each new token
+    "dynamic": dict(rope_type="dynamic", factor=3.0),
+}
+
+
+@pytest.mark.parametrize("kind", list(ROPE_SCALINGS))
+def test_rope_scaling_matches_transformers(kind, tmp_path_factory):
+    """A config's rotary scaling is honoured (in transformers' current ``rope_parameters`` and in
+    the older ``rope_scaling`` + ``rope_theta``): logits and greedy tokens match transformers; a
+    kind that is not implemented is refused instead of read as the default."""
+    text = dict(CONFIGS["gqa_5s"]["text"], max_position_embeddings=64, rope_scaling=ROPE_SCALINGS[kind])
+    pair = build(f"rope_{kind}", tmp_path_factory, dict(CONFIGS["gqa_5s"], text=text))
+    saved = json.loads((pair.folder / "config.json").read_text())
+    assert pair.model.cfg.rope_type == kind and pair.model.cfg.rope_factor == ROPE_SCALINGS[kind]["factor"]
+    older = copy.deepcopy(saved)
+    rope = older["text_config"].pop("rope_parameters")
+    older["text_config"].update(rope_theta=rope.pop("rope_theta"), rope_scaling=rope)
+    assert HookedQwen2AudioConfig.from_hf_config(older) == pair.model.cfg
+
+    model, hf = pair.model, pair.hf
+    ids = prompt_ids(pair, 1)
+    full = model.tokens_for(model.to_mel(pair.clip, 16000), ids)
+    assert full.shape[1] > text["max_position_embeddings"]  # past the context the dynamic kind stretches
+    with torch.no_grad():
+        logits = model(pair.clip, ids, sample_rate=16000)
+        exact = copy.deepcopy(model).double()(pair.clip, ids, sample_rate=16000)
+        reference = hf(**hf_inputs(pair, full)).logits
+    assert_within_float32_spread(reference, logits, exact, f"logits ({kind} rope)")
+    unscaled = copy.deepcopy(model)
+    unscaled.cfg = dataclasses.replace(model.cfg, rope_type="default", rope_factor=1.0)
+    with torch.no_grad():
+        ignored = unscaled(pair.clip, ids, sample_rate=16000)
+    ours_diff, ignored_diff = float((logits - reference).abs().max()), float((ignored - reference).abs().max())
+    print(f"\n{kind} rope vs transformers: logits {ours_diff:.1e}; with the scaling ignored {ignored_diff:.1e}")
+    assert ignored_diff > 100 * ours_diff  # the scaling matters here
+    ours = model.generate(pair.clip, ids, max_new_tokens=4, sample_rate=16000)
+    with torch.no_grad():
+        theirs = hf.generate(**hf_inputs(pair, full), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert ours.tolist() == theirs.tolist()
+
+    for bad, match in [
+        (dict(rope_type="yarn", factor=4.0), "rope_type='yarn' is not implemented"),
+        (dict(rope_type="linear"), "without a 'factor'"),
+        (dict(rope_type="linear", factor=2.0, partial_rotary_factor=0.5), "partial_rotary_factor"),
+    ]:
+        refused = copy.deepcopy(saved)
+        refused["text_config"]["rope_parameters"] = dict(rope_theta=10000.0, **bad)
+        with pytest.raises(ValueError, match=match):
+            HookedQwen2AudioConfig.from_hf_config(refused)
 
 
 def test_saved_folder_loads_with_the_same_logits_and_tokenizer(pair):

@@ -271,6 +271,56 @@ def test_patched_generation_equals_teacher_forced_forward(tiny_en, tiny_en_float
     assert not torch.equal(seq, plain)  # and the patch changed the transcript
 
 
+def test_mean_and_resample_ablation_hooks_while_generating(tiny_en):
+    """The hooks ``ablate`` returns without a metric work in KV-cached generation: a mean over
+    positions reaches every step; a resampled run is read at each step's absolute positions
+    (``decode_offset``). Each generated token is the argmax of a teacher-forced forward under the
+    same hooks; a reference shorter than the generation is refused, not misread."""
+    site = Site("decoder_blocks.2.hook_resid_post")
+    with torch.no_grad():
+        encoder_out = tiny_en.encode(CLEAN)  # upstream of every hook here
+    for kind, reference in [("mean", [CORRUPT]), ("resample", CORRUPT)]:
+        hooks = ablate(tiny_en, CLEAN, site, kind=kind, reference=reference)
+        with torch.no_grad(), tiny_en.hooks(fwd_hooks=hooks):
+            seq = tiny_en.generate(CLEAN, max_new_tokens=8)
+            full = tiny_en.decode(seq, encoder_out)
+            if kind == "mean":
+                assert tiny_en.transcribe(CLEAN, temperature=0.0, max_new_tokens=8).text
+        n_prompt = tiny_en.prompt_length(seq[0])
+        assert (full[0, n_prompt - 1 : -1].argmax(-1) == seq[0, n_prompt:]).all(), kind
+        with torch.no_grad():
+            assert not torch.allclose(full, tiny_en.decode(seq, encoder_out)), kind  # the hooks took effect
+    short = torch.zeros(1, 4, tiny_en.cfg.d_model)  # a reference run of four tokens
+    with pytest.raises(ValueError, match=r"holds decoder positions 0\.\.3, but this run reads position 4"):
+        tiny_en.generate(CLEAN, max_new_tokens=8, fwd_hooks=patch_hooks(tiny_en, [site], [short]))
+
+
+def test_a_metric_over_rows_and_empty_sweeps_are_refused():
+    """A metric must give one value per row (sweeps carry one site per row): a scalar, even on a
+    one-site sweep whose answer would look right, is refused with the fix; so are empty sweeps."""
+    model = random_whisper(d_model=64, n_heads=2, d_head=32, n_encoder_layers=1, n_decoder_layers=2, d_vocab=51864)
+    tokens = torch.tensor([model.prompt() + [220]])
+    site = Site("decoder_blocks.0.hook_resid_post")
+    for reduce in (torch.mean, torch.sum, lambda v: float(v.sum())):
+        with pytest.raises(ValueError, match=r"one value per batch row .*not over rows"):
+            ablate(model, CLEAN, [site], lambda logits, r=reduce: r(logits[:, -1, 5]), tokens=tokens, progress=False)
+    per_row = ablate(model, CLEAN, [site, site], lambda logits: logits[:, -1, 5], tokens=tokens, progress=False)
+    assert per_row.shape == (2,) and per_row[0] == per_row[1]
+    for empty in (
+        lambda: ablate(model, CLEAN, [], lambda logits: logits[:, -1, 5], tokens=tokens),
+        lambda: ablate(model, CLEAN, []),  # hooks for generation that would ablate nothing
+        lambda: activation_patch(model, CLEAN, CORRUPT, [], lambda logits: logits[:, -1, 5], tokens=tokens),
+    ):
+        with pytest.raises(ValueError, match="no sites given"):
+            empty()
+    with pytest.raises(ValueError, match="no receivers given"):
+        path_patch(model, CLEAN, CORRUPT, "encoder_blocks.0.hook_mlp_out", [], lambda logits: logits[:, -1, 5])
+    with pytest.raises(ValueError, match="no hooks given"):
+        attribution_patch(model, CLEAN, CORRUPT, lambda logits: logits[:, -1, 5], hooks=[], tokens=tokens)
+    with pytest.raises(ValueError, match="1 sites but 0 sources"):
+        patch_hooks(model, [site], [])
+
+
 def test_bad_input(tiny_en, runs):
     tokens, *_, metric = runs
     with pytest.raises(ValueError, match="head 6 out of range"):

@@ -39,6 +39,8 @@ def test_probing_errors(tiny_en):
         train_probes({"h": torch.zeros(4, 3)}, [0, 1, 0], progress=False)
     with pytest.raises(ValueError, match="at least two classes"):
         train_probes({"h": torch.zeros(4, 3)}, [1, 1, 1, 1], progress=False)
+    with pytest.raises(ValueError, match="no hooks given: name at least one hook"):
+        extract_activations(tiny_en, [DATA / "cards_001.wav"], [])
     with pytest.raises(ValueError, match="pooling must be one of"):
         extract_activations(tiny_en, [DATA / "cards_001.wav"], ["hook_encoder_out"], pooling="max")
 
@@ -61,3 +63,26 @@ def test_an_unpooled_store_is_refused_by_train_probes(tiny_en, tmp_path):
         store = extract_activations(tiny_en, clips, [hook], pooling="none", out_dir=out_dir, progress=False)
         with pytest.raises(ValueError, match=r"extracted with pooling 'none' .* one vector per clip"):
             train_probes(store, ["a", "b"], folds=2, progress=False)
+
+
+def test_mean_audio_pools_what_the_audio_llm_reads(tmp_path, float32_spread):
+    """On the audio LLM, ``mean_audio`` averages exactly the audio embeddings the language model
+    receives at its placeholders, and the encoder positions its self-attention reads, whether the
+    clip's encoder positions pair up (1.0 s) or leave a last half-padding one that pooling drops
+    (1.02 s)."""
+    from tests.toolkit.test_families import clip, tiny_qwen2_audio
+
+    model = tiny_qwen2_audio(tmp_path)
+    hooks = ["hook_audio_embeds", "encoder_blocks.1.hook_resid_post"]
+    clips = [clip(0, 1.0), clip(1, 1.02)]
+    store = extract_activations(model, clips, hooks, sample_rate=16000, batch_size=2, progress=False)
+    for i, audio in enumerate(clips):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(audio, sample_rate=16000)
+        received = cache["blocks.0.hook_resid_pre"][0, cache["hook_tokens"][0] == model.cfg.audio_token_id]
+        assert len(received) == int(model.to_mel(audio, 16000).n_audio_tokens[0]) == [25, 25][i]
+        assert_close(store["hook_audio_embeds"][i], received.mean(0), float32_spread, "mean_audio, audio tokens")
+        n_read = int(model.to_mel(audio, 16000).n_frames[0] + 1) // 2  # stride-2 convolution
+        encoder = cache["encoder_blocks.1.hook_resid_post"][0, :n_read].mean(0)
+        assert n_read == [50, 51][i]
+        assert_close(store["encoder_blocks.1.hook_resid_post"][i], encoder, float32_spread, "mean_audio, encoder")
