@@ -298,7 +298,8 @@ def decode_window(
     for step in range(max_new):
         logits = model.decode(step_input, cache=cache)
         if step == 0:
-            at_sot = logits[torch.arange(0, rows, group), torch.tensor(sot_index)]
+            first_rows = torch.arange(0, rows, group, device=logits.device)  # one row per clip
+            at_sot = logits[first_rows, torch.tensor(sot_index, device=logits.device)]
             no_speech = at_sot.float().softmax(dim=-1)[:, s.no_speech].tolist()
         logits = logits[:, -1].float()
         rules(logits, tokens)
