@@ -124,7 +124,8 @@ def language_probs(model: HookedWhisper, cache: DecoderCache) -> list[dict[str, 
     sot = torch.full((cache.cross_kv[0][0].shape[0], 1), s.sot, device=model.device)
     logits = model.decode(sot, cache=probe)[:, -1].float()
     codes = list(s.languages)
-    probs = logits[:, list(s.languages.values())].softmax(dim=-1).tolist()
+    language_ids = torch.tensor(list(s.languages.values()), device=logits.device)
+    probs = logits[:, language_ids].softmax(dim=-1).tolist()
     return [dict(zip(codes, row)) for row in probs]
 
 

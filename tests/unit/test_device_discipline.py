@@ -41,6 +41,7 @@ from hooked_whisper.patching import (
     path_patch,
 )
 from hooked_whisper.probing import extract_activations
+from tests.support import random_whisper
 from tests.toolkit.test_families import SAMPLE_RATE, clip, tiny_qwen2_audio, tiny_whisper
 
 LABEL = torch.device("meta")
@@ -193,7 +194,9 @@ def test_whisper_runs_decodes_and_interprets_on_its_own_device(whisper, watch, t
     assert tokens.device == LABEL and torch.equal(on_cpu(tokens), plain_tokens)
     model.generate([base, clip(2, 0.5)], beam_size=2, max_new_tokens=3, **kw)
     model.generate(base, temperature=0.7, best_of=2, seed=1, max_new_tokens=3, **kw)
+    model.generate(base, stop_on_loop=True, max_new_tokens=3, **kw)
     model.transcribe(base, word_timestamps=True, temperature=0.0, max_new_tokens=3, **kw)
+    model.transcribe([base, clip(2, 0.5)], batch_size=2, temperature=0.0, max_new_tokens=3, **kw)
     with torch.no_grad():
         logits, cache = model.run_with_cache(base, tokens, **kw)
     assert torch.equal(on_cpu(logits), plain_logits)
@@ -203,7 +206,7 @@ def test_whisper_runs_decodes_and_interprets_on_its_own_device(whisper, watch, t
 
     kw |= dict(tokens=tokens, progress=False)
     sites = layer_sites(model, "decoder:hook_resid_post")[-1:] + layer_sites(model, "encoder:hook_mlp_out")[:1]
-    activation_patch(model, base, other, sites, last_logit, **kw)
+    activation_patch(model, base, other, sites, last_logit, alpha=0.5, **kw)
     for kind in ("mean", "resample"):
         reference = other if kind == "resample" else [other, clip(3, 1.0)]
         ablate(model, base, sites[:1], last_logit, kind=kind, reference=reference, **kw)
@@ -230,8 +233,20 @@ def test_the_audio_llm_on_its_own_device(qwen2_audio, watch):
     sites = layer_sites(model, "decoder:hook_resid_post")[-1:] + layer_sites(model, "encoder:hook_mlp_out")[:1]
     activation_patch(model, base, other, sites, last_logit, progress=False, **kw)
     attribution_patch(model, base, other, last_logit, **kw)
+    sender = model.hook_name("encoder", 0, "hook_mlp_out")
+    path_patch(
+        model, base, other, sender, cross_attention_receivers(model, via="v")[:2], last_logit, progress=False, **kw
+    )
     hooks = [model.hook_name("encoder", 1, "hook_resid_post"), model.hook_name("decoder", 1, "hook_resid_post")]
     extract_activations(
         model, [base, other], hooks, decoder_pooling="prompt_end", sample_rate=SAMPLE_RATE, progress=False
     )
+    assert watch.mixed == [], sorted(set(watch.mixed))
+
+
+def test_language_detection_on_its_own_device(watch):
+    model = label(random_whisper(d_model=64, n_heads=2, d_head=32, n_encoder_layers=1, n_decoder_layers=1))
+    assert model.cfg.is_multilingual
+    model.detect_language(clip(0, 1.0), sample_rate=SAMPLE_RATE)
+    model.generate([clip(0, 1.0), clip(1, 0.5)], max_new_tokens=2, sample_rate=SAMPLE_RATE)  # language per clip
     assert watch.mixed == [], sorted(set(watch.mixed))
