@@ -575,16 +575,17 @@ def main(argv: list[str] | None = None) -> dict:
         qwen_dtypes, extraction_clips = [torch.bfloat16], (64, 16)
     for name in parity_models:
         parity(run, name, clips)
-    # The rows the targets read first (bfloat16 forward, caches, extraction), then float32, then the audio LLM.
+    # The rows the targets read first (bfloat16 forward, caches, extraction), then float32, then the audio LLM;
+    # --tiny runs each path once: bfloat16 at batch 1, the rest at batch 2.
     whisper_speed(run, whisper, torch.bfloat16, batches[:1] if args.tiny else batches, new_tokens)
     free(args.device)  # each section's models are gone once it returns
     extraction(run, whisper, *extraction_clips)
     free(args.device)
-    whisper_speed(run, whisper, torch.float32, batches, new_tokens)
+    whisper_speed(run, whisper, torch.float32, batches[1:] if args.tiny else batches, new_tokens)
     free(args.device)
     for dtype in qwen_dtypes:
         if run.left() > 60 or args.tiny:
-            qwen_speed(run, qwen, dtype, batches, new_tokens)
+            qwen_speed(run, qwen, dtype, batches[1:] if args.tiny else batches, new_tokens)
             free(args.device)
         else:
             run.skip(f"{qwen} {dtype}")
