@@ -201,6 +201,9 @@ def test_whisper_runs_decodes_and_interprets_on_its_own_device(whisper, watch, t
         logits, cache = model.run_with_cache(base, tokens, **kw)
     assert torch.equal(on_cpu(logits), plain_logits)
     logit_lens(model, cache, k=2)
+    cache.decoder.accumulated_resid(apply_ln=True)  # TransformerLens' cache views over our hooks
+    cache.decoder.decompose_resid()
+    cache.decoder.stack_head_results()
     encoder_lens(model, base, max_new_tokens=3, sample_rate=SAMPLE_RATE)
     logit_attribution(model, cache, token=3)
 
