@@ -560,6 +560,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.budget_s = args.budget_s or (120.0 if args.tiny else 450.0)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: no CUDA device here; use --device cpu --tiny to check the script")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # generate's notes on length settings, once per call, drown the progress lines
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 products and convolutions, on both sides
     torch.backends.cudnn.allow_tf32 = False
     run = Run(args)
