@@ -30,19 +30,19 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def alternated_times(fns: dict[str, callable], repeats: int) -> dict[str, float]:
+def alternated_times(fns: dict[str, callable], repeats: int, warm_up: bool = True) -> dict[str, float]:
     """Median wall time of each of ``fns`` over ``repeats`` rounds, the functions taking turns
-    within each round (one warm-up round first), so that a machine's drift in speed (clocks,
+    within each round (after a warm-up round), so that a machine's drift in speed (clocks,
     other load) falls on all of them alike and their ratios stay fair."""
     sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(repeats + 1):
+    for round_ in range(repeats + warm_up):
         for name, fn in fns.items():
             sync()
             start = time.perf_counter()
             fn()
             sync()
-            if round_:
+            if round_ >= warm_up:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 

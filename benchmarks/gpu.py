@@ -116,10 +116,11 @@ def device_name(device: str) -> str:
 
 
 def free(device: str) -> None:
-    import gc
-
-    gc.collect()
+    """Hand the GPU memory of finished runs back (the CPU's is measured per run as it is)."""
     if device.startswith("cuda"):
+        import gc
+
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -236,7 +237,7 @@ def timed_pair(run: Run, row: dict, ours, reference, repeats: int) -> None:
     the other is recorded as out of memory."""
     fits = True
     try:
-        times = alternated_times({"ours": ours, "ref": reference}, repeats)
+        times = alternated_times({"ours": ours, "ref": reference}, repeats, not run.args.tiny)
         row |= {"ours_s": times["ours"], "ref_s": times["ref"], "ratio": times["ours"] / times["ref"]}
         row |= {"ours_peak_mib": peak_extra_mib(ours), "ref_peak_mib": peak_extra_mib(reference)}
     except torch.OutOfMemoryError:
@@ -246,7 +247,7 @@ def timed_pair(run: Run, row: dict, ours, reference, repeats: int) -> None:
         notes = []
         for side, fn in (("ours", ours), ("ref", reference)):
             try:
-                row[f"{side}_s"] = alternated_times({side: fn}, repeats)[side]
+                row[f"{side}_s"] = alternated_times({side: fn}, repeats, not run.args.tiny)[side]
                 row[f"{side}_peak_mib"] = peak_extra_mib(fn)
             except torch.OutOfMemoryError:
                 notes.append(f"{side}: out of memory")
@@ -438,7 +439,9 @@ def extraction(run: Run, shape: str, n_clips: int, batch: int) -> None:
             return lambda: fn(Path(tmp) / f"run{next(counter)}")
 
         try:
-            times = alternated_times({"ours": fresh(ours), "ref": fresh(reference)}, run.args.repeats)
+            times = alternated_times(
+                {"ours": fresh(ours), "ref": fresh(reference)}, run.args.repeats, not run.args.tiny
+            )
             written = {
                 kind: sum(f.stat().st_size for f in (Path(tmp) / f"run{i}").rglob("*.safetensors"))
                 for i, kind in ((0, "ours"), (1, "ref"))
@@ -551,7 +554,11 @@ def markdown(data: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="small random shapes and one clip: a check on the CPU")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="small random shapes, one clip, no warm-up: a check of the script on the CPU",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="folder for gpu.json and gpu.md")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds after the warm-up (default 3, tiny 1)")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting rows after this (default 450)")
