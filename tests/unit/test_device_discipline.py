@@ -6,11 +6,12 @@ moved to a *labelled* device: each parameter and buffer becomes ``Elsewhere``, a
 reports the ``meta`` device while holding CPU data, and a dispatch mode runs every operator on
 that data and records each one that meets a labelled tensor and a plain CPU tensor together (a
 0-dim CPU tensor is let through, as CUDA lets it through; copies between devices are what
-``.to`` is for). Factories asked for the model's device (``torch.zeros(..., device=model.device)``,
-``torch.tensor(..., device=...)``) make labelled tensors, ``.cpu()`` and ``.tolist()`` give
-plain ones: the rules of a second device, enforced on every operator, while the numbers are
-still computed, so decoding (which reads tokens back) runs in full and its results can be
-checked equal to a plain CPU run.
+``.to`` is for). CPU index tensors are reported too, although CUDA copies them over silently:
+each is a host-to-device copy on every call. Factories asked for the model's device
+(``torch.zeros(..., device=model.device)``, ``torch.tensor(..., device=...)``) make labelled
+tensors, ``.cpu()`` and ``.tolist()`` give plain ones: the rules of a second device, enforced
+on every operator, while the numbers are still computed, so decoding (which reads tokens back)
+runs in full and its results can be checked equal to a plain CPU run.
 
 Why not the alternatives: the bare ``meta`` device computes nothing, so greedy decoding, beam
 search, transcription, patching sweeps and extraction (all data-dependent) could not run; a
