@@ -30,6 +30,23 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def alternated_times(fns: dict[str, callable], repeats: int, warm_up: bool = True) -> dict[str, float]:
+    """Median wall time of each of ``fns`` over ``repeats`` rounds, the functions taking turns
+    within each round (after a warm-up round), so that a machine's drift in speed (clocks,
+    other load) falls on all of them alike and their ratios stay fair."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + warm_up):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_ >= warm_up:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def proc_status_mib(field: str) -> float:
     """A memory field of ``/proc/self/status`` (VmRSS, VmHWM) in MiB (Linux; NaN elsewhere)."""
     try:
@@ -49,13 +66,18 @@ def write_results(name: str, header: str, columns: list[str], rows: list[dict], 
     """Write ``results/{name}.json`` and ``results/{name}.md`` (a table of ``columns``)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [format(row[c], formats.get(c, "")) if row.get(c) is not None else "-" for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
+    table = markdown_table(header, columns, rows, formats)
     (RESULTS / f"{name}.md").write_text(table)
     return table
+
+
+def markdown_table(header: str, columns: list[str], rows: list[dict], formats: dict[str, str]) -> str:
+    """``header``, then a Markdown table of ``columns`` (``formats`` per column; '-' where missing)."""
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = ["-" if row.get(c) is None else format(row[c], formats.get(c, "")) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def debian_files(folder: Path, packages: list[str]) -> Path:

@@ -43,11 +43,18 @@ def assert_within_float32_spread(actual, expected, exact, name: str = "", factor
     kernels), ``exact`` the same in float64. They may differ by ``factor`` times float32's own
     measured error on ``expected``: a bound that follows the computation's magnitudes and the
     thread count it ran with, not a round number."""
+    diff, bound, error = float32_spread_check(actual, expected, exact, factor)
+    assert diff <= bound, f"{name}: differ by {diff:.3g}, over {bound:.3g} ({factor} x float32's error {error:.3g})"
+
+
+def float32_spread_check(actual, expected, exact, factor: float = 4.0) -> tuple[float, float, float]:
+    """The difference of ``actual`` from ``expected``, the bound ``assert_within_float32_spread``
+    holds it to, and float32's error on ``expected`` the bound comes from."""
     exact = exact.double()
     error = (expected.double() - exact).abs().max()
     diff = (actual.double() - expected.double()).abs().max()
     bound = factor * error + torch.finfo(torch.float32).eps * exact.abs().max()
-    assert diff <= bound, f"{name}: differ by {diff:.3g}, over {bound:.3g} ({factor} x float32's error {error:.3g})"
+    return float(diff), float(bound), float(error)
 
 
 def spread_bound(spread: float, magnitude: torch.Tensor | float, factor: float = 8.0) -> float:

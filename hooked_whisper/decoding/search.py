@@ -124,7 +124,8 @@ def language_probs(model: HookedWhisper, cache: DecoderCache) -> list[dict[str, 
     sot = torch.full((cache.cross_kv[0][0].shape[0], 1), s.sot, device=model.device)
     logits = model.decode(sot, cache=probe)[:, -1].float()
     codes = list(s.languages)
-    probs = logits[:, list(s.languages.values())].softmax(dim=-1).tolist()
+    language_ids = torch.tensor(list(s.languages.values()), device=logits.device)
+    probs = logits[:, language_ids].softmax(dim=-1).tolist()
     return [dict(zip(codes, row)) for row in probs]
 
 
@@ -298,7 +299,8 @@ def decode_window(
     for step in range(max_new):
         logits = model.decode(step_input, cache=cache)
         if step == 0:
-            at_sot = logits[torch.arange(0, rows, group), torch.tensor(sot_index)]
+            first_rows = torch.arange(0, rows, group, device=logits.device)  # one row per clip
+            at_sot = logits[first_rows, torch.tensor(sot_index, device=logits.device)]
             no_speech = at_sot.float().softmax(dim=-1)[:, s.no_speech].tolist()
         logits = logits[:, -1].float()
         rules(logits, tokens)

@@ -81,7 +81,8 @@ def word_alignment(
             logits = model.decode(tokens, encoder_out)[0]
     start = len(prompt) - 1  # the <|notimestamps|> position predicts the first text token
     probs = logits[start : start + len(text_tokens), : s.eot].float().softmax(dim=-1)
-    token_probs = probs[torch.arange(len(text_tokens)), torch.tensor(text_tokens, dtype=torch.long)].tolist()
+    rows = torch.arange(len(text_tokens), device=probs.device)
+    token_probs = probs[rows, torch.tensor(text_tokens, dtype=torch.long, device=probs.device)].tolist()
 
     weights = torch.stack([scores[layer][head] for layer, head in heads]).float()  # [heads, tokens, 1500]
     weights = weights[:, :, : num_frames // 2].softmax(dim=-1)
@@ -89,7 +90,7 @@ def word_alignment(
     weights = median_filter((weights - mean) / std, median_width)
     matrix = weights.mean(dim=0)[start:-1]  # rows predicting each text token, then end-of-text
 
-    text_index, time_index = dtw(-matrix.double().numpy())
+    text_index, time_index = dtw(-matrix.double().cpu().numpy())  # DTW runs on the host, in NumPy
     words, word_tokens = split_words(model, list(text_tokens) + [s.eot], language)
     if len(word_tokens) <= 1:
         return WordAlignment([], matrix, heads)
