@@ -99,6 +99,7 @@ class HookedAudioModel(HookedRootModule):
       ``hook_layout``, ``require_cross_attention``
     - ``position_count(unit)``, ``prompt_length(tokens)``, ``real_length(tokens)``
     - ``forward(audio, tokens)``, ``run_with_cache``, ``generate``, ``from_pretrained``
+    - ``saes({hook: sae})`` and ``sae_hook_name`` (shared here: sparse autoencoders spliced by hook name)
     """
 
     hook_layouts: dict[str, HookLayout]

@@ -56,8 +56,10 @@ def splice_cost(
     hook: str | None = None,
     sample_rate: int | None = None,
     progress: bool = True,
+    max_new_tokens: int | None = None,
 ) -> SpliceCost:
-    """The cost of splicing ``sae`` in at ``hook`` (default: its ``hook_name``) on ``clips``."""
+    """The cost of splicing ``sae`` in at ``hook`` (default: its ``hook_name``) on ``clips``
+    (greedy transcripts of at most ``max_new_tokens``, default the decoder's context)."""
     hook = hook or sae.hook_name
     if hook is None:
         raise ValueError("the autoencoder carries no hook_name: pass hook=")
@@ -68,14 +70,14 @@ def splice_cost(
     n_tokens = 0
     for wave_ in tqdm(audio_clips(list(clips), sample_rate), desc="splice cost", disable=not progress, unit="clip"):
         mel = model.to_mel(wave_, SAMPLE_RATE)
-        tokens = model.generate(mel)
+        tokens = model.generate(mel, max_new_tokens=max_new_tokens)
         row = tokens[0]
         start, end = model.prompt_length(row), model.real_length(row)
         targets = tokens[:, start:end]
         clean = model(mel, tokens[:, : end - 1])[:, start - 1 :]
         with model.saes({hook: sae}):
             spliced = model(mel, tokens[:, : end - 1])[:, start - 1 :]
-            spliced_text.append(_transcript(model, model.generate(mel)))
+            spliced_text.append(_transcript(model, model.generate(mel, max_new_tokens=max_new_tokens)))
         clean_text.append(_transcript(model, tokens))
         loss_clean += float(torch.nn.functional.cross_entropy(clean[0], targets[0], reduction="sum"))
         loss_spliced += float(torch.nn.functional.cross_entropy(spliced[0], targets[0], reduction="sum"))

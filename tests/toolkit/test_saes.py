@@ -32,6 +32,7 @@ from hooked_whisper.saes import (
     load_audiosae,
     load_sae,
     save_sae,
+    splice_cost,
     steering_hooks,
     train_sae,
 )
@@ -189,6 +190,24 @@ def test_latents_are_hooks_for_caching_patching_ablation_and_attribution(family)
         hooks = [(acts_hook, lambda x, hook: steps.append(x.shape[1]))]
         model.generate(family.base, fwd_hooks=hooks, sample_rate=SAMPLE_RATE, max_new_tokens=3)
         assert len(steps) >= 2 and steps[1:] == [1] * (len(steps) - 1)
+
+
+def test_the_splice_cost_is_zero_for_a_lossless_autoencoder(whisper):
+    """ReLU(x) - ReLU(-x) is x: an autoencoder with W_enc = [I, -I] and W_dec = [I; -I] reconstructs
+    exactly, so splicing it costs nothing; a random one costs loss and words."""
+    hook, d = whisper.hook_name("encoder", 1, "hook_resid_post"), whisper.cfg.d_model
+    lossless = SparseAutoencoder(d, 2 * d, "relu", hook_name=hook)
+    with torch.no_grad():
+        identity = torch.eye(d)
+        lossless.W_enc.copy_(torch.cat([identity, -identity], 1))
+        lossless.W_dec.copy_(torch.cat([identity, -identity], 0))
+    clips = [clip(0), clip(1)]
+    kw = dict(sample_rate=SAMPLE_RATE, progress=False, max_new_tokens=4)
+    free = splice_cost(whisper, lossless, clips, references=["a b", "c"], **kw)
+    assert free.tokens > 0 and free.wer_vs_clean == 0 and free.wer_clean_vs_reference == free.wer_spliced_vs_reference
+    assert free.delta_loss == 0  # each product has one nonzero term, times one: exact in float32
+    costly = splice_cost(whisper, random_sae(d, hook), clips, **kw)
+    assert costly.delta_loss != 0 and costly.wer_vs_clean > 0 and costly.wer_clean_vs_reference is None
 
 
 # ---------------------------------------------------------------------------------------- steering
