@@ -221,6 +221,12 @@ def sae_hook_name(hook: str, leaf: str = "hook_sae_acts_post") -> str:
     return f"{hook}.sae.{leaf}"
 
 
+def is_sae_hook(name: str) -> bool:
+    """Whether ``name`` is one of a spliced autoencoder's own hooks (``sae_hook_name``)."""
+    parent, _, leaf = name.rpartition(".sae.")
+    return bool(parent) and leaf in SAE_LEAVES
+
+
 def sae_layout(parent: HookLayout) -> HookLayout:
     """The layout of an autoencoder's hooks at a hook laid out as ``parent``: the same
     positions, one feature axis last (heads, if the hook had them, are flattened into it)."""

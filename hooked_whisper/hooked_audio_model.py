@@ -24,7 +24,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.hook_layout import HookLayout, HookNaming, sae_hook_name
+from hooked_whisper.hook_layout import HookLayout, HookNaming, is_sae_hook, sae_hook_name
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class HookedAudioModel(HookedRootModule):
     def check_hook_name(self, name: str) -> None:
         """Raise a ValueError naming the closest valid hooks if ``name`` is not one."""
         if name not in self.hook_dict:
-            if ".sae." in name:
+            if is_sae_hook(name):
                 raise ValueError(
                     f"no hook named {name!r}: an autoencoder's hooks exist inside `with model.saes({{hook: sae}}):` "
                     "only, while it is spliced in at that hook"

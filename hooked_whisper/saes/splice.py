@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.hook_layout import SAE_LEAVES, sae_hook_name, sae_layout
+from hooked_whisper.hook_layout import SAE_LEAVES, is_sae_hook, sae_hook_name, sae_layout
 from hooked_whisper.saes.sae import SparseAutoencoder
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def _attach(model: HookedAudioModel, hook: str, sae: SparseAutoencoder, use_erro
     point = model.hook_dict[hook]
     if hasattr(point, "sae"):
         raise ValueError(f"an autoencoder is already spliced in at {hook}: splice one per hook")
-    if sae_hook_name(hook, SAE_LEAVES[0]) in model.hook_layouts or ".sae." in hook:
+    if is_sae_hook(hook):
         raise ValueError(f"{hook} is an autoencoder's own hook: splice at a model hook")
     if layout.pos_axis != 1 or layout.key_unit is not None:
         raise ValueError(

@@ -10,8 +10,9 @@ loss on latents that have not fired for ``dead_after_frames`` frames, a unit-nor
 gradient is kept orthogonal to it, Adam at sparsify's default rate. A checkpoint (weights,
 optimizer, dead-latent counters and the position in the stream) is written every
 ``checkpoint_every`` steps: a rerun into the same folder resumes where it stopped, on the same
-batches. Under ``torchrun`` each process reads its share of the shards and the gradients are
-averaged (PyTorch's DistributedDataParallel, as sparsify's own trainer does).
+batches. Under ``torchrun`` the gradients of the processes are
+averaged (PyTorch's DistributedDataParallel, as sparsify's own trainer does): each process
+reads every buffer and trains on its own share of the batches.
 """
 
 from __future__ import annotations
@@ -104,14 +105,13 @@ class FrameStream:
         every = self.config.held_out_every
         return every > 0 and row % every == every - 1
 
-    def shard_order(self, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+    def shard_order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
-        order = torch.randperm(self.n_shards, generator=generator).tolist()
-        return order[rank::world]
+        return torch.randperm(self.n_shards, generator=generator).tolist()
 
-    def buffers(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+    def buffers(self, epoch: int) -> Iterator[tuple[int, torch.Tensor]]:
         """``(buffer index, frames)``: the training frames of ``shards_per_buffer`` shards, shuffled."""
-        order = self.shard_order(epoch, rank, world)
+        order = self.shard_order(epoch)
         per = self.config.shards_per_buffer
         for index, start in enumerate(range(0, len(order), per)):
             yield index, self._buffer(epoch, index, order[start : start + per], held_out=False)
@@ -201,10 +201,13 @@ def train_sae(
     bar = tqdm(desc=f"training an autoencoder on {hook}", unit="frame", unit_scale=True, disable=not progress)
     stopped = False
     for epoch in range(position["epoch"], config.epochs):
-        for index, frames in stream.buffers(epoch, rank, world):
+        for index, frames in stream.buffers(epoch):
             if epoch == position["epoch"] and index < position["buffer"]:
                 continue  # trained on before the checkpoint
             starts = range(0, len(frames), config.batch_frames)
+            # Every process reads the same buffer and trains on its own batches of it; all run
+            # the same number of steps, as DistributedDataParallel needs.
+            starts = starts[rank : len(starts) - len(starts) % world : world]
             for batch_index, start in enumerate(starts):
                 if (epoch, index) == (position["epoch"], position["buffer"]) and batch_index < position["batch"]:
                     continue

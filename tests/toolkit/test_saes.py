@@ -145,6 +145,9 @@ def test_no_hook_outlives_its_block(family):  # noqa: F811
     with pytest.raises(ValueError, match="already spliced"), model.saes({hook: random_sae(4, hook)}):
         with model.saes({hook: random_sae(4, hook)}):
             pass
+    with pytest.raises(ValueError, match="an autoencoder's own hook"), model.saes({hook: random_sae(4, hook)}):
+        with model.saes({model.sae_hook_name(hook, "hook_sae_recons"): random_sae(4, None)}):
+            pass
     with (
         pytest.raises(ValueError, match="reads vectors of 7"),
         torch.no_grad(),
@@ -172,8 +175,8 @@ def test_latents_are_hooks_for_caching_patching_ablation_and_attribution(family)
             for leaf in SAE_LEAVES:
                 width = sae.d_sae if "acts" in leaf else sae.d_in
                 assert cache[model.sae_hook_name(hook, leaf)].shape == (1, n_positions, width), leaf
-            layout = model.hook_layout(model.sae_hook_name(hook))
-            assert (layout.stack, layout.layer, layout.unit) == (model.hook_layout(hook).stack, 1, layout.unit)
+            layout, parent = model.hook_layout(model.sae_hook_name(hook)), model.hook_layout(hook)
+            assert (layout.stack, layout.layer, layout.unit, layout.head_axis) == (parent.stack, 1, parent.unit, None)
         acts_hook = model.sae_hook_name(decoder_hook)
         # Patching a latent from the same clip changes nothing; zeroing the latents with the error
         # term kept removes exactly the reconstruction minus b_dec.
