@@ -4,7 +4,7 @@
 feature dashboards. Nothing here imports ``sparsify`` until a training starts."""
 
 from hooked_whisper.saes.dashboard import feature_dashboard
-from hooked_whisper.saes.evaluation import SpliceCost, splice_cost
+from hooked_whisper.saes.evaluation import SpliceCost, matched_latents, splice_cost
 from hooked_whisper.saes.formats import export_sae_lens, import_sae_lens, load_audiosae, load_sae, save_sae
 from hooked_whisper.saes.sae import ARCHITECTURES, SparseAutoencoder
 from hooked_whisper.saes.splice import HookedSAE, splice_saes
@@ -25,6 +25,7 @@ __all__ = [
     "import_sae_lens",
     "load_audiosae",
     "load_sae",
+    "matched_latents",
     "save_sae",
     "splice_cost",
     "splice_saes",

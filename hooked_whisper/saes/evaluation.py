@@ -1,7 +1,8 @@
 """What splicing an autoencoder in costs the model, on held-out clips: the next-token loss of the
 clean greedy transcript with the reconstruction in place of the activation (no error term), and
 the word error rate of the transcript generated that way against the clean one (and against
-reference transcripts, when given)."""
+reference transcripts, when given). And how stable training is: which latents of one run
+another run (another seed) also found, by the cosine of their decoder directions."""
 
 from __future__ import annotations
 
@@ -91,3 +92,15 @@ def splice_cost(
         clips=len(clean_text),
         tokens=n_tokens,
     )
+
+
+@torch.no_grad()
+def matched_latents(sae: SparseAutoencoder, other: SparseAutoencoder, threshold: float = 0.7) -> torch.Tensor:
+    """Per latent of ``sae``: whether some latent of ``other`` has a decoder direction within
+    cosine ``threshold`` of its own (the stability measure AudioSAE reports across seeds)."""
+    if sae.d_in != other.d_in:
+        raise ValueError(f"the autoencoders read vectors of {sae.d_in} and {other.d_in}: compare two of one hook")
+    mine = torch.nn.functional.normalize(sae.W_dec.float(), dim=1)
+    theirs = torch.nn.functional.normalize(other.W_dec.float().to(mine.device), dim=1)
+    best = torch.cat([(rows @ theirs.T).max(1).values for rows in mine.split(4096)])
+    return best > threshold

@@ -31,6 +31,7 @@ from hooked_whisper.saes import (
     import_sae_lens,
     load_audiosae,
     load_sae,
+    matched_latents,
     save_sae,
     splice_cost,
     steering_hooks,
@@ -104,6 +105,17 @@ def test_a_trained_autoencoder_explains_held_out_frames_and_resumes(frame_store,
         assert torch.allclose(resumed.sae.state_dict()[name], p, atol=1e-6), name
     with pytest.raises(ValueError, match="other settings"):
         train_sae(store, hook, TrainConfig(k=4), out_dir=tmp_path / "split", progress=False)
+
+
+def test_latents_matched_across_runs_by_decoder_cosine():
+    sae = random_sae(64, None)
+    rotated = copy.deepcopy(sae)
+    with torch.no_grad():  # half the latents kept (reordered, rescaled), half replaced by random directions
+        rotated.W_dec[:128] = 3 * sae.W_dec[:128].flip(0)
+        rotated.W_dec[128:] = torch.randn(128, 64)
+    assert matched_latents(sae, sae).all()
+    # Random directions in 64 dimensions sit near cosine 0 (spread 1/8): none reaches 0.7.
+    assert matched_latents(sae, rotated).tolist() == [True] * 128 + [False] * 128
 
 
 def test_training_refuses_pooled_activations(whisper):
