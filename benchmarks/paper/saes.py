@@ -18,14 +18,15 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from hooked_whisper import HookedWhisper
 from hooked_whisper.probing import extract_activations
-from hooked_whisper.saes import TrainConfig, splice_cost, train_sae
+from hooked_whisper.saes import TrainConfig, matched_latents, splice_cost, train_sae
+from hooked_whisper.saes.training import FrameStream
 
 HERE = Path(__file__).parent
 
@@ -66,6 +67,7 @@ def main() -> None:
         "--splice-clips", type=int, default=8, help="English clips, never trained on, for the splice cost"
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--stability-seeds", type=int, nargs="*", default=[1, 2], help="more seeds for the last layer")
     args = parser.parse_args()
     out = HERE / "results"
     out.mkdir(exist_ok=True)
@@ -89,9 +91,10 @@ def main() -> None:
         dead_after_frames=50_000,
         lr=args.lr,
     )
-    results = []
+    results, saes = [], {}
     for hook in hooks:
         run = train_sae(store, hook, config)
+        saes[hook] = run.sae
         cost = splice_cost(model, run.sae, english, max_new_tokens=args.max_new_tokens)
         results.append(
             {"hook": hook, "layer": model.hook_layout(hook).layer, **asdict(run.metrics),
@@ -101,6 +104,24 @@ def main() -> None:
              "wer_vs_clean": cost.wer_vs_clean, "splice_clips": cost.clips, "splice_tokens": cost.tokens}
         )  # fmt: skip
         print(results[-1], flush=True)
+    # Stability across seeds (AudioSAE's measure): the share of the first run's latents that a run
+    # from another seed also found, by decoder cosine > 0.7; over all latents and over those that
+    # fire on the held-out frames.
+    last, stability = hooks[-1], []
+    with torch.no_grad():
+        alive = torch.zeros(config.expansion_factor * model.cfg.d_model, dtype=torch.bool)
+        for chunk in FrameStream(store, last, config).held_out_frames():
+            alive |= (saes[last].encode(chunk) > 0).any(0)
+    for seed in args.stability_seeds:
+        matched = matched_latents(saes[last], train_sae(store, last, replace(config, seed=seed)).sae)
+        stability.append(
+            {
+                "seed": seed,
+                "matched": float(matched.float().mean()),
+                "matched_alive": float(matched[alive].float().mean()),
+            }
+        )
+        print(stability[-1], flush=True)
     languages = sorted({r["language"] for r in rows})
     header = [
         f"Sparse autoencoders on {args.model}'s encoder residual stream (hook_resid_post of every block).",
@@ -124,9 +145,14 @@ def main() -> None:
         f"{r['wer_vs_clean']:.3f} |"
         for r in results
     ]
-    (out / "saes.json").write_text(
-        json.dumps({"args": {**vars(args), "data": str(args.data)}, "results": results}, indent=1)
-    )
+    lines += ["", f"Stability on layer {model.hook_layout(last).layer} (seed {config.seed} against others; "
+              f"{int(alive.sum())} of {len(alive)} latents fire on the held-out frames):", ""]  # fmt: skip
+    lines += [
+        f"- seed {s['seed']}: {s['matched']:.1%} of all latents, {s['matched_alive']:.1%} of the live ones matched"
+        for s in stability
+    ]
+    summary = {"args": {**vars(args), "data": str(args.data)}, "results": results, "stability": stability}
+    (out / "saes.json").write_text(json.dumps(summary, indent=1))
     (out / "saes.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results, out / "saes.png")
