@@ -10,9 +10,10 @@ loss on latents that have not fired for ``dead_after_frames`` frames, a unit-nor
 gradient is kept orthogonal to it, Adam at sparsify's default rate. A checkpoint (weights,
 optimizer, dead-latent counters and the position in the stream) is written every
 ``checkpoint_every`` steps: a rerun into the same folder resumes where it stopped, on the same
-batches. Under ``torchrun`` the gradients of the processes are
-averaged (PyTorch's DistributedDataParallel, as sparsify's own trainer does): each process
-reads every buffer and trains on its own share of the batches.
+batches. Under ``torchrun`` each process reads every buffer and trains on its own share of the
+batches, and the gradients are averaged (PyTorch's DistributedDataParallel, as sparsify's own
+trainer does); only the first process writes checkpoints. The sparse decoder kernel sparsify
+picks on a machine with a GPU is Triton's: train on the GPU there.
 """
 
 from __future__ import annotations
