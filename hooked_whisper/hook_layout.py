@@ -205,3 +205,29 @@ def qwen2_audio_layout_of(name: str) -> HookLayout:
     if leaf in ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z"):
         return HookLayout("decoder", layer, 1, "token", head_axis=2)
     return HookLayout("decoder", layer, 1, "token")
+
+
+# A sparse autoencoder spliced in at a hook (``model.saes``) hangs below that hook point as
+# ``{hook}.sae``, with these hooks of its own (sae-lens' names for them).
+SAE_LEAVES = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error")
+
+
+def sae_hook_name(hook: str, leaf: str = "hook_sae_acts_post") -> str:
+    """The name of hook ``leaf`` of the autoencoder spliced in at ``hook``:
+    ``sae_hook_name("encoder_blocks.2.hook_resid_post")`` is
+    ``"encoder_blocks.2.hook_resid_post.sae.hook_sae_acts_post"``."""
+    if leaf not in SAE_LEAVES:
+        raise ValueError(f"an autoencoder's hooks are {', '.join(SAE_LEAVES)}; not {leaf!r}")
+    return f"{hook}.sae.{leaf}"
+
+
+def is_sae_hook(name: str) -> bool:
+    """Whether ``name`` is one of a spliced autoencoder's own hooks (``sae_hook_name``)."""
+    parent, _, leaf = name.rpartition(".sae.")
+    return bool(parent) and leaf in SAE_LEAVES
+
+
+def sae_layout(parent: HookLayout) -> HookLayout:
+    """The layout of an autoencoder's hooks at a hook laid out as ``parent``: the same
+    positions, one feature axis last (heads, if the hook had them, are flattened into it)."""
+    return HookLayout(parent.stack, parent.layer, parent.pos_axis, parent.unit)

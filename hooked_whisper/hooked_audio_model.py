@@ -28,7 +28,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.audio import SAMPLE_RATE
-from hooked_whisper.hook_layout import POSITIONS_PER_SECOND, HookLayout, HookNaming
+from hooked_whisper.hook_layout import POSITIONS_PER_SECOND, HookLayout, HookNaming, is_sae_hook, sae_hook_name
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,7 @@ class HookedAudioModel(HookedRootModule):
     - ``position_count(unit)``, ``real_position_count(unit, n_samples)``, ``prompt_length(tokens)``,
       ``real_length(tokens)``
     - ``forward(audio, tokens)``, ``run_with_cache``, ``generate``, ``from_pretrained``
+    - ``saes({hook: sae})`` and ``sae_hook_name`` (shared here: sparse autoencoders spliced by hook name)
     """
 
     hook_layouts: dict[str, HookLayout]
@@ -233,6 +234,11 @@ class HookedAudioModel(HookedRootModule):
     def check_hook_name(self, name: str) -> None:
         """Raise a ValueError naming the closest valid hooks if ``name`` is not one."""
         if name not in self.hook_dict:
+            if is_sae_hook(name):
+                raise ValueError(
+                    f"no hook named {name!r}: an autoencoder's hooks exist inside `with model.saes({{hook: sae}}):` "
+                    "only, while it is spliced in at that hook"
+                )
             close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
             hint = f"; closest valid names: {', '.join(close)}" if close else ""
             raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
@@ -274,6 +280,24 @@ class HookedAudioModel(HookedRootModule):
         name = self.hook_naming.name(stack, layer, leaf)
         self.check_hook_name(name)
         return name
+
+    def sae_hook_name(self, hook: str, leaf: str = "hook_sae_acts_post") -> str:
+        """The name hook ``leaf`` (``hook_sae_acts_post``, ``hook_sae_recons``, ...) has while an
+        autoencoder is spliced in at ``hook`` (``model.saes``): ``{hook}.sae.{leaf}``."""
+        self.check_hook_name(hook)
+        return sae_hook_name(hook, leaf)
+
+    def saes(self, saes: Any, use_error_term: bool = False):
+        """``with model.saes({hook: sae}):`` runs the model with each sparse autoencoder's
+        reconstruction in place of the activation at its hook (a list of autoencoders that carry
+        their ``hook_name`` works too). With ``use_error_term=True`` the error is added back, so
+        the forward pass is unchanged while the latents become visible. The autoencoder's hooks
+        (``model.sae_hook_name(hook)`` and the other ``SAE_LEAVES``) are model hooks inside the
+        block: cache, patch, ablate and steer them. All of it is removed on leaving, even by an
+        exception (``hooked_whisper.saes.splice``)."""
+        from hooked_whisper.saes.splice import splice_saes
+
+        return splice_saes(self, saes, use_error_term)
 
     def require_cross_attention(self, what: str) -> None:
         """Refuse, in one line, a tool that needs a decoder with cross-attention on a family without it."""

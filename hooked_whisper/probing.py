@@ -98,20 +98,32 @@ class ShardedActivationStore(ActivationStore):
             for name in self.index["shards"]:
                 _read_shard(self.folder / name, verify=True)
 
-    def _read(self, hook: str) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+    @property
+    def shard_count(self) -> int:
+        return len(self.index["shards"])
+
+    def _read_one(self, hook: str, shard: int) -> tuple[list[int], dict[str, torch.Tensor]]:
         from hooked_whisper.extraction import ROWS_KEY, _open_shard, check_tensor
 
-        out = []
-        for name in self.index["shards"]:
-            path = self.folder / name
-            with _open_shard(path) as f:
-                metadata = f.metadata() or {}
-                keys = [k for k in f.keys() if k == hook or k.startswith(f"{hook}/")]
-                tensors = {k: f.get_tensor(k) for k in [ROWS_KEY, *keys]}
-            for key, tensor in tensors.items():
-                check_tensor(path, key, tensor, metadata)
-            out.append((tensors.pop(ROWS_KEY).tolist(), tensors))
-        return out
+        path = self.folder / self.index["shards"][shard]
+        with _open_shard(path) as f:
+            metadata = f.metadata() or {}
+            keys = [k for k in f.keys() if k == hook or k.startswith(f"{hook}/")]
+            tensors = {k: f.get_tensor(k) for k in [ROWS_KEY, *keys]}
+        for key, tensor in tensors.items():
+            check_tensor(path, key, tensor, metadata)
+        return tensors.pop(ROWS_KEY).tolist(), tensors
+
+    def _read(self, hook: str) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+        return [self._read_one(hook, shard) for shard in range(self.shard_count)]
+
+    def shard_rows(self, hook: str, shard: int) -> tuple[list[int], list[torch.Tensor]]:
+        """The manifest rows shard ``shard`` holds and their activations at ``hook``, one tensor
+        per clip, read from that shard alone: a corpus larger than memory is streamed shard by
+        shard (``hooked_whisper.saes.training``)."""
+        self._check(hook)
+        held, tensors = self._read_one(hook, shard)
+        return held, list(tensors[hook]) if hook in tensors else [tensors[f"{hook}/{r}"] for r in held]
 
     def rows(self, hook: str) -> list[torch.Tensor]:
         self._check(hook)
