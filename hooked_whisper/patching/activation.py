@@ -83,12 +83,13 @@ def _token_source_index(
         )
     wanted = there[pos_axis]
     if isinstance(wanted, slice):  # every position of this call
-        wanted = list(range(model.decode_offset, model.decode_offset + x.shape[pos_axis]))
-    n_source = source.shape[pos_axis]
-    if max(wanted) >= n_source:
+        wanted = range(model.decode_offset, model.decode_offset + x.shape[pos_axis])
+    wanted = torch.as_tensor(list(wanted) if isinstance(wanted, range) else wanted, device=source.device)
+    n_source, last = source.shape[pos_axis], int(wanted.max())
+    if last >= n_source:
         raise ValueError(
             f"the reference run at {hook} holds decoder positions 0..{n_source - 1}, but this run reads position "
-            f"{max(wanted)}: give both runs the same tokens (pass a metric to patch teacher-forced), limit the "
+            f"{last}: give both runs the same tokens (pass a metric to patch teacher-forced), limit the "
             f"site to positions below {n_source}, or ablate with kind='mean' (one mean for every position)"
         )
     return tuple(wanted if a == pos_axis else t for a, t in enumerate(there))
