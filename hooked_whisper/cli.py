@@ -50,7 +50,7 @@ def inspect(args: argparse.Namespace) -> int:
     with torch.no_grad():
         logits, cache = model.run_with_cache(waveform, sample_rate=SAMPLE_RATE)
     tokens = cache["hook_tokens"][0]
-    n_prompt = len(model.prompt("en" if model.cfg.is_multilingual else None))
+    n_prompt = len(model.prompt_tokens("en" if model.cfg.is_multilingual else None))
     text = model.to_string(tokens[n_prompt:])
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     cfg = model.cfg

@@ -25,6 +25,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.hook_layout import HookLayout, HookNaming
+from hooked_whisper.inputs import TokensInput, check_tokens
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ class HookedAudioModel(HookedRootModule):
             leaf = name.rsplit(".", 1)[-1].lstrip("_")
             if leaf.startswith("W_") and leaf != "W_pos":
                 nn.init.normal_(p, std=std)
+
+    def check_tokens(self, tokens: TokensInput) -> torch.Tensor:
+        """Token ids (or text) as a checked ``[batch, pos]`` tensor on the model's device."""
+        return check_tokens(tokens, self.cfg.d_vocab, self.device, self.to_tokens)
 
     def check_names_filter(self, names_filter: Any) -> None:
         """Every name in a ``run_with_cache`` filter given as a string or list must be a hook."""

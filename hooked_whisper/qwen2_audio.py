@@ -27,15 +27,7 @@ from torch import nn
 from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.audio import (
-    HOP_LENGTH,
-    N_SAMPLES,
-    SAMPLE_RATE,
-    AudioInput,
-    audio_clips,
-    log_mel_spectrogram,
-    pad_or_trim,
-)
+from hooked_whisper.audio import HOP_LENGTH, AudioInput, audio_clips
 from hooked_whisper.components import AudioEmbed, EncoderBlock, LayerNorm
 from hooked_whisper.components.attention import KeyValue
 from hooked_whisper.components.blocks import LanguageModelBlock
@@ -45,6 +37,7 @@ from hooked_whisper.components.rotary_attention import rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
 from hooked_whisper.hook_layout import QWEN2_AUDIO_NAMING, HookLayout, qwen2_audio_layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
+from hooked_whisper.inputs import check_window, rows_per_clip, window_mels
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 AUDIO_SLOT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
@@ -180,7 +173,7 @@ class HookedQwen2Audio(HookedAudioModel):
         tokenizer = self._need_tokenizer()
         return [tokenizer.decode([int(t)], skip_special=False) for t in torch.as_tensor(tokens).flatten()]
 
-    def prompt(self, instruction: str = "Transcribe the audio.", n_audio_tokens: int = 1) -> str:
+    def chat_prompt(self, instruction: str = "Transcribe the audio.", n_audio_tokens: int = 1) -> str:
         """The chat prompt the Qwen2-Audio processor writes for one clip and one instruction, with
         the audio placeholder repeated ``n_audio_tokens`` times (as the processor expands it)."""
         audio = AUDIO_SLOT.replace("<|AUDIO|>", "<|AUDIO|>" * n_audio_tokens)
@@ -188,6 +181,10 @@ class HookedQwen2Audio(HookedAudioModel):
             f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nAudio 1: {audio}\n"
             f"{instruction}<|im_end|>\n<|im_start|>assistant\n"
         )
+
+    def prompt_tokens(self, instruction: str = "Transcribe the audio.", n_audio_tokens: int = 1) -> list[int]:
+        """The ids of ``chat_prompt(instruction, n_audio_tokens)``: what the language model reads."""
+        return self._need_tokenizer().encode(self.chat_prompt(instruction, n_audio_tokens))
 
     # ------------------------------------------------------------------ audio
     def to_mel(self, audio: AudioInput | AudioFeatures, sample_rate: int | None = None) -> AudioFeatures:
@@ -204,15 +201,10 @@ class HookedQwen2Audio(HookedAudioModel):
                 "padding): pass the waveform, or AudioFeatures(mel, n_frames)"
             )
         waveforms = audio_clips(audio, sample_rate)
-        for i, w in enumerate(waveforms):
-            if w.shape[-1] > N_SAMPLES or w.shape[-1] == 0:
-                raise ValueError(
-                    f"clip {i} lasts {w.shape[-1] / SAMPLE_RATE:.2f} s; this model reads 0-30 s per clip: cut "
-                    "longer audio into 30 s pieces (nothing is truncated silently)"
-                )
-        mel = torch.stack([log_mel_spectrogram(pad_or_trim(w), self.cfg.audio.n_mels) for w in waveforms])
+        check_window(waveforms, allow_empty=False)
+        mel = window_mels(waveforms, self.cfg.audio.n_mels, self.device, self.dtype)
         n_frames = torch.tensor([math.ceil(w.shape[-1] / HOP_LENGTH) for w in waveforms])
-        return AudioFeatures(mel.to(self.device, self.dtype), n_frames.to(self.device))
+        return AudioFeatures(mel, n_frames.to(self.device))
 
     @serialised
     def encode(
@@ -281,20 +273,6 @@ class HookedQwen2Audio(HookedAudioModel):
             cache.position += tokens.shape[1]
             return self.ln_final(resid) @ self.W_U
 
-    def check_tokens(self, tokens: torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str) -> torch.Tensor:
-        """Token ids as ``[batch, pos]`` on the model's device, or a clear error."""
-        if isinstance(tokens, str):
-            return self.to_tokens(tokens)
-        tokens = torch.as_tensor(tokens, device=self.device)
-        if tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:
-            raise ValueError(
-                f"tokens are integer ids shaped [pos] or [batch, pos]; got {tuple(tokens.shape)} {tokens.dtype}"
-            )
-        tokens = tokens if tokens.ndim == 2 else tokens.unsqueeze(0)
-        if tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab:
-            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}); got {tokens.min()}..{tokens.max()}")
-        return tokens
-
     def tokens_for(
         self, features: AudioFeatures, tokens: Any, audio_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -302,12 +280,8 @@ class HookedQwen2Audio(HookedAudioModel):
         clips: one placeholder per audio position. A prompt with a single placeholder is
         expanded; any other count that does not match the clip is an error."""
         if tokens is None:
-            tokens = self.prompt()
-        tokens = self.check_tokens(tokens)
-        if tokens.shape[0] == 1 and features.shape[0] > 1:
-            tokens = tokens.expand(features.shape[0], -1)
-        if tokens.shape[0] != features.shape[0]:
-            raise ValueError(f"{features.shape[0]} clips but {tokens.shape[0]} token sequences")
+            tokens = self.chat_prompt()
+        tokens = rows_per_clip(self.check_tokens(tokens), features.shape[0])
         rows = []
         for row, want in zip(tokens, features.n_audio_tokens.tolist()):
             slots = (row == self.cfg.audio_token_id).nonzero().flatten()
@@ -317,7 +291,7 @@ class HookedQwen2Audio(HookedAudioModel):
             elif len(slots) != want:
                 raise ValueError(
                     f"the prompt has {len(slots)} audio placeholders but the clip gives {want} audio positions: "
-                    "write one placeholder (it is expanded) or build the prompt with model.prompt(n_audio_tokens=...)"
+                    "write one placeholder (it is expanded) or build it with model.chat_prompt(n_audio_tokens=...)"
                 )
             rows.append(row)
         if len({len(r) for r in rows}) > 1:

@@ -85,7 +85,7 @@ class DecodingOptions:
                 "out to detect each clip's"
             )
         if self.language is not None:
-            model.prompt(self.language, self.task)  # raises a clear error for unknown codes
+            model.prompt_tokens(self.language, self.task)  # raises a clear error for unknown codes
         for name in ("prompt", "prefix"):
             ids = getattr(self, name)
             if isinstance(ids, (list, tuple)):
@@ -134,7 +134,7 @@ def detect_language(model: HookedWhisper, cache: DecoderCache) -> list[str]:
 
 
 def initial_tokens(model: HookedWhisper, language: str | None, options: DecodingOptions) -> list[int]:
-    tokens = model.prompt(language if model.cfg.is_multilingual else None, options.task, options.timestamps)
+    tokens = model.prompt_tokens(language if model.cfg.is_multilingual else None, options.task, options.timestamps)
     if options.prefix:
         tokens += _as_tokens(model, options.prefix)
     if options.prompt:

@@ -173,7 +173,7 @@ def test_saved_folder_loads_with_the_same_logits_and_tokenizer(pair):
         logits = pair.model(pair.clip, prompt_ids(pair, 1), sample_rate=16000)
         again = loaded(pair.clip, prompt_ids(pair, 1), sample_rate=16000)
     assert torch.equal(logits, again)
-    tokens = loaded.to_tokens(loaded.prompt(n_audio_tokens=3))
+    tokens = loaded.to_tokens(loaded.chat_prompt(n_audio_tokens=3))
     assert (tokens == pair.audio_token).sum() == 3 and 0 not in tokens.tolist()  # every word known
     default = loaded(pair.clip, sample_rate=16000)  # the transcription prompt, placeholders expanded
     assert default.shape[1] == tokens.shape[1] - 3 + int(loaded.to_mel(pair.clip, 16000).n_audio_tokens[0])

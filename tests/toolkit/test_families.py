@@ -87,7 +87,7 @@ def family(request, tmp_path_factory) -> SimpleNamespace:
     base, other = clip(0), clip(1)
     if request.param == "whisper":
         model = tiny_whisper()
-        tokens = torch.tensor([model.prompt() + [model.special.eot - 100, model.special.eot - 50]])
+        tokens = torch.tensor([model.prompt_tokens() + [model.special.eot - 100, model.special.eot - 50]])
     else:
         model = tiny_qwen2_audio(tmp_path_factory.mktemp("qwen2_audio"))
         tokens = model.tokens_for(model.to_mel(base, SAMPLE_RATE), None)  # the default transcription prompt
