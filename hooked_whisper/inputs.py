@@ -5,6 +5,7 @@ into log-mel windows. Every error says what was wrong and what to do instead."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from hooked_whisper.audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
+
+if TYPE_CHECKING:
+    from hooked_whisper.model import HookedWhisper
 
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
 
@@ -80,14 +84,12 @@ def window_mels(
     return log_mel_spectrogram(batch, n_mels).to(dtype)
 
 
-def ready_mel(
-    audio: AudioInput, n_mels: int, n_frames: int, device: torch.device, dtype: torch.dtype
-) -> Float[torch.Tensor, "batch n_mels frames"] | None:
+def ready_mel(model: HookedWhisper, audio: AudioInput) -> Float[torch.Tensor, "batch n_mels frames"] | None:
     """``audio`` as a ``[batch, n_mels, n_frames]`` log-mel if it is one, else None. A 3-D array,
-    or a 2-D one shaped like a mel of either official width, must fit ``(n_mels, n_frames)``."""
+    or a 2-D one shaped like a mel of either official width, must fit the model."""
     if not isinstance(audio, (np.ndarray, torch.Tensor)):
         return None
-    shape = tuple(audio.shape)
+    shape, (n_mels, n_frames) = tuple(audio.shape), (model.cfg.n_mels, model.cfg.n_frames)
     looks_like_mel = len(shape) == 3 or (len(shape) == 2 and shape[1] == n_frames and shape[0] in (80, 128))
     if not looks_like_mel:
         return None
@@ -98,55 +100,45 @@ def ready_mel(
             + (f" (this model takes {n_mels} mel bins)" if shape[-2] == other else "")
         )
     mel = check_mel(torch.as_tensor(audio))
-    return (mel if mel.ndim == 3 else mel.unsqueeze(0)).to(device, dtype)
+    return (mel if mel.ndim == 3 else mel.unsqueeze(0)).to(model.device, model.dtype)
 
 
 def window_mel(
-    audio: AudioInput,
-    sample_rate: int | None,
-    n_mels: int,
-    n_frames: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    allow_long: bool = False,
+    model: HookedWhisper, audio: AudioInput, sample_rate: int | None, allow_long: bool = False
 ) -> Float[torch.Tensor, "batch n_mels frames"]:
     """Whisper's input: a ready ``[batch, n_mels, n_frames]`` log-mel as is, else one 30 s
     window of log-mel per clip (over 30 s refused unless ``allow_long`` asks for the first 30 s)."""
-    mel = ready_mel(audio, n_mels, n_frames, device, dtype)
+    mel = ready_mel(model, audio)
     if mel is not None:
         return mel
-    if n_frames != N_SAMPLES // HOP_LENGTH:
+    if model.cfg.n_frames != N_SAMPLES // HOP_LENGTH:
         raise ValueError(
-            f"this model's encoder reads {n_frames} mel frames, not the 3000 of a 30 s waveform; "
-            f"pass a log-mel [batch, {n_mels}, {n_frames}] instead of audio"
+            f"this model's encoder reads {model.cfg.n_frames} mel frames, not the 3000 of a 30 s waveform; "
+            f"pass a log-mel [batch, {model.cfg.n_mels}, {model.cfg.n_frames}] instead of audio"
         )
     waveforms = audio_clips(audio, sample_rate)
     check_window(waveforms, allow_long)
-    return window_mels(waveforms, n_mels, device, dtype)
+    return window_mels(waveforms, model.cfg.n_mels, model.device, model.dtype)
 
 
-def is_one_clip(audio: AudioInput, mel_shape: tuple[int, int]) -> bool:
-    """A path, a 1-D waveform, one multi-channel clip or one 2-D mel of ``mel_shape`` is one clip
-    (results come unwrapped); lists and batched arrays are batches."""
+def is_one_clip(model: HookedWhisper, audio: AudioInput) -> bool:
+    """A path, a 1-D waveform, one multi-channel clip or one 2-D mel is one clip (results come
+    unwrapped); lists and batched arrays are batches."""
+    mel_shape = (model.cfg.n_mels, model.cfg.n_frames)
     if isinstance(audio, (np.ndarray, torch.Tensor)) and tuple(audio.shape) == mel_shape:
         return True
     return is_single_clip(audio)
 
 
-def long_form_mels(
-    audio: AudioInput,
-    sample_rate: int | None,
-    n_mels: int,
-    n_frames: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> list[torch.Tensor]:
+def long_form_mels(model: HookedWhisper, audio: AudioInput, sample_rate: int | None) -> list[torch.Tensor]:
     """Per clip, the log-mel of the whole waveform followed by 30 s of silence (openai's
     long-form features); a ready 30 s mel gets ``n_frames`` zero frames appended instead."""
-    mel = ready_mel(audio, n_mels, n_frames, device, dtype)
+    mel = ready_mel(model, audio)
     if mel is not None:
-        return [torch.nn.functional.pad(m, (0, n_frames)) for m in mel]
+        return [torch.nn.functional.pad(m, (0, model.cfg.n_frames)) for m in mel]
     return [
-        log_mel_spectrogram(torch.nn.functional.pad(w.to(device), (0, N_SAMPLES)), n_mels).to(dtype)
+        log_mel_spectrogram(torch.nn.functional.pad(w.to(model.device), (0, N_SAMPLES)), model.cfg.n_mels).to(
+            model.dtype
+        )
         for w in audio_clips(audio, sample_rate)
     ]

@@ -127,7 +127,7 @@ class HookedWhisper(HookedAudioModel):
         ``hooked_whisper.audio.audio_clips`` reads (arrays at ``sample_rate``, 16 kHz unless told)
         or a ready log-mel. Clips over 30 s are refused (``transcribe`` takes any length), unless
         ``allow_long`` asks for their first 30 s."""
-        return window_mel(audio, sample_rate, self.cfg.n_mels, self.cfg.n_frames, self.device, self.dtype, allow_long)
+        return window_mel(self, audio, sample_rate, allow_long)
 
     # ------------------------------------------------------------------ the forward pass
     def encode(

@@ -35,6 +35,7 @@ from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
 from hooked_whisper.components.rms_norm import RMSNorm
 from hooked_whisper.components.rotary_attention import rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
+from hooked_whisper.decoding.search import DecodingOptions
 from hooked_whisper.hook_layout import QWEN2_AUDIO_NAMING, HookLayout, qwen2_audio_layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
 from hooked_whisper.inputs import check_window, rows_per_clip, window_mels
@@ -320,17 +321,35 @@ class HookedQwen2Audio(HookedAudioModel):
     def generate(
         self,
         audio: AudioInput | AudioFeatures,
-        tokens: Any = None,
-        max_new_tokens: int = 64,
-        fwd_hooks: Sequence[tuple[Any, Any]] = (),
+        options: DecodingOptions | None = None,
+        *,
+        seed: int | None = None,
+        fwd_hooks: Sequence[tuple[Any, Any]] | None = None,
         sample_rate: int | None = None,
+        **overrides: Any,
     ) -> Int[torch.Tensor, "batch pos"]:
-        """Greedy continuation of the prompt (default: the transcription prompt), reading the
-        audio once and each new token through the key/value cache; ``fwd_hooks`` are live at
-        every step. Rows that reach an end token are padded with it. Returns prompt + new tokens."""
+        """Greedy continuation of ``options.prompt`` (ids or text; default: the transcription chat
+        prompt), reading the audio once and each new token through the key/value cache, up to
+        ``max_new_tokens`` (default 64); the same signature as ``HookedWhisper.generate``.
+        ``fwd_hooks`` are live at every step. Rows that reach an end token are padded with it.
+        Returns prompt + new tokens. Whisper's search options (beam search, sampling, timestamps,
+        language and task tokens, a forced prefix) are refused: this decoder is greedy."""
+        options = DecodingOptions.merged(options, overrides)
+        whisper_only = [
+            f.name
+            for f in dataclasses.fields(options)
+            if f.name not in ("prompt", "max_new_tokens") and getattr(options, f.name) != f.default
+        ]
+        if whisper_only:
+            raise ValueError(
+                f"HookedQwen2Audio.generate decodes greedily from a chat prompt: {', '.join(whisper_only)} "
+                "are Whisper decoder options (its special tokens and search); set prompt= and max_new_tokens= only"
+            )
+        max_new_tokens = options.max_new_tokens or 64
+        tokens = options.prompt
         features = self.to_mel(audio, sample_rate)
         prompt = self.tokens_for(features, tokens)
-        with self.hooks(fwd_hooks=list(fwd_hooks)):
+        with self.hooks(fwd_hooks=list(fwd_hooks or [])):
             audio_embeds = self.encode(features)
             cache = LanguageModelCache.empty(self.cfg.n_layers)
             logits = self.decode(prompt, audio_embeds, cache)

@@ -71,7 +71,7 @@ def detect_language(
     mel = model.to_mel(audio, sample_rate, allow_long=True)
     probs = language_probs(model, model.new_decoder_cache(model.encode(mel)))
     ranked = [dict(sorted(p.items(), key=lambda kv: -kv[1])) for p in probs]
-    return ranked[0] if is_one_clip(audio, (model.cfg.n_mels, model.cfg.n_frames)) else ranked
+    return ranked[0] if is_one_clip(model, audio) else ranked
 
 
 @torch.no_grad()
@@ -95,7 +95,7 @@ def transcribe_audio(
     options, settings = long_form_options(options, settings)
     if options.language is not None or options.task != "transcribe":  # reported before any audio work
         model.prompt_tokens(options.language or "en", options.task)
-    mels = long_form_mels(audio, sample_rate, model.cfg.n_mels, model.cfg.n_frames, model.device, model.dtype)
+    mels = long_form_mels(model, audio, sample_rate)
     with model.hooks(fwd_hooks=fwd_hooks or []):
         results = transcribe(model, mels, options, **settings)
-    return results[0] if is_one_clip(audio, (model.cfg.n_mels, model.cfg.n_frames)) else results
+    return results[0] if is_one_clip(model, audio) else results

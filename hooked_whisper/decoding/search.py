@@ -41,7 +41,7 @@ class DecodingOptions:
     best_of: int | None = None  # sampling: keep the most likely of this many samples
     length_penalty: float | None = None  # None: rank by log-probability / length
     max_new_tokens: int | None = None  # default: up to the decoder's 448-token context
-    prompt: str | list[int] | None = None  # previous text, after <|startofprev|>
+    prompt: str | list[int] | None = None  # Whisper: previous text, after <|startofprev|>; Qwen2-Audio: the chat prompt
     prefix: str | list[int] | None = None  # forced start of the transcript
     max_initial_timestamp: float | None = 1.0  # seconds
     stop_on_loop: bool | Callable[[list[int]], bool] = False  # greedy/sampling only

@@ -214,10 +214,13 @@ def long_form_options(
     """Split ``transcribe``'s keywords: ``DecodingOptions`` fields are merged into ``options``
     (default ``LONG_FORM_OPTIONS``); the rest are the long-form settings ``transcribe`` takes."""
     names = {f.name for f in fields(DecodingOptions)}
-    decoding = {k: v for k, v in keywords.items() if k in names}
-    return DecodingOptions.merged(options or LONG_FORM_OPTIONS, decoding), {
-        k: v for k, v in keywords.items() if k not in names
-    }
+    merged = DecodingOptions.merged(options or LONG_FORM_OPTIONS, {k: v for k, v in keywords.items() if k in names})
+    if merged.prompt is not None or merged.prefix is not None:
+        raise ValueError(
+            "transcribe writes each window's prompt from the text before it: pass initial_prompt= instead of "
+            "prompt= or prefix="
+        )
+    return merged, {k: v for k, v in keywords.items() if k not in names}
 
 
 def transcribe(
@@ -245,11 +248,6 @@ def transcribe(
     ``seed`` seeds the sampling used by temperature fallback, so results repeat; ``progress``
     shows a bar (default: for more than one window)."""
     temperature = options.temperature
-    if options.prompt is not None or options.prefix is not None:
-        raise ValueError(
-            "transcribe writes each window's prompt from the text before it: pass initial_prompt= instead of "
-            "prompt= or prefix="
-        )
     temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
     if not temperatures or any(not math.isfinite(t) or t < 0 for t in temperatures):
         raise ValueError(f"temperature must be one number >= 0 or a non-empty sequence of them, got {temperature!r}")

@@ -150,16 +150,16 @@ def test_greedy_generation_matches_transformers_and_hooks_are_live(pair):
     model, hf = pair.model, pair.hf
     ids = prompt_ids(pair, 1)  # one placeholder: expanded to the clip's count
     full = model.tokens_for(model.to_mel(pair.clip, 16000), ids)
-    ours = model.generate(pair.clip, ids, max_new_tokens=6, sample_rate=16000)
+    ours = model.generate(pair.clip, prompt=ids, max_new_tokens=6, sample_rate=16000)
     with torch.no_grad():
         theirs = hf.generate(**hf_inputs(pair, full), max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert ours.tolist() == theirs.tolist()
     calls = []
     hooks = [("blocks.0.hook_resid_post", lambda x, hook: calls.append(x.shape[1]))]
-    model.generate(pair.clip, ids, max_new_tokens=6, fwd_hooks=hooks, sample_rate=16000)
+    model.generate(pair.clip, prompt=ids, max_new_tokens=6, fwd_hooks=hooks, sample_rate=16000)
     assert calls == [full.shape[1]] + [1] * 5  # the prompt, then one position per new token
     deaf = model.generate(
-        pair.clip, ids, max_new_tokens=6, sample_rate=16000,
+        pair.clip, prompt=ids, max_new_tokens=6, sample_rate=16000,
         fwd_hooks=[("hook_audio_embeds", lambda x, hook: torch.zeros_like(x))],
     )  # fmt: skip
     with torch.no_grad():

@@ -13,6 +13,7 @@ import torch
 
 from hooked_whisper import HookedQwen2Audio, HookedWhisper, HookedWhisperConfig
 from hooked_whisper.config import HookedQwen2AudioConfig
+from hooked_whisper.decoding import DecodingOptions
 from hooked_whisper.hook_layout import get_act_name
 from hooked_whisper.lens import encoder_lens, logit_attribution, logit_lens
 from hooked_whisper.patching import (
@@ -237,3 +238,25 @@ def test_what_a_family_cannot_do_is_refused_in_one_line(family):
         head_sites(model, "decoder", "cross_attn")
     with pytest.raises(ValueError, match="in an audio LLM, path patching runs from an audio-side sender"):
         path_patch(model, family.base, family.other, decoder_sender, [Receiver(1, 0, "q", "attn")], last_logit, **kw)
+
+
+def test_generate_and_prompts_share_one_vocabulary(family):
+    """The same call on both: generate(audio, DecodingOptions, **overrides) continues the family's
+    default prompt (prompt_tokens(), its ids); an unknown keyword is a TypeError on both, and
+    what only Whisper's decoder has is refused on the audio LLM, naming the family."""
+    model = family.model
+    prompt = model.prompt_tokens()
+    assert isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+    out = model.generate(family.base, DecodingOptions(max_new_tokens=3), sample_rate=SAMPLE_RATE)
+    default = model.tokens_for(model.to_mel(family.base, SAMPLE_RATE), None if model.has_cross_attention else prompt)
+    n_prompt = len(prompt) if model.has_cross_attention else default.shape[1]  # placeholders expanded per clip
+    assert out.shape[0] == 1 and n_prompt < out.shape[1] <= n_prompt + 3
+    if not model.has_cross_attention:
+        assert torch.equal(out[:, :n_prompt], default)
+    else:
+        assert out[0, : len(prompt)].tolist() == prompt
+    with pytest.raises(TypeError, match="unknown decoding option"):
+        model.generate(family.base, sample_rate=SAMPLE_RATE, beams=2)
+    if not model.has_cross_attention:
+        with pytest.raises(ValueError, match="^HookedQwen2Audio.generate decodes greedily .*: beam_size are Whisper"):
+            model.generate(family.base, beam_size=2, sample_rate=SAMPLE_RATE)
