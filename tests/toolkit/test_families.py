@@ -26,7 +26,11 @@ from hooked_whisper.patching import (
     frames,
     head_sites,
     layer_sites,
+    mean_activations,
+    patch_hooks,
     path_patch,
+    position_sites,
+    window_sites,
 )
 from hooked_whisper.probing import extract_activations, train_probes
 from hooked_whisper.qwen2_audio import TextTokenizer
@@ -260,3 +264,27 @@ def test_generate_and_prompts_share_one_vocabulary(family):
     if not model.has_cross_attention:
         with pytest.raises(ValueError, match="^HookedQwen2Audio.generate decodes greedily .*: beam_size are Whisper"):
             model.generate(family.base, beam_size=2, sample_rate=SAMPLE_RATE)
+
+
+def test_position_and_window_sweeps_mean_ablation_and_generation_interventions(family):
+    model = family.model
+    kw = dict(tokens=family.tokens, sample_rate=SAMPLE_RATE, progress=False)
+    audio_hook = model.hook_name("encoder", 1, "hook_resid_post")
+    sites = window_sites(audio_hook, 2.0) + position_sites(model.hook_name("decoder", 0, "hook_resid_post"), 2)
+    assert len(sites) == 6
+    same = activation_patch(model, family.base, family.base, sites, last_logit, **kw)
+    assert torch.allclose(same, last_logit(run(family, family.base)).expand(len(sites)), atol=1e-5)
+    mlp = layer_sites(model, "decoder:hook_mlp_out")
+    means = mean_activations(model, [family.base, family.other], [s.hook for s in mlp], family.tokens, SAMPLE_RATE)
+    meaned = ablate(model, family.base, mlp, last_logit, kind="mean", reference=means, **kw)
+    assert meaned.shape == (len(mlp),) and torch.isfinite(meaned).all()
+    # An intervention during generation: the last decoder layer's residual zeroed at every step.
+    calls = []
+    hooks = patch_hooks(model, [layer_sites(model, "decoder:hook_resid_post")[-1]], [0.0])
+    hooks.append((hooks[0][0], lambda x, hook: calls.append(x.shape[1])))
+    out = model.generate(family.base, max_new_tokens=2, fwd_hooks=hooks, sample_rate=SAMPLE_RATE)
+    n_prompt = calls[0]  # the prompt's pass, then one position per new token
+    assert calls[1:] == [1] * (len(calls) - 1) and out.shape[1] > n_prompt
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks[:1]):
+        forced = model(family.base, out[:, :n_prompt], sample_rate=SAMPLE_RATE)
+    assert int(out[0, n_prompt]) == int(forced[0, -1].argmax())
