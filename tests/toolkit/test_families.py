@@ -276,8 +276,9 @@ def test_position_and_window_sweeps_mean_ablation_and_generation_interventions(f
     assert torch.allclose(same, last_logit(run(family, family.base)).expand(len(sites)), atol=1e-5)
     mlp = layer_sites(model, "decoder:hook_mlp_out")
     means = mean_activations(model, [family.base, family.other], [s.hook for s in mlp], family.tokens, SAMPLE_RATE)
-    meaned = ablate(model, family.base, mlp, last_logit, kind="mean", reference=means, **kw)
-    assert meaned.shape == (len(mlp),) and torch.isfinite(meaned).all()
+    meaned = ablate(model, family.base, mlp, last_logit, kind="mean", reference=[family.base, family.other], **kw)
+    with torch.no_grad(), model.hooks(fwd_hooks=patch_hooks(model, mlp[:1], [means[mlp[0].hook]])):
+        assert torch.allclose(meaned[0], last_logit(run(family, family.base))[0], atol=1e-5)
     # An intervention during generation: the last decoder layer's residual zeroed at every step.
     calls = []
     hooks = patch_hooks(model, [layer_sites(model, "decoder:hook_resid_post")[-1]], [0.0])
