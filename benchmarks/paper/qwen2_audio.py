@@ -129,7 +129,9 @@ def repetition_study(model, clips: list[dict], max_new_tokens: int, seed: int = 
             random_slots = torch.randperm(first_text, generator=rng)[: len(slots)]
             for which, hidden in (("audio", slots), ("control", random_slots)):
                 hook = (f"blocks.{layer}.attn.hook_attn_scores", hide_audio_from_text(model, hidden, first_text))
-                tokens = model.generate(tiled, prompt=full_prompt, max_new_tokens=max_new_tokens, fwd_hooks=[hook], sample_rate=16000)
+                tokens = model.generate(
+                    tiled, prompt=full_prompt, max_new_tokens=max_new_tokens, fwd_hooks=[hook], sample_rate=16000
+                )
                 still = is_looping(tokens[0, full_prompt.shape[1] :].tolist())
                 if not still:
                     broken += which == "audio"
