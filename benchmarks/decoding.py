@@ -55,7 +55,7 @@ def engines(model: HookedWhisper, name: str, tmp: Path) -> dict:
     """name -> function(mel) returning the generated tokens, for each engine installed."""
     from transformers import WhisperForConditionalGeneration
 
-    n_prompt = len(model.prompt("en" if model.cfg.is_multilingual else None))
+    n_prompt = len(model.prompt_tokens("en" if model.cfg.is_multilingual else None))
     language = {"language": "en"} if model.cfg.is_multilingual else {}
     hf_language = {"language": "en", "task": "transcribe"} if model.cfg.is_multilingual else {}
     hf = WhisperForConditionalGeneration.from_pretrained(save_hf_folder(model, tmp / "hf"), attn_implementation="sdpa")
@@ -83,7 +83,7 @@ def engines(model: HookedWhisper, name: str, tmp: Path) -> dict:
             compute_type="float32",
             intra_threads=torch.get_num_threads(),
         )
-        prompt = model.prompt("en" if model.cfg.is_multilingual else None)
+        prompt = model.prompt_tokens("en" if model.cfg.is_multilingual else None)
 
         def run_ct2(mel):
             features = ctranslate2.StorageView.from_array(mel.numpy())

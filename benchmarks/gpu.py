@@ -292,7 +292,7 @@ def whisper_speed(run: Run, shape: str, dtype: torch.dtype, batches: list[int], 
     clip = load_audio(DATA / "librivox_0870.wav")
     one_mel = model.to_mel(clip, 16000)
     language = "en" if "en" in model.special.languages else sorted(model.special.languages)[0]  # random vocab
-    prompt = torch.tensor([model.prompt(language)], device=device)
+    prompt = torch.tensor([model.prompt_tokens(language)], device=device)
     n_prompt = prompt.shape[1]
     gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 

@@ -152,9 +152,11 @@ class DecoderStackCache(ExplainedCache):
             names += ["hook_embed", "hook_pos_embed"]
             labels += ["embed", "pos_embed"]
         for l in range(layer):
-            parts = (["attn_out", "cross_attn_out"] if mode != "mlp" else []) + (["mlp_out"] if mode != "attn" else [])
-            names += [one_stack_name(l, f"hook_{p}") for p in parts]
-            labels += [f"{l}_{p}" for p in parts]
+            parts = (["hook_attn_out", "hook_cross_attn_out"] if mode != "mlp" else []) + (
+                ["hook_mlp_out"] if mode != "attn" else []
+            )
+            names += [one_stack_name(l, p) for p in parts]
+            labels += [f"{l}_{p.removeprefix('hook_')}" for p in parts]
         if mlp_input and mode != "mlp" and layer < n_layers:
             names += [one_stack_name(layer, "hook_attn_out"), one_stack_name(layer, "hook_cross_attn_out")]
             labels += [f"{layer}_attn_out", f"{layer}_cross_attn_out"]
@@ -180,12 +182,13 @@ class DecoderStackCache(ExplainedCache):
         heads, labels = [], []
         for l in range(layer):
             block = self.model.blocks[l]
-            for kind, attn, tag in [("attn", block.attn, "DL"), ("cross_attn", block.cross_attn, "XL")]:
-                if kind == "cross_attn" and not incl_cross:
-                    continue
-                result = self.cache_dict.get(one_stack_name(l, f"{kind}.hook_result"))
+            sides = [("attn.hook_result", "attn.hook_z", block.attn, "DL")]
+            if incl_cross:
+                sides.append(("cross_attn.hook_result", "cross_attn.hook_z", block.cross_attn, "XL"))
+            for result_leaf, z_leaf, attn, tag in sides:
+                result = self.cache_dict.get(one_stack_name(l, result_leaf))
                 if result is None:
-                    z = self[one_stack_name(l, f"{kind}.hook_z")]
+                    z = self[one_stack_name(l, z_leaf)]
                     result = torch.einsum("...hd,hdm->...hm", z, attn.W_O.to(z.dtype))
                 heads.append(pos_slice.apply(result, dim=-3).movedim(-2, 0))
                 labels += [f"{tag}{l}H{h}" for h in range(self.model.cfg.n_heads)]

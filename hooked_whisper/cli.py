@@ -50,7 +50,7 @@ def inspect(args: argparse.Namespace) -> int:
     with torch.no_grad():
         logits, cache = model.run_with_cache(waveform, sample_rate=SAMPLE_RATE)
     tokens = cache["hook_tokens"][0]
-    n_prompt = len(model.prompt("en" if model.cfg.is_multilingual else None))
+    n_prompt = len(model.prompt_tokens("en" if model.cfg.is_multilingual else None))
     text = model.to_string(tokens[n_prompt:])
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     cfg = model.cfg
@@ -81,10 +81,15 @@ def format_time(seconds: float) -> str:
     return f"{int(minutes):02d}:{seconds:05.2f}"
 
 
+DECODING_FLAGS = ("language", "task", "beam_size")  # the DecodingOptions fields the command line sets
+
+
 def transcribe(args: argparse.Namespace) -> int:
     """Transcribe every readable file; report each bad one on stderr (and in --json) and exit 1."""
     from hooked_whisper import HookedWhisper, load_audio
     from hooked_whisper.audio import SAMPLE_RATE
+    from hooked_whisper.decoding.search import DecodingOptions
+    from hooked_whisper.decoding.transcribe import LONG_FORM_OPTIONS
 
     waveforms, failures = {}, {}
     for f in args.files:  # every file is checked before the model loads
@@ -93,22 +98,21 @@ def transcribe(args: argparse.Namespace) -> int:
         except (OSError, ValueError, TypeError) as err:
             failures[f] = str(err)
             print(f"hooked-whisper: {f}: {err}", file=sys.stderr)
+    # The decoding flags are DecodingOptions fields by name, merged into transcribe's defaults
+    # (which decode timestamps, as openai-whisper's command line does: without them Whisper
+    # tends to stop after the first sentence of a long window; they are shown when asked).
+    options = DecodingOptions.merged(LONG_FORM_OPTIONS, {name: getattr(args, name) for name in DECODING_FLAGS})
     results = []
     if waveforms:
         model = HookedWhisper.from_pretrained(args.model)
         files = list(waveforms)
         for start in range(0, len(files), args.batch_size):  # a batch at a time, printed as it finishes
             batch = files[start : start + args.batch_size]
-            # Timestamps are always decoded (as openai-whisper's command line does): without them
-            # Whisper tends to stop after the first sentence of a long window. Shown when asked.
             transcripts = model.transcribe(
                 [waveforms[f] for f in batch],
+                options,
                 sample_rate=SAMPLE_RATE,
-                language=args.language,
-                task=args.task,
-                timestamps=True,
                 word_timestamps=args.word_timestamps,
-                beam_size=args.beam_size,
                 batch_size=args.batch_size,
                 fallback=args.fallback,
             )

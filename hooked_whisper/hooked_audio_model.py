@@ -15,6 +15,7 @@ import math
 import sys
 import threading
 import time
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,6 +30,7 @@ from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.audio import SAMPLE_RATE
 from hooked_whisper.hook_layout import POSITIONS_PER_SECOND, HookLayout, HookNaming, is_sae_hook, sae_hook_name
+from hooked_whisper.inputs import TokensInput, check_tokens
 
 
 @dataclass(frozen=True)
@@ -141,28 +143,21 @@ def checked(fn: Callable) -> Callable:
     return hook
 
 
-class HookedAudioModel(HookedRootModule):
-    """Subclasses build their modules, call ``setup()`` and fill ``hook_layouts``; they declare
-    how their blocks' hooks are named (``hook_naming``), whether the decoder reads the audio
-    through cross-attention, and answer ``layer_count``, ``head_count`` and ``blocks_of``.
-
-    The contract: what decoding and the toolkit may call on either family (not yet enforced
-    with ``abc.abstractmethod``; ``tests/toolkit/test_families.py`` exercises it on both):
-
-    - ``cfg``, ``tokenizer``, ``device``, ``dtype``, ``W_E``, ``W_U``, ``hook_naming``,
-      ``hook_layouts``, ``has_cross_attention``, ``audio_route``, ``OPT_IN_FLAGS``
-    - ``to_mel(audio, sample_rate)``: audio features; ``encode``; ``finish_encoder(resid)``
-    - ``decode(tokens, encoder_out, cache)``: logits, extending a per-call KV cache
-    - ``check_tokens``, ``tokens_for``, ``probe_tokens()`` (the default decoder input for a clip)
-    - ``to_tokens``, ``to_string``, ``to_str_tokens``
-    - ``layer_count``, ``head_count``, ``kv_head_count``, ``blocks_of``, ``hook_name``,
-      ``hook_layout``, ``require_cross_attention``
-    - ``position_count(unit)``, ``real_position_count(unit, n_samples)``, ``prompt_length(tokens)``,
-      ``real_length(tokens)``
-    - ``forward(audio, tokens)``, ``run_with_cache``, ``generate``, ``from_pretrained``
-    - ``saes({hook: sae})`` and ``sae_hook_name`` (shared here: sparse autoencoders spliced by hook name)
+class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
+    """What decoding and the toolkit may call on either family, declared here as abstract
+    methods and typed attributes (a family that lacks one cannot be built). Subclasses build
+    their modules, call ``setup()`` and fill ``hook_layouts``; they declare how their blocks'
+    hooks are named (``hook_naming``) and whether a decoder reads the audio through
+    cross-attention. What a family cannot do is refused at the call, naming the family and why
+    (``require_cross_attention``). Shared, written once here: hook-name checks and builders, the
+    model's lock (``ModelLock``), ``real_position_count``, and sparse autoencoders spliced by hook
+    name (``saes``, ``sae_hook_name``).
     """
 
+    cfg: Any
+    tokenizer: Any
+    W_E: torch.Tensor  # [d_vocab, d_model]
+    W_U: torch.Tensor  # [d_model, d_vocab]
     hook_layouts: dict[str, HookLayout]
     hook_naming: HookNaming
     # True when a decoder reads the encoder output through cross-attention (an encoder-decoder
@@ -216,6 +211,10 @@ class HookedAudioModel(HookedRootModule):
             if leaf.startswith("W_") and leaf != "W_pos":
                 nn.init.normal_(p, std=std)
 
+    def check_tokens(self, tokens: TokensInput) -> torch.Tensor:
+        """Token ids (or text) as a checked ``[batch, pos]`` tensor on the model's device."""
+        return check_tokens(tokens, self.cfg.d_vocab, self.device, self.to_tokens)
+
     def check_names_filter(self, names_filter: Any) -> None:
         """Every name in a ``run_with_cache`` filter given as a string or list must be a hook."""
         if isinstance(names_filter, (str, list)):
@@ -243,32 +242,96 @@ class HookedAudioModel(HookedRootModule):
             hint = f"; closest valid names: {', '.join(close)}" if close else ""
             raise ValueError(f"no hook named {name!r}{hint}. model.hook_dict lists them all")
 
+    # ------------------------------------------------------------------ the contract
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @abstractmethod
+    def to_mel(self, audio: Any, sample_rate: int | None = None) -> Any:
+        """The encoder's input features for ``audio`` (a log-mel tensor on Whisper; mels plus each
+        clip's audio length, ``AudioFeatures``, on Qwen2-Audio). ``encode`` and ``tokens_for`` take it."""
+
+    @abstractmethod
+    def encode(self, audio: Any, sample_rate: int | None = None) -> torch.Tensor:
+        """What the text side reads of the audio: ``[batch, audio_pos, d_model]``."""
+
+    @abstractmethod
+    def finish_encoder(self, resid: torch.Tensor) -> torch.Tensor:
+        """From the last encoder block's output to what ``encode`` returns (path patching reruns it)."""
+
+    @abstractmethod
+    def decode(self, tokens: torch.Tensor, encoder_out: torch.Tensor | None = None, cache: Any = None) -> torch.Tensor:
+        """Logits ``[batch, pos, d_vocab]``; with a KV ``cache`` the tokens continue it, in place."""
+
+    @abstractmethod
+    def tokens_for(self, features: Any, tokens: Any, encoder_out: torch.Tensor | None = None) -> torch.Tensor:
+        """``tokens`` checked and laid out one row per clip; None: the family's default for a clip."""
+
+    @abstractmethod
+    def probe_tokens(self) -> list[list[int]] | None:
+        """The decoder input probes read at ``prompt_end`` (None: ``tokens_for``'s default)."""
+
+    @abstractmethod
+    def prompt_tokens(self, *args: Any, **kwargs: Any) -> list[int]:
+        """The ids of the family's default prompt (Whisper's special tokens; Qwen2-Audio's chat)."""
+
+    @abstractmethod
+    def to_tokens(self, text: str) -> torch.Tensor: ...
+
+    @abstractmethod
+    def to_string(self, tokens: Any, skip_special: bool = True) -> str | list[str]: ...
+
+    @abstractmethod
+    def to_str_tokens(self, tokens: Any) -> list[str]: ...
+
+    @abstractmethod
     def position_count(self, unit: str) -> int:
         """How many positions an audio-side hook has in ``unit`` (see ``hook_layout``)."""
-        raise NotImplementedError
 
     def real_position_count(self, unit: str, n_samples: int) -> int:
         """How many of the first positions in ``unit`` hold a clip of ``n_samples`` 16 kHz samples
         (the rest is padding up to 30 s): every position that reads any of its audio."""
         return min(math.ceil(n_samples * POSITIONS_PER_SECOND[unit] / SAMPLE_RATE), self.position_count(unit))
 
+    @abstractmethod
+    def prompt_length(self, tokens: torch.Tensor) -> int:
+        """How many of one row's ``tokens`` are the prompt."""
+
+    @abstractmethod
+    def real_length(self, tokens: torch.Tensor) -> int:
+        """One row's length without its end padding."""
+
+    @abstractmethod
+    def generate(self, audio: Any, options: Any = None, *, seed=None, fwd_hooks=None, sample_rate=None, **overrides):
+        """Prompt plus generated tokens ``[batch, pos]``, from one ``DecodingOptions`` plus keyword overrides."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, name_or_path: str | Path, device=None, dtype=None, **cfg_overrides: Any) -> Self:
+        """Load a checkpoint; ``cfg_overrides`` set config fields such as the opt-in hook flags."""
+
+    @abstractmethod
     def layer_count(self, stack: str) -> int:
         """How many blocks ``stack`` ("encoder" or "decoder") has."""
-        raise NotImplementedError
 
+    @abstractmethod
     def head_count(self, where: str | HookLayout) -> int:
         """Attention heads per block of a stack ("encoder"/"decoder"), or of the hook ``where``
         describes (the audio front end counts as the encoder)."""
-        raise NotImplementedError
 
     def kv_head_count(self, stack: str) -> int:
         """Key/value heads per block of ``stack``: ``head_count`` unless grouped-query attention
         shares each key/value head among several query heads."""
         return self.head_count(stack)
 
+    @abstractmethod
     def blocks_of(self, stack: str) -> nn.ModuleList:
         """The blocks of ``stack`` ("encoder" or "decoder")."""
-        raise NotImplementedError
 
     def hook_name(self, stack: str, layer: int, leaf: str) -> str:
         """The name of hook ``leaf`` (``hook_resid_post``, ``attn.hook_z``, ``cross_attn.hook_z``,

@@ -29,12 +29,8 @@ from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.audio import (
     HOP_LENGTH,
-    N_SAMPLES,
-    SAMPLE_RATE,
     AudioInput,
     audio_clips,
-    log_mel_spectrogram,
-    pad_or_trim,
 )
 from hooked_whisper.cache import ExplainedCache
 from hooked_whisper.components import AudioEmbed, EncoderBlock, LayerNorm
@@ -44,8 +40,10 @@ from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
 from hooked_whisper.components.rms_norm import RMSNorm
 from hooked_whisper.components.rotary_attention import rotary_frequencies, rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
+from hooked_whisper.decoding.search import DecodingOptions
 from hooked_whisper.hook_layout import QWEN2_AUDIO_NAMING, HookLayout, qwen2_audio_layout_of
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
+from hooked_whisper.inputs import check_window, rows_per_clip, window_mels
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 AUDIO_SLOT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
@@ -181,7 +179,7 @@ class HookedQwen2Audio(HookedAudioModel):
         tokenizer = self._need_tokenizer()
         return [tokenizer.decode([int(t)], skip_special=False) for t in torch.as_tensor(tokens).flatten()]
 
-    def prompt(self, instruction: str = "Transcribe the audio.", n_audio_tokens: int = 1) -> str:
+    def chat_prompt(self, instruction: str = "Transcribe the audio.", n_audio_tokens: int = 1) -> str:
         """The chat prompt the Qwen2-Audio processor writes for one clip and one instruction, with
         the audio placeholder repeated ``n_audio_tokens`` times (as the processor expands it)."""
         audio = AUDIO_SLOT.replace("<|AUDIO|>", "<|AUDIO|>" * n_audio_tokens)
@@ -189,6 +187,10 @@ class HookedQwen2Audio(HookedAudioModel):
             f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nAudio 1: {audio}\n"
             f"{instruction}<|im_end|>\n<|im_start|>assistant\n"
         )
+
+    def prompt_tokens(self, instruction: str = "Transcribe the audio.", n_audio_tokens: int = 1) -> list[int]:
+        """The ids of ``chat_prompt(instruction, n_audio_tokens)``: what the language model reads."""
+        return self._need_tokenizer().encode(self.chat_prompt(instruction, n_audio_tokens))
 
     # ------------------------------------------------------------------ audio
     def to_mel(self, audio: AudioInput | AudioFeatures, sample_rate: int | None = None) -> AudioFeatures:
@@ -205,15 +207,10 @@ class HookedQwen2Audio(HookedAudioModel):
                 "padding): pass the waveform, or AudioFeatures(mel, n_frames)"
             )
         waveforms = audio_clips(audio, sample_rate)
-        for i, w in enumerate(waveforms):
-            if w.shape[-1] > N_SAMPLES or w.shape[-1] == 0:
-                raise ValueError(
-                    f"clip {i} lasts {w.shape[-1] / SAMPLE_RATE:.2f} s; this model reads 0-30 s per clip: cut "
-                    "longer audio into 30 s pieces (nothing is truncated silently)"
-                )
-        mel = torch.stack([log_mel_spectrogram(pad_or_trim(w), self.cfg.audio.n_mels) for w in waveforms])
+        check_window(waveforms, allow_empty=False)
+        mel = window_mels(waveforms, self.cfg.audio.n_mels, self.device, self.dtype)
         n_frames = torch.tensor([math.ceil(w.shape[-1] / HOP_LENGTH) for w in waveforms])
-        return AudioFeatures(mel.to(self.device, self.dtype), n_frames.to(self.device))
+        return AudioFeatures(mel, n_frames.to(self.device))
 
     @serialised
     def encode(
@@ -283,20 +280,6 @@ class HookedQwen2Audio(HookedAudioModel):
             cache.position += tokens.shape[1]
             return self.ln_final(resid) @ self.W_U
 
-    def check_tokens(self, tokens: torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str) -> torch.Tensor:
-        """Token ids as ``[batch, pos]`` on the model's device, or a clear error."""
-        if isinstance(tokens, str):
-            return self.to_tokens(tokens)
-        tokens = torch.as_tensor(tokens, device=self.device)
-        if tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:
-            raise ValueError(
-                f"tokens are integer ids shaped [pos] or [batch, pos]; got {tuple(tokens.shape)} {tokens.dtype}"
-            )
-        tokens = tokens if tokens.ndim == 2 else tokens.unsqueeze(0)
-        if tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab:
-            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}); got {tokens.min()}..{tokens.max()}")
-        return tokens
-
     def tokens_for(
         self, features: AudioFeatures, tokens: Any, audio_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -304,12 +287,8 @@ class HookedQwen2Audio(HookedAudioModel):
         clips: one placeholder per audio position. A prompt with a single placeholder is
         expanded; any other count that does not match the clip is an error."""
         if tokens is None:
-            tokens = self.prompt()
-        tokens = self.check_tokens(tokens)
-        if tokens.shape[0] == 1 and features.shape[0] > 1:
-            tokens = tokens.expand(features.shape[0], -1)
-        if tokens.shape[0] != features.shape[0]:
-            raise ValueError(f"{features.shape[0]} clips but {tokens.shape[0]} token sequences")
+            tokens = self.chat_prompt()
+        tokens = rows_per_clip(self.check_tokens(tokens), features.shape[0])
         rows = []
         for row, want in zip(tokens, features.n_audio_tokens.tolist()):
             slots = (row == self.cfg.audio_token_id).nonzero().flatten()
@@ -319,7 +298,7 @@ class HookedQwen2Audio(HookedAudioModel):
             elif len(slots) != want:
                 raise ValueError(
                     f"the prompt has {len(slots)} audio placeholders but the clip gives {want} audio positions: "
-                    "write one placeholder (it is expanded) or build the prompt with model.prompt(n_audio_tokens=...)"
+                    "write one placeholder (it is expanded) or build it with model.chat_prompt(n_audio_tokens=...)"
                 )
             rows.append(row)
         if len({len(r) for r in rows}) > 1:
@@ -348,17 +327,35 @@ class HookedQwen2Audio(HookedAudioModel):
     def generate(
         self,
         audio: AudioInput | AudioFeatures,
-        tokens: Any = None,
-        max_new_tokens: int = 64,
-        fwd_hooks: Sequence[tuple[Any, Any]] = (),
+        options: DecodingOptions | None = None,
+        *,
+        seed: int | None = None,
+        fwd_hooks: Sequence[tuple[Any, Any]] | None = None,
         sample_rate: int | None = None,
+        **overrides: Any,
     ) -> Int[torch.Tensor, "batch pos"]:
-        """Greedy continuation of the prompt (default: the transcription prompt), reading the
-        audio once and each new token through the key/value cache; ``fwd_hooks`` are live at
-        every step. Rows that reach an end token are padded with it. Returns prompt + new tokens."""
+        """Greedy continuation of ``options.prompt`` (ids or text; default: the transcription chat
+        prompt), reading the audio once and each new token through the key/value cache, up to
+        ``max_new_tokens`` (default 64); the same signature as ``HookedWhisper.generate``.
+        ``fwd_hooks`` are live at every step. Rows that reach an end token are padded with it.
+        Returns prompt + new tokens. Whisper's search options (beam search, sampling, timestamps,
+        language and task tokens, a forced prefix) are refused: this decoder is greedy."""
+        options = DecodingOptions.merged(options, overrides)
+        whisper_only = [
+            f.name
+            for f in dataclasses.fields(options)
+            if f.name not in ("prompt", "max_new_tokens") and getattr(options, f.name) != f.default
+        ]
+        if whisper_only:
+            raise ValueError(
+                f"HookedQwen2Audio.generate decodes greedily from a chat prompt: {', '.join(whisper_only)} "
+                "are Whisper decoder options (its special tokens and search); set prompt= and max_new_tokens= only"
+            )
+        max_new_tokens = options.max_new_tokens or 64
+        tokens = options.prompt
         features = self.to_mel(audio, sample_rate)
         prompt = self.tokens_for(features, tokens)
-        with self.hooks(fwd_hooks=list(fwd_hooks)):
+        with self.hooks(fwd_hooks=list(fwd_hooks or [])):
             audio_embeds = self.encode(features)
             cache = LanguageModelCache.empty(self.cfg.n_layers)
             logits = self.decode(prompt, audio_embeds, cache)

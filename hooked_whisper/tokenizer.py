@@ -125,6 +125,29 @@ class WhisperTokenizer:
                     found.languages[match.group(1)] = i
         return found
 
+    def prompt_ids(
+        self, multilingual: bool, language: str | None = None, task: str = "transcribe", timestamps: bool = False
+    ) -> list[int]:
+        """The decoder prompt ``[sot, language, task, notimestamps]`` (English-only: ``[sot, notimestamps]``)."""
+        s = self.special
+        ids = [s.sot]
+        if multilingual:
+            if language is None:
+                raise ValueError(
+                    "a multilingual model needs a language for its prompt: pass language='en' (or "
+                    "another code), or let transcribe() detect it"
+                )
+            if language not in s.languages:
+                raise ValueError(f"unknown language {language!r}; known: {', '.join(sorted(s.languages))}")
+            if task not in ("transcribe", "translate"):
+                raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
+            ids += [s.languages[language], s.transcribe if task == "transcribe" else s.translate]
+        elif language not in (None, "en") or task != "transcribe":
+            raise ValueError("this English-only model only transcribes English (language='en', task='transcribe')")
+        if not timestamps:
+            ids.append(s.no_timestamps)
+        return ids
+
     @property
     def has_text_vocabulary(self) -> bool:
         return self._tok is not None

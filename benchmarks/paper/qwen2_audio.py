@@ -71,7 +71,7 @@ def lens_study(model, clips: list[dict], max_new_tokens: int) -> list[dict]:
     out = []
     for row in tqdm(clips, desc="logit lens", unit="clip"):
         audio = load_audio(row["path"])[: 30 * 16000]
-        tokens = model.generate(audio, prompt_for(model), max_new_tokens=max_new_tokens, sample_rate=16000)
+        tokens = model.generate(audio, prompt=prompt_for(model), max_new_tokens=max_new_tokens, sample_rate=16000)
         with torch.no_grad():
             _, cache = model.run_with_cache(audio, tokens[:, :-1], sample_rate=16000)
         lens = logit_lens(model, cache, k=1)
@@ -115,7 +115,7 @@ def repetition_study(model, clips: list[dict], max_new_tokens: int, seed: int = 
         if len(piece) < 16000:
             continue
         tiled = piece.repeat(20)  # 20 s of the same second
-        tokens = model.generate(tiled, prompt, max_new_tokens=max_new_tokens, sample_rate=16000)
+        tokens = model.generate(tiled, prompt=prompt, max_new_tokens=max_new_tokens, sample_rate=16000)
         full_prompt = model.tokens_for(model.to_mel(tiled, 16000), prompt)
         if is_looping(tokens[0, full_prompt.shape[1] :].tolist()):
             looping.append((tiled, full_prompt))
@@ -129,7 +129,9 @@ def repetition_study(model, clips: list[dict], max_new_tokens: int, seed: int = 
             random_slots = torch.randperm(first_text, generator=rng)[: len(slots)]
             for which, hidden in (("audio", slots), ("control", random_slots)):
                 hook = (f"blocks.{layer}.attn.hook_attn_scores", hide_audio_from_text(model, hidden, first_text))
-                tokens = model.generate(tiled, full_prompt, max_new_tokens, [hook], sample_rate=16000)
+                tokens = model.generate(
+                    tiled, prompt=full_prompt, max_new_tokens=max_new_tokens, fwd_hooks=[hook], sample_rate=16000
+                )
                 still = is_looping(tokens[0, full_prompt.shape[1] :].tolist())
                 if not still:
                     broken += which == "audio"

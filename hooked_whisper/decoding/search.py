@@ -41,7 +41,7 @@ class DecodingOptions:
     best_of: int | None = None  # sampling: keep the most likely of this many samples
     length_penalty: float | None = None  # None: rank by log-probability / length
     max_new_tokens: int | None = None  # default: up to the decoder's 448-token context
-    prompt: str | list[int] | None = None  # previous text, after <|startofprev|>
+    prompt: str | list[int] | None = None  # Whisper: previous text, after <|startofprev|>; Qwen2-Audio: the chat prompt
     prefix: str | list[int] | None = None  # forced start of the transcript
     max_initial_timestamp: float | None = 1.0  # seconds
     stop_on_loop: bool | Callable[[list[int]], bool] = False  # greedy/sampling only
@@ -85,7 +85,7 @@ class DecodingOptions:
                 "out to detect each clip's"
             )
         if self.language is not None:
-            model.prompt(self.language, self.task)  # raises a clear error for unknown codes
+            model.prompt_tokens(self.language, self.task)  # raises a clear error for unknown codes
         for name in ("prompt", "prefix"):
             ids = getattr(self, name)
             if isinstance(ids, (list, tuple)):
@@ -135,7 +135,7 @@ def detect_language(model: HookedWhisper, cache: DecoderCache) -> list[str]:
 
 
 def initial_tokens(model: HookedWhisper, language: str | None, options: DecodingOptions) -> list[int]:
-    tokens = model.prompt(language if model.cfg.is_multilingual else None, options.task, options.timestamps)
+    tokens = model.prompt_tokens(language if model.cfg.is_multilingual else None, options.task, options.timestamps)
     if options.prefix:
         tokens += _as_tokens(model, options.prefix)
     if options.prompt:

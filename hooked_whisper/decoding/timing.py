@@ -67,7 +67,7 @@ def word_alignment(
     of which the first ``num_frames`` mel frames hold audio."""
     s = model.special
     heads = alignment_heads(model)
-    prompt = model.prompt(language if model.cfg.is_multilingual else None, task)
+    prompt = model.prompt_tokens(language if model.cfg.is_multilingual else None, task)
     tokens = torch.tensor([prompt + list(text_tokens) + [s.eot]], device=model.device)
     scores: dict[int, torch.Tensor] = {}
 

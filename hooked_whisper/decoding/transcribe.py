@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -204,26 +203,37 @@ class ClipTranscription:
         )
 
 
+# What ``transcribe`` decodes with unless told: timestamps on (the seek needs them) and openai's
+# temperature schedule. ``temperature`` may be one number or the schedule tried in turn.
+LONG_FORM_OPTIONS = DecodingOptions(timestamps=True, temperature=TEMPERATURES)  # type: ignore[arg-type]
+
+
+def long_form_options(
+    options: DecodingOptions | None, keywords: dict[str, Any]
+) -> tuple[DecodingOptions, dict[str, Any]]:
+    """Split ``transcribe``'s keywords: ``DecodingOptions`` fields are merged into ``options``
+    (default ``LONG_FORM_OPTIONS``); the rest are the long-form settings ``transcribe`` takes."""
+    names = {f.name for f in fields(DecodingOptions)}
+    merged = DecodingOptions.merged(options or LONG_FORM_OPTIONS, {k: v for k, v in keywords.items() if k in names})
+    if merged.prompt is not None or merged.prefix is not None:
+        raise ValueError(
+            "transcribe writes each window's prompt from the text before it: pass initial_prompt= instead of "
+            "prompt= or prefix="
+        )
+    return merged, {k: v for k, v in keywords.items() if k not in names}
+
+
 def transcribe(
     model: HookedWhisper,
     mels: list[torch.Tensor],
+    options: DecodingOptions = LONG_FORM_OPTIONS,
     *,
-    language: str | None = None,
-    task: str = "transcribe",
-    timestamps: bool = True,
     word_timestamps: bool = False,
-    temperature: float | Sequence[float] = TEMPERATURES,
     compression_ratio_threshold: float | None = 2.4,
     logprob_threshold: float | None = -1.0,
     no_speech_threshold: float | None = 0.6,
     condition_on_previous_text: bool = True,
     initial_prompt: str | None = None,
-    beam_size: int | None = None,
-    patience: float | None = None,
-    best_of: int | None = None,
-    length_penalty: float | None = None,
-    max_new_tokens: int | None = None,
-    stop_on_loop: bool | Callable[[list[int]], bool] = False,
     fallback: str = "loop-aware",
     batch_size: int = 1,
     seed: int | None = 0,
@@ -232,9 +242,12 @@ def transcribe(
     """Transcribe clips from their log-mels ``[n_mels, frames + 3000]`` each: the features of
     the whole waveform followed by 30 s of silence (``HookedWhisper.transcribe`` builds them).
 
-    ``batch_size`` clips are decoded together; ``fallback`` is ``"loop-aware"`` or
-    ``"openai"`` (see the module's docstring); ``seed`` seeds the sampling used by temperature
-    fallback, so results repeat; ``progress`` shows a bar (default: for more than one window)."""
+    ``options`` says how each window is decoded (its ``temperature`` may be the fallback
+    schedule); the keywords are the long-form settings: ``batch_size`` clips are decoded
+    together; ``fallback`` is ``"loop-aware"`` or ``"openai"`` (see the module's docstring);
+    ``seed`` seeds the sampling used by temperature fallback, so results repeat; ``progress``
+    shows a bar (default: for more than one window)."""
+    temperature = options.temperature
     temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
     if not temperatures or any(not math.isfinite(t) or t < 0 for t in temperatures):
         raise ValueError(f"temperature must be one number >= 0 or a non-empty sequence of them, got {temperature!r}")
@@ -243,17 +256,7 @@ def transcribe(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     settings = LongFormSettings(
-        base=DecodingOptions(
-            language=language,
-            task=task,
-            timestamps=timestamps,
-            beam_size=beam_size,
-            patience=patience,
-            best_of=best_of,
-            length_penalty=length_penalty,
-            max_new_tokens=max_new_tokens or model.cfg.n_text_ctx // 2,
-            stop_on_loop=stop_on_loop,
-        ),
+        base=replace(options, max_new_tokens=options.max_new_tokens or model.cfg.n_text_ctx // 2),
         temperatures=temperatures,
         compression_ratio_threshold=compression_ratio_threshold,
         logprob_threshold=logprob_threshold,

@@ -53,6 +53,10 @@ def cross_attention_receivers(model: HookedAudioModel, via: str = "kv") -> list[
     return [Receiver(l, h, via) for l in range(layers) for h in range(heads)]
 
 
+# The per-head copy of a block's input each of a head's query, key and value reads (use_split_qkv_input).
+SPLIT_INPUT_HOOKS = {"q": "hook_q_input", "k": "hook_k_input", "v": "hook_v_input"}
+
+
 def _audio_readers(model: HookedAudioModel) -> tuple[int, int]:
     """(layers, heads per layer) that read the audio directly: cross-attention heads, or in an
     audio LLM the language model's key/value groups (its keys and values carry the audio)."""
@@ -67,7 +71,7 @@ def _audio_llm_receiver_hooks(model, r: Receiver, row: int, base_out: torch.Tens
     change = torch.zeros(1, tokens.shape[1], base_out.shape[-1], dtype=base_out.dtype, device=base_out.device)
     change[0, slots] = (patched_out - base_out)[0, : len(slots)]
     return [
-        (model.hook_name("decoder", r.layer, f"hook_{part}_input"), _add_to_head(model, row, r.head, change))
+        (model.hook_name("decoder", r.layer, SPLIT_INPUT_HOOKS[part]), _add_to_head(model, row, r.head, change))
         for part in r.via
     ]
 
@@ -197,7 +201,7 @@ def path_patch(
                 if r.layer <= sender_layer:
                     raise ValueError(f"receiver {r.name} is not downstream of {sender.hook}")
                 for part in r.via:
-                    name = model.hook_name("decoder", r.layer, f"hook_{part}_input")
+                    name = model.hook_name("decoder", r.layer, SPLIT_INPUT_HOOKS[part])
                     hooks.append((name, _add_to_head(model, row, r.head, delta)))
         with torch.no_grad(), model.opt_in(use_split_qkv_input=True), model.hooks(fwd_hooks=hooks):
             # one clip's encoder output serves every row

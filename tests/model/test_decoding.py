@@ -43,7 +43,7 @@ def test_hooks_fire_at_every_step(tiny_en):
         ("decoder_blocks.0.cross_attn.hook_k", lambda x, hook: shapes["cross"].append(tuple(x.shape))),
     ]
     tokens = tiny_en.generate(DATA / "librivox_0880.wav", fwd_hooks=hooks)
-    n_prompt, n_generated = len(tiny_en.prompt()), tokens.shape[1] - len(tiny_en.prompt())
+    n_prompt, n_generated = len(tiny_en.prompt_tokens()), tokens.shape[1] - len(tiny_en.prompt_tokens())
     assert shapes["cross"] == [(1, 1500, 6, 64)]
     assert [s[1] for s in shapes["self"]] == [n_prompt] + [1] * (n_generated - 1)
     assert not any(hp.has_hooks() for hp in tiny_en.hook_dict.values())

@@ -87,6 +87,10 @@ def test_bad_hook_returns_tokens_and_options_are_clear_errors(tiny_en):
     for bad in (lambda: tiny_en.to_string([10**6]), lambda: tiny_en.to_str_tokens([10**6])):
         with pytest.raises(ValueError, match=r"token ids must lie in \[0, 51864\)"):
             bad()
+    with pytest.raises(ValueError, match="pass initial_prompt= instead of prompt= or prefix="):
+        tiny_en.transcribe(CLIP, prompt="earlier text")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'beams'"):
+        tiny_en.transcribe(CLIP, beams=2)
     for temperature in ((0.0, -0.2), float("nan"), ()):
         with pytest.raises(ValueError, match="temperature must be"):
             tiny_en.transcribe(CLIP, temperature=temperature)

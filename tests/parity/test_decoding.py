@@ -46,7 +46,7 @@ def test_batched_greedy_equals_hf_generate(request, hf_reference, name, timestam
     ours = tokens.tolist()
     kwargs = {"task": "transcribe"} if model.cfg.is_multilingual else {}
     ref = hf_generate(hf, mel, return_timestamps=timestamps, **kwargs)
-    n_prompt = len(model.prompt("en" if model.cfg.is_multilingual else None, timestamps=timestamps))
+    n_prompt = len(model.prompt_tokens("en" if model.cfg.is_multilingual else None, timestamps=timestamps))
     ours, ref = generated_part(model, ours, n_prompt), generated_part(model, ref, n_prompt)
     assert ours == ref
     if timestamps:
@@ -85,7 +85,7 @@ def test_beam_search_equals_openai(tiny_en, openai_reference, clip):
     options = whisper.DecodingOptions(language="en", beam_size=5, fp16=False, without_timestamps=True)
     ref = whisper.decode(ref_model, mel[0], options)
     ours = tiny_en.generate(mel, beam_size=5)[0].tolist()
-    assert ours == tiny_en.prompt() + ref.tokens + [tiny_en.special.eot]
+    assert ours == tiny_en.prompt_tokens() + ref.tokens + [tiny_en.special.eot]
 
 
 def test_beam_search_with_timestamps_equals_openai(tiny_en, openai_reference):
@@ -94,7 +94,7 @@ def test_beam_search_with_timestamps_equals_openai(tiny_en, openai_reference):
     mel = tiny_en.to_mel(DATA / "cards_005.wav")
     ref = whisper.decode(ref_model, mel[0], whisper.DecodingOptions(language="en", beam_size=3, fp16=False))
     ours = tiny_en.generate(mel, beam_size=3, timestamps=True)[0].tolist()
-    assert ours == tiny_en.prompt(timestamps=True) + ref.tokens + [tiny_en.special.eot]
+    assert ours == tiny_en.prompt_tokens(timestamps=True) + ref.tokens + [tiny_en.special.eot]
 
 
 @pytest.fixture(scope="module")

@@ -151,16 +151,16 @@ def test_greedy_generation_matches_transformers_and_hooks_are_live(pair):
     model, hf = pair.model, pair.hf
     ids = prompt_ids(pair, 1)  # one placeholder: expanded to the clip's count
     full = model.tokens_for(model.to_mel(pair.clip, 16000), ids)
-    ours = model.generate(pair.clip, ids, max_new_tokens=6, sample_rate=16000)
+    ours = model.generate(pair.clip, prompt=ids, max_new_tokens=6, sample_rate=16000)
     with torch.no_grad():
         theirs = hf.generate(**hf_inputs(pair, full), max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert ours.tolist() == theirs.tolist()
     calls = []
     hooks = [("blocks.0.hook_resid_post", lambda x, hook: calls.append(x.shape[1]))]
-    model.generate(pair.clip, ids, max_new_tokens=6, fwd_hooks=hooks, sample_rate=16000)
+    model.generate(pair.clip, prompt=ids, max_new_tokens=6, fwd_hooks=hooks, sample_rate=16000)
     assert calls == [full.shape[1]] + [1] * 5  # the prompt, then one position per new token
     deaf = model.generate(
-        pair.clip, ids, max_new_tokens=6, sample_rate=16000,
+        pair.clip, prompt=ids, max_new_tokens=6, sample_rate=16000,
         fwd_hooks=[("hook_audio_embeds", lambda x, hook: torch.zeros_like(x))],
     )  # fmt: skip
     with torch.no_grad():
@@ -227,7 +227,7 @@ def test_saved_folder_loads_with_the_same_logits_and_tokenizer(pair):
         logits = pair.model(pair.clip, prompt_ids(pair, 1), sample_rate=16000)
         again = loaded(pair.clip, prompt_ids(pair, 1), sample_rate=16000)
     assert torch.equal(logits, again)
-    tokens = loaded.to_tokens(loaded.prompt(n_audio_tokens=3))
+    tokens = loaded.to_tokens(loaded.chat_prompt(n_audio_tokens=3))
     assert (tokens == pair.audio_token).sum() == 3 and 0 not in tokens.tolist()  # every word known
     default = loaded(pair.clip, sample_rate=16000)  # the transcription prompt, placeholders expanded
     assert default.shape[1] == tokens.shape[1] - 3 + int(loaded.to_mel(pair.clip, 16000).n_audio_tokens[0])

@@ -29,7 +29,7 @@ def test_logits_match_hf_on_real_clips(pair):
     clips = [DATA / CLIPS[0], DATA / CLIPS[-1]] if name == "tiny.en" else [DATA / CLIPS[-1]]
     mel = model.to_mel(clips)
     tokens = torch.tensor(
-        [model.prompt("en") + model.tokenizer.encode(" he was not an ill disposed young man")] * len(clips)
+        [model.prompt_tokens("en") + model.tokenizer.encode(" he was not an ill disposed young man")] * len(clips)
     )
     with torch.no_grad():
         ref = hf(input_features=mel, decoder_input_ids=tokens).logits
@@ -95,6 +95,6 @@ def test_ctranslate2_runtime_agrees(tiny_en, tiny_en_float64):
         with torch.no_grad():
             wrong = mutated(tiny_en, name).encode(mel).double()
         assert (theirs - wrong).abs().max() > bound, f"the bound {bound:.3g} does not catch a {name}"
-    result = engine.generate(features, [tiny_en.prompt()], beam_size=1, suppress_blank=True)
-    generated = tiny_en.generate(mel)[0, len(tiny_en.prompt()) : -1].tolist()
+    result = engine.generate(features, [tiny_en.prompt_tokens()], beam_size=1, suppress_blank=True)
+    generated = tiny_en.generate(mel)[0, len(tiny_en.prompt_tokens()) : -1].tolist()
     assert result[0].sequences_ids[0] == generated

@@ -13,6 +13,7 @@ import torch
 
 from hooked_whisper import HookedQwen2Audio, HookedWhisper, HookedWhisperConfig
 from hooked_whisper.config import HookedQwen2AudioConfig
+from hooked_whisper.decoding import DecodingOptions
 from hooked_whisper.hook_layout import get_act_name
 from hooked_whisper.lens import encoder_lens, logit_attribution, logit_lens
 from hooked_whisper.patching import (
@@ -25,7 +26,11 @@ from hooked_whisper.patching import (
     frames,
     head_sites,
     layer_sites,
+    mean_activations,
+    patch_hooks,
     path_patch,
+    position_sites,
+    window_sites,
 )
 from hooked_whisper.probing import extract_activations, train_probes
 from hooked_whisper.qwen2_audio import TextTokenizer
@@ -87,7 +92,7 @@ def family(request, tmp_path_factory) -> SimpleNamespace:
     base, other = clip(0), clip(1)
     if request.param == "whisper":
         model = tiny_whisper()
-        tokens = torch.tensor([model.prompt() + [model.special.eot - 100, model.special.eot - 50]])
+        tokens = torch.tensor([model.prompt_tokens() + [model.special.eot - 100, model.special.eot - 50]])
     else:
         model = tiny_qwen2_audio(tmp_path_factory.mktemp("qwen2_audio"))
         tokens = model.tokens_for(model.to_mel(base, SAMPLE_RATE), None)  # the default transcription prompt
@@ -237,3 +242,50 @@ def test_what_a_family_cannot_do_is_refused_in_one_line(family):
         head_sites(model, "decoder", "cross_attn")
     with pytest.raises(ValueError, match="in an audio LLM, path patching runs from an audio-side sender"):
         path_patch(model, family.base, family.other, decoder_sender, [Receiver(1, 0, "q", "attn")], last_logit, **kw)
+
+
+def test_generate_and_prompts_share_one_vocabulary(family):
+    """The same call on both: generate(audio, DecodingOptions, **overrides) continues the family's
+    default prompt (prompt_tokens(), its ids); an unknown keyword is a TypeError on both, and
+    what only Whisper's decoder has is refused on the audio LLM, naming the family."""
+    model = family.model
+    prompt = model.prompt_tokens()
+    assert isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+    out = model.generate(family.base, DecodingOptions(max_new_tokens=3), sample_rate=SAMPLE_RATE)
+    default = model.tokens_for(model.to_mel(family.base, SAMPLE_RATE), None if model.has_cross_attention else prompt)
+    n_prompt = len(prompt) if model.has_cross_attention else default.shape[1]  # placeholders expanded per clip
+    assert out.shape[0] == 1 and n_prompt < out.shape[1] <= n_prompt + 3
+    if not model.has_cross_attention:
+        assert torch.equal(out[:, :n_prompt], default)
+    else:
+        assert out[0, : len(prompt)].tolist() == prompt
+    with pytest.raises(TypeError, match="unknown decoding option"):
+        model.generate(family.base, sample_rate=SAMPLE_RATE, beams=2)
+    if not model.has_cross_attention:
+        with pytest.raises(ValueError, match="^HookedQwen2Audio.generate decodes greedily .*: beam_size are Whisper"):
+            model.generate(family.base, beam_size=2, sample_rate=SAMPLE_RATE)
+
+
+def test_position_and_window_sweeps_mean_ablation_and_generation_interventions(family):
+    model = family.model
+    kw = dict(tokens=family.tokens, sample_rate=SAMPLE_RATE, progress=False)
+    audio_hook = model.hook_name("encoder", 1, "hook_resid_post")
+    sites = window_sites(audio_hook, 2.0) + position_sites(model.hook_name("decoder", 0, "hook_resid_post"), 2)
+    assert len(sites) == 6
+    same = activation_patch(model, family.base, family.base, sites, last_logit, **kw)
+    assert torch.allclose(same, last_logit(run(family, family.base)).expand(len(sites)), atol=1e-5)
+    mlp = layer_sites(model, "decoder:hook_mlp_out")
+    means = mean_activations(model, [family.base, family.other], [s.hook for s in mlp], family.tokens, SAMPLE_RATE)
+    meaned = ablate(model, family.base, mlp, last_logit, kind="mean", reference=[family.base, family.other], **kw)
+    with torch.no_grad(), model.hooks(fwd_hooks=patch_hooks(model, mlp[:1], [means[mlp[0].hook]])):
+        assert torch.allclose(meaned[0], last_logit(run(family, family.base))[0], atol=1e-5)
+    # An intervention during generation: the last decoder layer's residual zeroed at every step.
+    calls = []
+    hooks = patch_hooks(model, [layer_sites(model, "decoder:hook_resid_post")[-1]], [0.0])
+    hooks.append((hooks[0][0], lambda x, hook: calls.append(x.shape[1])))
+    out = model.generate(family.base, max_new_tokens=2, fwd_hooks=hooks, sample_rate=SAMPLE_RATE)
+    n_prompt = calls[0]  # the prompt's pass, then one position per new token
+    assert calls[1:] == [1] * (len(calls) - 1) and out.shape[1] > n_prompt
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks[:1]):
+        forced = model(family.base, out[:, :n_prompt], sample_rate=SAMPLE_RATE)
+    assert int(out[0, n_prompt]) == int(forced[0, -1].argmax())

@@ -35,7 +35,7 @@ def test_encoder_lens_last_layer_is_the_transcript(tiny_en):
     clip = DATA / "goforward.wav"
     rows = encoder_lens(tiny_en, clip, layers=[1, 3], reference="go forward ten meters")
     assert [r.layer for r in rows] == [1, 3]
-    assert rows[-1].tokens == tiny_en.generate(clip)[0, len(tiny_en.prompt()) : -1].tolist()
+    assert rows[-1].tokens == tiny_en.generate(clip)[0, len(tiny_en.prompt_tokens()) : -1].tolist()
     assert rows[-1].wer_vs_final == 0.0 and rows[-1].wer_vs_reference is not None
     assert rows[0].wer_vs_final > 0  # an early layer does not read as the final transcript
     no_ln = encoder_lens(tiny_en, clip, layers=[3], apply_ln=False)

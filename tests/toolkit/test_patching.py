@@ -299,7 +299,7 @@ def test_a_metric_over_rows_and_empty_sweeps_are_refused():
     """A metric must give one value per row (sweeps carry one site per row): a scalar, even on a
     one-site sweep whose answer would look right, is refused with the fix; so are empty sweeps."""
     model = random_whisper(d_model=64, n_heads=2, d_head=32, n_encoder_layers=1, n_decoder_layers=2, d_vocab=51864)
-    tokens = torch.tensor([model.prompt() + [220]])
+    tokens = torch.tensor([model.prompt_tokens() + [220]])
     site = Site("decoder_blocks.0.hook_resid_post")
     for reduce in (torch.mean, torch.sum, lambda v: float(v.sum())):
         with pytest.raises(ValueError, match=r"one value per batch row .*not over rows"):

@@ -231,7 +231,7 @@ def test_steering_adds_or_clamps_latents_in_a_time_window(whisper):
     sae = random_sae(whisper.cfg.d_model, hook, "relu")
     audio = clip(0)
     with torch.no_grad():
-        _, cache = whisper.run_with_cache(audio, whisper.prompt(), names_filter=[hook], sample_rate=SAMPLE_RATE)
+        _, cache = whisper.run_with_cache(audio, whisper.prompt_tokens(), names_filter=[hook], sample_rate=SAMPLE_RATE)
     x = cache[hook]
     inside = list(range(25, 50))  # 0.5-1.0 s at 50 audio positions per second
     outside = [p for p in range(x.shape[1]) if p not in inside]
@@ -243,7 +243,7 @@ def test_steering_adds_or_clamps_latents_in_a_time_window(whisper):
             hooks = steering_hooks(whisper, hook, sae=sae, latents=[3], mode="clamp", positions=frames(0.5, 1.0))
             expected = x[:, inside] - sae.encode(x[:, inside])[..., 3:4] * sae.W_dec[3]
         with torch.no_grad(), whisper.hooks(fwd_hooks=hooks):
-            _, steered = whisper.run_with_cache(audio, whisper.prompt(), names_filter=[hook], sample_rate=SAMPLE_RATE)
+            _, steered = whisper.run_with_cache(audio, whisper.prompt_tokens(), names_filter=[hook], sample_rate=SAMPLE_RATE)
         assert torch.equal(steered[hook][:, outside], x[:, outside])
         assert torch.allclose(steered[hook][:, inside], expected, atol=1e-5)
     # Transcription takes the hooks too (a direction of the width, any norm).
@@ -305,11 +305,11 @@ def test_an_audiosae_checkpoint_reads_the_mapped_hook(whisper, tmp_path):
     audio = clip(2)
     with torch.no_grad():
         _, plain = whisper.run_with_cache(
-            audio, whisper.prompt(), names_filter=[sae.hook_name], sample_rate=SAMPLE_RATE
+            audio, whisper.prompt_tokens(), names_filter=[sae.hook_name], sample_rate=SAMPLE_RATE
         )
         with whisper.saes([sae], use_error_term=True):
             names = [whisper.sae_hook_name(sae.hook_name, leaf) for leaf in ("hook_sae_input", "hook_sae_acts_post")]
-            _, cache = whisper.run_with_cache(audio, whisper.prompt(), names_filter=names, sample_rate=SAMPLE_RATE)
+            _, cache = whisper.run_with_cache(audio, whisper.prompt_tokens(), names_filter=names, sample_rate=SAMPLE_RATE)
     x = plain[sae.hook_name]
     assert torch.equal(cache[names[0]], x)
     post = torch.relu((x - state["b_dec"]) @ state["encoder.weight"].T + state["encoder.bias"])
@@ -348,7 +348,7 @@ def test_the_dashboard_is_one_self_contained_page(whisper, tmp_path):
     # A decoder hook's latents also list the tokens their decoder direction promotes.
     decoder_hook = whisper.hook_name("decoder", 1, "hook_resid_post")
     decoder_sae = random_sae(whisper.cfg.d_model, decoder_hook)
-    tokens = [whisper.prompt() + [300, 400, 500]]
+    tokens = [whisper.prompt_tokens() + [300, 400, 500]]
     page = feature_dashboard(
         whisper,
         decoder_sae,
