@@ -50,6 +50,11 @@ class DecodingOptions:
     def merged(cls, options: DecodingOptions | None, overrides: dict[str, Any]) -> DecodingOptions:
         """``options`` (the defaults when None) with ``overrides`` applied; an unknown keyword
         is a TypeError that names the fields there are."""
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(
+                f"generate's second argument is a DecodingOptions, not {type(options).__name__}: pass token ids "
+                "as prompt=... (or tokens to run_with_cache / forward for a teacher-forced pass)"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:

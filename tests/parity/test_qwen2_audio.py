@@ -205,7 +205,7 @@ def test_rope_scaling_matches_transformers(kind, tmp_path_factory):
     ours_diff, ignored_diff = float((logits - reference).abs().max()), float((ignored - reference).abs().max())
     print(f"\n{kind} rope vs transformers: logits {ours_diff:.1e}; with the scaling ignored {ignored_diff:.1e}")
     assert ignored_diff > 100 * ours_diff  # the scaling matters here
-    ours = model.generate(pair.clip, ids, max_new_tokens=4, sample_rate=16000)
+    ours = model.generate(pair.clip, prompt=ids, max_new_tokens=4, sample_rate=16000)
     with torch.no_grad():
         theirs = hf.generate(**hf_inputs(pair, full), max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert ours.tolist() == theirs.tolist()
