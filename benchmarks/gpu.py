@@ -407,7 +407,7 @@ def qwen_speed(run: Run, shape: str, dtype: torch.dtype, batches: list[int], new
                     "HF eager, all outputs",
                 ),
                 "generate": (
-                    partial(model.generate, feats, tokens, max_new_tokens=new_tokens),
+                    partial(model.generate, feats, prompt=tokens, max_new_tokens=new_tokens),
                     partial(hf_generate, inputs),
                     f"HF generate sdpa, {new_tokens} tokens",
                 ),
