@@ -62,6 +62,28 @@ def ridge_operators(x_train: torch.Tensor, x_test: torch.Tensor, grid: Sequence[
     return operators + 1.0 / len(a)  # the intercept: the training mean of each class column
 
 
+def ridge_operator(x_train: torch.Tensor, x_test: torch.Tensor, l2: float) -> torch.Tensor:
+    """``ridge_operators`` at one strength: ``P [n_test, n_train]``, test predictions ``P @ y_train``
+    for any target (class columns, or a continuous one)."""
+    return ridge_operators(x_train, x_test, [l2])[0]
+
+
+def r_squared_with_interval(
+    predicted: torch.Tensor, target: torch.Tensor, groups: Sequence | None, repeats: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(R^2, 95% group-bootstrap interval) of out-of-fold ``predicted`` values of a continuous
+    ``target``: 1 - residual / total sum of squares, both weighted by the resampled groups."""
+    predicted, target = predicted.double().cpu(), target.double().cpu()
+
+    def r2(weights: torch.Tensor) -> torch.Tensor:
+        mean = (weights @ target) / weights.sum(1)
+        total = (weights * (target[None] - mean[:, None]) ** 2).sum(1)
+        return 1 - (weights @ (target - predicted) ** 2) / total.clamp(min=1e-300)
+
+    value = float(r2(torch.ones(1, len(target), dtype=torch.float64))[0])
+    return (value, *_percentiles(r2(group_weights(groups, len(target), repeats, seed).double())))
+
+
 def logistic_scores(
     x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, n_classes: int, l2: float
 ) -> torch.Tensor:

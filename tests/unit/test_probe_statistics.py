@@ -172,6 +172,22 @@ def test_best_hook_is_chosen_inside_the_training_folds():
     assert sum(best) / 6 > 0.6 and abs(sum(selected) / 6 - 0.5) < 0.07, (best, selected)
 
 
+def test_r_squared_interval_resamples_groups():
+    """R^2 of a regression read out of fold: a real fit has an interval above 0; the same residual
+    spread, shared by the ten clips of each of six sources, gives a wider interval than spread
+    over sixty independent clips."""
+    from hooked_whisper.probe_fitting import r_squared_with_interval
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(60, generator=g)
+    fit = r_squared_with_interval(target + 0.5 * torch.randn(60, generator=g), target, None)
+    assert 0.5 < fit[0] < 0.9 and fit[1] > 0.4
+    offsets = torch.randn(6, generator=g).repeat_interleave(10)  # one error per source
+    clustered = r_squared_with_interval(target + 0.5 * offsets, target, [i // 10 for i in range(60)])
+    independent = r_squared_with_interval(target + 0.5 * offsets, target, None)
+    assert clustered[2] - clustered[1] > independent[2] - independent[1]
+
+
 def test_multiple_comparison_adjustments():
     from hooked_whisper.metrics import adjust_p_values
 
