@@ -245,8 +245,16 @@ class CrossValidation:
 def _fold_scores(x, labels, n_classes, train, test, method, grid) -> torch.Tensor:
     """Class scores ``[strengths, runs, n_test, classes]`` on ``test`` of probes fitted on ``train``."""
     if method == "ridge":
-        operators = ridge_operators(x[train], x[test], grid)
-        return torch.einsum("gst,rtc->grsc", operators, _one_hot(labels[:, train], n_classes))
+        # ridge_operators applied without forming them: [strengths, n_test, n_train] would not fit
+        # in memory for large sets; projecting the labels onto the SVD basis first is small.
+        a, b = _standardise(x[train], x[test])
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        strengths = torch.tensor(list(grid), dtype=a.dtype, device=a.device)
+        shrink = s / (s**2 + strengths[:, None] * len(a))  # [strengths, rank]
+        targets = _one_hot(labels[:, train], n_classes)  # [runs, n_train, classes]
+        projected = torch.einsum("tq,rtc->rqc", u, targets)
+        scores = torch.einsum("sq,gq,rqc->grsc", b @ vh.T, shrink, projected)
+        return scores + targets.mean(1)[None, :, None, :]  # the intercept: each class's training share
     return torch.stack(
         [torch.stack([logistic_scores(x[train], row[train], x[test], n_classes, l2) for row in labels]) for l2 in grid]
     )

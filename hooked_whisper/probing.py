@@ -508,7 +508,8 @@ def train_probes(
     ``groups`` (one id per example: speaker, video, source clip) keeps each group inside one
     fold, so the probe is scored on groups it never saw; folds are stratified by label.
     ``method`` is ``"ridge"`` (one-hot least squares, closed form: fast enough for thousands of
-    permutations) or ``"logistic"`` (multinomial, L-BFGS). ``l2`` is a strength, or a grid
+    permutations) or ``"logistic"`` (multinomial, L-BFGS; every permutation refits every fold at every
+    strength, so keep ``permutations`` small or test with ridge). ``l2`` is a strength, or a grid
     searched on the other training folds (needs ``folds >= 3``). Deterministic for a ``seed``;
     runs on the GPU when there is one (or on ``device``).
 
