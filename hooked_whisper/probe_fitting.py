@@ -384,14 +384,20 @@ def paired_difference(
     """Compare two probes' out-of-fold predictions of the same labels ``y`` (a layer against the
     input, a random-init model, the layer before, a nuisance-only probe). The interval resamples
     whole groups, the two probes together; the p-value swaps the two probes' predictions for a
-    random half of the groups (a group's examples are swapped together), ``repeats`` times."""
+    random half of the groups (a group's examples are swapped together), ``repeats`` times.
+
+    ``predictions_b`` may be ``[seeds, n]`` (random-init models of several seeds): probe b is then
+    their average, each example's hit rate over the seeds (balanced accuracy is linear in the hits,
+    so this is the mean of the seeds' balanced accuracies)."""
     y = y.cpu()
-    if not (len(predictions_a) == len(predictions_b) == len(y)):
+    if not (len(predictions_a) == predictions_b.shape[-1] == len(y)):
         raise ValueError(
-            f"paired predictions need the same examples: got {len(predictions_a)}, {len(predictions_b)} predictions "
-            f"for {len(y)} labels"
+            f"paired predictions need the same examples: got {len(predictions_a)}, {predictions_b.shape[-1]} "
+            f"predictions for {len(y)} labels"
         )
-    hits_a, hits_b = (predictions_a.cpu() == y).float(), (predictions_b.cpu() == y).float()
+    hits_a = (predictions_a.cpu() == y).float()
+    hits_b = (predictions_b.cpu() == y).float()
+    hits_b = hits_b.mean(0) if hits_b.ndim == 2 else hits_b
     weights = group_weights(groups, len(y), repeats, seed)
     boot = weighted_balanced_accuracy(hits_a, y, weights, n_classes) - weighted_balanced_accuracy(
         hits_b, y, weights, n_classes

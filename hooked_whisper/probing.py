@@ -444,15 +444,20 @@ class ProbeReport:
                 return r
         raise KeyError(f"{hook!r} was not probed; this report has {[r.hook for r in self.results]}")
 
-    def compare(self, a: str | ProbeResult, b: str | ProbeResult, repeats: int = 2000, seed: int = 0):
+    def compare(
+        self, a: str | ProbeResult, b: str | ProbeResult | Sequence[ProbeResult], repeats: int = 2000, seed: int = 0
+    ) -> PairedDifference:
         """Balanced accuracy of probe ``a`` minus probe ``b`` (hooks of this report, or results of
-        another ``train_probes`` call on the same examples, labels and groups: the input, a
-        random-init model), with its 95% group-bootstrap interval and a paired p-value."""
-        a, b = (self.result(r) if isinstance(r, str) else r for r in (a, b))
-        if a.predictions is None or b.predictions is None or self.labels is None:
+        another ``train_probes`` call on the same examples, labels and groups: the input, the layer
+        before), with its 95% group-bootstrap interval and a paired p-value. ``b`` may be a list of
+        results (random-init models of several seeds): ``a`` is compared with their average."""
+        first = self.result(a) if isinstance(a, str) else a
+        others = [self.result(r) if isinstance(r, str) else r for r in (b if isinstance(b, (list, tuple)) else [b])]
+        if first.predictions is None or any(r.predictions is None for r in others) or self.labels is None:
             raise ValueError("these results hold no out-of-fold predictions: compare results of train_probes")
+        predictions_b = torch.stack([r.predictions for r in others])
         return paired_difference(
-            a.predictions, b.predictions, self.labels, self.groups, len(self.classes), repeats, seed
+            first.predictions, predictions_b, self.labels, self.groups, len(self.classes), repeats, seed
         )
 
 

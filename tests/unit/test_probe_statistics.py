@@ -152,6 +152,14 @@ def test_gain_over_a_nuisance_only_probe():
     assert 0.6 < report.nuisance[0] < 0.9 and "gain over nuisance" in report.table()
     compared = report.compare("encoder_blocks.1.beyond", "encoder_blocks.0.loudness_only")
     assert compared.ci_low > 0 and compared.p_value < 0.05
+    random_init = [  # five seeds of a network that passes loudness on, and nothing else
+        train_probes({"init": torch.cat([loudness[:, None], torch.randn(n, 7, generator=g)], 1)}, y, permutations=0,
+                     groups=[i // 2 for i in range(n)], seed=seed, progress=False).results[0]
+        for seed in range(5)
+    ]  # fmt: skip
+    assert report.compare("encoder_blocks.1.beyond", random_init).ci_low > 0
+    versus_init = report.compare("encoder_blocks.0.loudness_only", random_init)
+    assert versus_init.ci_low < 0 < versus_init.ci_high
     with pytest.raises(ValueError, match="nuisance columns have 3 rows for 120 examples"):
         train_probes(features, y.tolist(), nuisance=torch.zeros(3), permutations=0, progress=False)
 
