@@ -260,10 +260,13 @@ def _fold_scores(x, labels, n_classes, train, test, method, grid) -> torch.Tenso
     )
 
 
-def cross_validate(x, labels, n_classes, fold_of, method, l2: float | Sequence[float]) -> CrossValidation:
+def cross_validate(
+    x, labels, n_classes, fold_of, method, l2: float | Sequence[float], score_inner: bool = False
+) -> CrossValidation:
     """Out-of-fold predictions for ``labels`` (``[n]`` or ``[runs, n]``). A sequence ``l2`` is a
     grid: each fold's strength is the one most accurate on the other folds (ties: the middle of
-    the grid)."""
+    the grid). ``score_inner`` scores a single strength on the other folds too (``inner_accuracy``,
+    for choosing a hook inside the training folds)."""
     labels = labels[None] if labels.ndim == 1 else labels
     grid = [float(l2)] if isinstance(l2, (int, float)) else [float(v) for v in l2]
     folds = int(fold_of.max()) + 1
@@ -280,7 +283,7 @@ def cross_validate(x, labels, n_classes, fold_of, method, l2: float | Sequence[f
     inner = torch.zeros(runs, folds, device=x.device)
     arange = torch.arange(runs, device=x.device)
     for k in range(folds):
-        if len(grid) > 1:
+        if len(grid) > 1 or (score_inner and folds >= 3):
             correct = torch.zeros(len(grid), runs, device=x.device)
             for j in range(folds):
                 if j != k:

@@ -384,7 +384,7 @@ class ProbeReport:
     permutations: int
     n_layers: int | None = None  # for relative depth in the table
     correction: str = "holm"
-    selected: SelectedLayer | None = None
+    selected: SelectedLayer | None = None  # None with one hook, 2 folds, or logistic at one strength
     nuisance: tuple[float, float, float] | None = None  # the nuisance-only probe: (balanced accuracy, 95% interval)
     labels: torch.Tensor | None = field(default=None, compare=False, repr=False)  # class indices, [n]
     groups: Sequence | None = field(default=None, compare=False, repr=False)
@@ -564,6 +564,10 @@ def train_probes(
     nuisance_cv = None
     if nuisance is not None:
         nuisance_cv = cross_validate(_nuisance_columns(nuisance, len(y)).to(device), y, n_classes, fold_of, method, l2)
+    # Choosing a hook inside the training folds needs each probe scored on the other folds: free
+    # with a strength grid (scored to choose it), a few more solves for ridge at one strength.
+    grid_given = not isinstance(l2, (int, float)) and len(l2) > 1
+    choose_hook = len(hooks) > 1 and folds >= 3 and (grid_given or method == "ridge")
     for hook in tqdm(hooks, desc="training probes", disable=not progress, unit="hook"):
         x = activations[hook].float().to(device)
         if x.shape[0] != len(y):
@@ -576,7 +580,7 @@ def train_probes(
                 f"{int(bad.any(1).sum())} of {x.shape[0]} examples): a probe cannot fit them; drop or fix those "
                 "examples (a clip that overflowed, a float16 extraction out of range)"
             )
-        cv = cross_validate(x, y, n_classes, fold_of, method, l2)
+        cv = cross_validate(x, y, n_classes, fold_of, method, l2, score_inner=choose_hook)
         predictions = cv.predictions[0]
         accuracy = float((predictions == y).float().mean())
         balanced = balanced_accuracy(predictions, y, n_classes)
@@ -635,7 +639,8 @@ def train_probes(
             r.gain_p_adjusted = adjusted
     report = ProbeReport(results, classes, len(y), method, folds, permutations, correction=correction)
     report.labels, report.groups = y.cpu(), groups
-    report.selected = _select_inside_folds(results, y.cpu(), fold_of.cpu(), n_classes, groups, bootstrap, seed)
+    if choose_hook:
+        report.selected = _select_inside_folds(results, y.cpu(), fold_of.cpu(), n_classes, groups, bootstrap, seed)
     if nuisance_cv is not None:
         nuisance_predictions = nuisance_cv.predictions[0]
         report.nuisance = (
@@ -645,12 +650,10 @@ def train_probes(
     return report
 
 
-def _select_inside_folds(results, y, fold_of, n_classes, groups, bootstrap, seed) -> SelectedLayer | None:
+def _select_inside_folds(results, y, fold_of, n_classes, groups, bootstrap, seed) -> SelectedLayer:
     """For each fold, the hook most accurate on the other folds (at the strengths chosen there),
-    scored on that fold. Needs the inner scores of a strength grid, or any scores with folds >= 3."""
+    scored on that fold."""
     folds = int(fold_of.max()) + 1
-    if len(results) < 2 or folds < 3 or any(float(r.inner_accuracy.sum()) == 0 for r in results):
-        return None
     chosen, predictions = [], torch.empty_like(y)
     for k in range(folds):
         best = max(results, key=lambda r: float(r.inner_accuracy[k]))  # first hook on ties
