@@ -91,25 +91,25 @@ def plot_probes(
     title: str = "linear probes",
     chance: float | None = None,
 ):
-    """Accuracy by relative depth (0: the input, 1: the last layer), one line per report, with its
-    95% interval, the control task (dotted) and the permuted-label accuracy (dashed) drawn in the
-    same colour; ``chance`` as a grey line."""
+    """Balanced accuracy by relative depth (0: the input, 1: the last layer), one line per report,
+    with its 95% group-bootstrap interval, the control task (dotted, when it was run) and the
+    permuted-label score (dashed) drawn in the same colour; ``chance`` as a grey line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, (name, report) in enumerate(reports.items()):
         rows = report.results
         depth = [_depth(r, report) for r in rows]
         color = f"C{i}"
-        accuracy = [r.accuracy for r in rows]
-        ax.plot(depth, accuracy, color=color, marker="o", label=name)
+        ax.plot(depth, [r.balanced_accuracy for r in rows], color=color, marker="o", label=name)
         ax.fill_between(depth, [r.ci_low for r in rows], [r.ci_high for r in rows], color=color, alpha=0.15)
-        ax.plot(depth, [r.control for r in rows], color=color, linestyle=":", alpha=0.8)
+        if all(r.control is not None for r in rows):
+            ax.plot(depth, [r.control for r in rows], color=color, linestyle=":", alpha=0.8)
         ax.plot(depth, [r.shuffled for r in rows], color=color, linestyle="--", alpha=0.5)
     if chance is not None:
         ax.axhline(chance, color="grey", linewidth=0.8)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("relative depth (input = 0, last layer = 1; conv stem in between)")
-    ax.set_ylabel("held-out accuracy")
+    ax.set_ylabel("held-out balanced accuracy")
     ax.set_title(title + "\n(band: 95% interval; dotted: control task; dashed: permuted labels)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,15 +17,19 @@ from tqdm.auto import tqdm
 
 from hooked_whisper.audio import SAMPLE_RATE, audio_clips
 from hooked_whisper.hook_layout import HookLayout, layer_of
+from hooked_whisper.metrics import adjust_p_values
 from hooked_whisper.probe_fitting import (
     L2_GRID,
+    PairedDifference,
+    auroc_with_interval,
     balanced_accuracy,
+    bootstrap_balanced_accuracy,
     control_labels,
     cross_validate,
     fold_assignment,
     online_code_length,
-    permutation_accuracies,
-    wilson_interval,
+    paired_difference,
+    permutation_balanced_accuracies,
 )
 
 if TYPE_CHECKING:
@@ -328,23 +332,46 @@ class ProbeResult:
     hook: str
     layer: int | None
     accuracy: float  # out-of-fold, over every example
-    balanced_accuracy: float  # mean recall per class (chance: 1 / classes)
-    accuracy_std: float  # spread over folds
-    ci_low: float  # 95% Wilson interval of the accuracy
+    balanced_accuracy: float  # mean recall per class (chance: 1 / classes): the reported statistic
+    accuracy_std: float  # spread of accuracy over folds
+    ci_low: float  # 95% interval of the balanced accuracy, whole groups resampled 2000 times
     ci_high: float
     majority: float  # always predicting the training folds' most common class
     shuffled: float  # mean balanced accuracy with permuted labels (chance for this design)
     p_value: float | None  # permutation test: P(permuted >= balanced accuracy); None when not tested
-    control: float  # balanced accuracy on the control task: a random label per group (Hewitt and Liang)
-    selectivity: float  # balanced accuracy - control
+    p_adjusted: float | None  # the same, adjusted over the hooks of this call (Holm by default)
+    control: float | None  # balanced accuracy on the control task (only with control_types)
+    selectivity: float | None  # balanced accuracy - control (only with control_types)
     l2: float  # median strength chosen inside the training folds
+    auroc: tuple[float, float, float] | None = None  # two classes: (AUROC, 95% group-bootstrap interval)
+    gain: PairedDifference | None = None  # over the nuisance-only probe (only with nuisance=)
+    gain_p_adjusted: float | None = None
     code_bits: float | None = None  # online (prequential) code length of the labels, if asked
     uniform_bits: float | None = None  # the same with no features: n log2(classes)
+    predictions: torch.Tensor | None = field(default=None, compare=False, repr=False)  # out-of-fold, [n]
+    inner_accuracy: torch.Tensor | None = field(default=None, compare=False, repr=False)  # per fold, on the others
 
     @property
     def compression(self) -> float | None:
         """Uniform code length over online code length: above 1 when the features hold the label."""
         return None if self.code_bits is None else self.uniform_bits / self.code_bits  # type: ignore[operator]
+
+
+@dataclass
+class SelectedLayer:
+    """The best hook chosen inside the training folds: for each test fold, the hook whose probe
+    was most accurate on the other folds; its predictions on the test fold are scored. The score
+    of a choice made without seeing the data it is scored on."""
+
+    hooks: list[str]  # the hook chosen for each fold
+    balanced_accuracy: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def hook(self) -> str:
+        """The hook chosen for the most folds."""
+        return max(set(self.hooks), key=lambda h: (self.hooks.count(h), -self.hooks.index(h)))
 
 
 @dataclass
@@ -356,25 +383,99 @@ class ProbeReport:
     folds: int
     permutations: int
     n_layers: int | None = None  # for relative depth in the table
+    correction: str = "holm"
+    selected: SelectedLayer | None = None  # None with one hook, 2 folds, or logistic at one strength
+    nuisance: tuple[float, float, float] | None = None  # the nuisance-only probe: (balanced accuracy, 95% interval)
+    labels: torch.Tensor | None = field(default=None, compare=False, repr=False)  # class indices, [n]
+    groups: Sequence | None = field(default=None, compare=False, repr=False)
 
     def table(self) -> str:
-        columns = ["hook", "depth", "accuracy", "95% CI", "balanced", "majority", "permuted", "p", "control"]
-        columns += ["selectivity", "compression"]
+        columns = ["hook", "depth", "accuracy", "balanced", "95% CI", "majority", "permuted", "p"]
+        columns.append(f"p ({self.correction})")
+        optional = {
+            "AUROC": any(r.auroc for r in self.results),
+            "control": any(r.control is not None for r in self.results),
+            "gain over nuisance": self.nuisance is not None,
+            "compression": any(r.code_bits is not None for r in self.results),
+        }
+        columns += [name for name, shown in optional.items() if shown]
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for r in self.results:
             depth = f"{(r.layer + 1) / self.n_layers:.2f}" if r.layer is not None and self.n_layers else "-"
-            compression = f"{r.compression:.2f}" if r.compression is not None else "-"
-            permuted = "-" if r.p_value is None else f"{r.shuffled:.3f}"
-            p = "not tested" if r.p_value is None else f"{r.p_value:.3f}"
+            tested = r.p_value is not None
+            cells = [
+                r.hook, depth, f"{r.accuracy:.3f} ± {r.accuracy_std:.3f}", f"{r.balanced_accuracy:.3f}",
+                f"{r.ci_low:.2f}-{r.ci_high:.2f}", f"{r.majority:.3f}", f"{r.shuffled:.3f}" if tested else "-",
+                f"{r.p_value:.4f}" if tested else "not tested", f"{r.p_adjusted:.4f}" if tested else "-",
+            ]  # fmt: skip
+            if optional["AUROC"]:
+                cells.append(f"{r.auroc[0]:.3f} ({r.auroc[1]:.2f}-{r.auroc[2]:.2f})" if r.auroc else "-")
+            if optional["control"]:
+                cells.append(f"{r.control:.3f} (selectivity {r.selectivity:+.3f})" if r.control is not None else "-")
+            if optional["gain over nuisance"] and r.gain is not None:
+                g = r.gain
+                cells.append(
+                    f"{g.difference:+.3f} ({g.ci_low:+.2f} to {g.ci_high:+.2f}, p {g.p_value:.4f}, "
+                    f"{self.correction} {r.gain_p_adjusted:.4f})"
+                )
+            if optional["compression"]:
+                cells.append(f"{r.compression:.2f}" if r.compression is not None else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        if self.nuisance is not None:
+            low, high = self.nuisance[1:]
+            lines.append(f"\nnuisance-only probe: balanced accuracy {self.nuisance[0]:.3f} ({low:.2f}-{high:.2f})")
+        if self.selected is not None:
+            s = self.selected
             lines.append(
-                f"| {r.hook} | {depth} | {r.accuracy:.3f} ± {r.accuracy_std:.3f} | {r.ci_low:.2f}-{r.ci_high:.2f} "
-                f"| {r.balanced_accuracy:.3f} | {r.majority:.3f} | {permuted} | {p} "
-                f"| {r.control:.3f} | {r.selectivity:+.3f} | {compression} |"
+                f"\nbest hook chosen inside the training folds: {s.hook} (per fold: {', '.join(s.hooks)}), "
+                f"held-out balanced accuracy {s.balanced_accuracy:.3f} ({s.ci_low:.2f}-{s.ci_high:.2f})"
             )
         return "\n".join(lines)
 
     def best(self) -> ProbeResult:
+        """The hook with the highest out-of-fold accuracy. Its score was also used to pick it, so it
+        flatters when hooks are close: ``selected`` holds the choice made inside the training folds
+        and its held-out score."""
         return max(self.results, key=lambda r: r.accuracy)
+
+    def result(self, hook: str) -> ProbeResult:
+        for r in self.results:
+            if r.hook == hook:
+                return r
+        raise KeyError(f"{hook!r} was not probed; this report has {[r.hook for r in self.results]}")
+
+    def compare(
+        self, a: str | ProbeResult, b: str | ProbeResult | Sequence[ProbeResult], repeats: int = 2000, seed: int = 0
+    ) -> PairedDifference:
+        """Balanced accuracy of probe ``a`` minus probe ``b`` (hooks of this report, or results of
+        another ``train_probes`` call on the same examples, labels and groups: the input, the layer
+        before), with its 95% group-bootstrap interval and a paired p-value. ``b`` may be a list of
+        results (random-init models of several seeds): ``a`` is compared with their average."""
+        first = self.result(a) if isinstance(a, str) else a
+        others = [self.result(r) if isinstance(r, str) else r for r in (b if isinstance(b, (list, tuple)) else [b])]
+        if first.predictions is None or any(r.predictions is None for r in others) or self.labels is None:
+            raise ValueError("these results hold no out-of-fold predictions: compare results of train_probes")
+        predictions_b = torch.stack([r.predictions for r in others])
+        return paired_difference(
+            first.predictions, predictions_b, self.labels, self.groups, len(self.classes), repeats, seed
+        )
+
+
+def _nuisance_columns(nuisance, n: int) -> torch.Tensor:
+    """A ``[n, columns]`` float tensor from a tensor or a dict of named ones (each ``[n]`` or ``[n, k]``)."""
+    parts = nuisance.values() if isinstance(nuisance, dict) else [nuisance]
+    columns = []
+    for part in parts:
+        part = torch.as_tensor(part).float()
+        part = part[:, None] if part.ndim == 1 else part.flatten(1)
+        if len(part) != n:
+            raise ValueError(f"nuisance columns have {len(part)} rows for {n} examples: one row per example is needed")
+        if not torch.isfinite(part).all():
+            raise ValueError("nuisance columns hold NaN or infinite values: fix or drop those examples")
+        columns.append(part)
+    if not columns:
+        raise ValueError("nuisance is empty: pass a tensor or a dict of named columns")
+    return torch.cat(columns, 1)
 
 
 def train_probes(
@@ -391,18 +492,31 @@ def train_probes(
     device: str | torch.device | None = None,
     progress: bool = True,
     task: str | None = None,
+    nuisance: torch.Tensor | dict[str, torch.Tensor] | None = None,
+    control_types: Sequence | None = None,
+    correction: str = "holm",
+    bootstrap: int = 2000,
 ) -> ProbeReport:
     """A linear probe per hook, cross-validated over ``folds`` group-disjoint folds, with its
-    controls (see ``hooked_whisper.probe_fitting``): majority baseline, a permutation test
-    (``permutations`` group-level label shuffles, p-value), the control task and selectivity,
-    a 95% interval, and with ``code_length=True`` the online code length (MDL probing).
+    controls (see ``hooked_whisper.probe_fitting``): majority baseline; a permutation test
+    (``permutations`` within-fold label shuffles, the strength chosen again on each), its p-value
+    and the p-value adjusted over the hooks of this call (``correction``: ``"holm"``, the default,
+    or ``"bh"``); a 95% group-bootstrap interval (``bootstrap`` resamples) of the balanced accuracy,
+    and the AUROC with its interval for two classes; the best hook chosen inside the training
+    folds with its held-out score (``report.selected``); with ``nuisance`` (a tensor, or a dict of
+    named columns: duration, loudness, SNR, one-hot source) a probe on the nuisance columns alone
+    and each hook's gain over it, with a paired interval and p-value; with ``control_types`` (an
+    item type per example that recurs across groups) the control task and selectivity; with
+    ``code_length=True`` the online code length (MDL probing). ``report.compare(a, b)`` gives the
+    paired difference of any two probes on the same examples.
 
     ``groups`` (one id per example: speaker, video, source clip) keeps each group inside one
     fold, so the probe is scored on groups it never saw; folds are stratified by label.
     ``method`` is ``"ridge"`` (one-hot least squares, closed form: fast enough for thousands of
-    permutations) or ``"logistic"`` (multinomial, L-BFGS). ``l2`` is a strength, or a grid
-    searched by cross-validation inside each training split. Deterministic for a ``seed``; runs
-    on the GPU when there is one (or on ``device``).
+    permutations) or ``"logistic"`` (multinomial, L-BFGS; every permutation refits every fold at every
+    strength, so keep ``permutations`` small or test with ridge). ``l2`` is a strength, or a grid
+    searched on the other training folds (needs ``folds >= 3``). Deterministic for a ``seed``;
+    runs on the GPU when there is one (or on ``device``).
 
     ``labels`` are one class per example (strings, integers, booleans; a list, or a 1-D tensor
     or array); None, NaN and empty labels are refused. Probes are classifiers: float labels
@@ -420,6 +534,8 @@ def train_probes(
         raise ValueError(f"folds must be a whole number, 2 or more (cross-validation); got {folds!r}")
     if not isinstance(permutations, int) or isinstance(permutations, bool) or permutations < 0:
         raise ValueError(f"permutations must be a whole number, 0 (no test) or more; got {permutations!r}")
+    if correction not in ("holm", "bh"):
+        raise ValueError(f"correction must be 'holm' or 'bh', not {correction!r}")
     labels = _check_labels(labels, task)
     if isinstance(activations, ActivationStore):
         for hook in hooks:
@@ -440,9 +556,18 @@ def train_probes(
     if groups is not None and len(groups) != len(y):
         raise ValueError(f"{len(groups)} groups for {len(y)} examples: one group per example is needed")
     fold_of = fold_assignment(y, groups, folds, seed).to(device)
-    control_y = control_labels(y, groups, torch.Generator().manual_seed(seed + 2)).to(device)
     y = y.to(device)
     n_classes, results = len(classes), []
+    control_y = None
+    if control_types is not None:
+        control_y = control_labels(control_types, fold_of, y, torch.Generator().manual_seed(seed + 2))
+    nuisance_cv = None
+    if nuisance is not None:
+        nuisance_cv = cross_validate(_nuisance_columns(nuisance, len(y)).to(device), y, n_classes, fold_of, method, l2)
+    # Choosing a hook inside the training folds needs each probe scored on the other folds: free
+    # with a strength grid (scored to choose it), a few more solves for ridge at one strength.
+    grid_given = not isinstance(l2, (int, float)) and len(l2) > 1
+    choose_hook = len(hooks) > 1 and folds >= 3 and (grid_given or method == "ridge")
     for hook in tqdm(hooks, desc="training probes", disable=not progress, unit="hook"):
         x = activations[hook].float().to(device)
         if x.shape[0] != len(y):
@@ -455,37 +580,84 @@ def train_probes(
                 f"{int(bad.any(1).sum())} of {x.shape[0]} examples): a probe cannot fit them; drop or fix those "
                 "examples (a clip that overflowed, a float16 extraction out of range)"
             )
-        cv = cross_validate(x, y, groups, n_classes, fold_of, method, l2, seed)
-        correct = int((cv.predictions == y).sum())
-        accuracy = correct / len(y)
-        balanced = balanced_accuracy(cv.predictions, y, n_classes)
-        permuted = permutation_accuracies(x, y, groups, n_classes, fold_of, method, cv.l2, permutations, seed + 1)
-        control = cross_validate(x, control_y, groups, n_classes, fold_of, method, cv.l2[len(cv.l2) // 2], seed)
+        cv = cross_validate(x, y, n_classes, fold_of, method, l2, score_inner=choose_hook)
+        predictions = cv.predictions[0]
+        accuracy = float((predictions == y).float().mean())
+        balanced = balanced_accuracy(predictions, y, n_classes)
+        fold_accuracies = [float((predictions[fold_of == f] == y[fold_of == f]).float().mean()) for f in range(folds)]
+        permuted = permutation_balanced_accuracies(
+            x, y, groups, n_classes, fold_of, method, l2, permutations, seed + 1
+        ).tolist()
+        control = selectivity = None
+        if control_y is not None:
+            control_cv = cross_validate(x, control_y, n_classes, fold_of, method, l2)
+            control = balanced_accuracy(control_cv.predictions[0], control_y, n_classes)
+            selectivity = balanced - control
         majority = [
             float((y[fold_of == f] == torch.bincount(y[fold_of != f], minlength=n_classes).argmax()).float().mean())
             for f in range(folds)
         ]
-        low, high = wilson_interval(correct, len(y))
-        control_balanced = balanced_accuracy(control.predictions, control_y, n_classes)
-        median_l2 = sorted(cv.l2)[len(cv.l2) // 2]
-        code = online_code_length(x, y, groups, n_classes, median_l2, seed) if code_length else None
+        low, high = bootstrap_balanced_accuracy(predictions, y, n_classes, groups, bootstrap, seed)
+        auroc = None
+        if n_classes == 2:
+            margin = cv.scores[0, :, 1] - cv.scores[0, :, 0]
+            auroc = auroc_with_interval(margin, y == 1, groups, bootstrap, seed)
+        gain = None
+        if nuisance_cv is not None:
+            gain = paired_difference(predictions, nuisance_cv.predictions[0], y, groups, n_classes, bootstrap, seed)
+        median_l2 = float(cv.l2[0].median())
+        code = online_code_length(x, y, groups, n_classes, seed) if code_length else None
         results.append(
             ProbeResult(
                 hook=hook,
                 layer=layer_of(hook),
                 accuracy=accuracy,
                 balanced_accuracy=balanced,
-                accuracy_std=float(torch.tensor(cv.fold_accuracies).std()),
+                accuracy_std=float(torch.tensor(fold_accuracies).std()),
                 ci_low=low,
                 ci_high=high,
                 majority=sum(majority) / len(majority),
                 shuffled=sum(permuted) / len(permuted) if permuted else float("nan"),
-                p_value=(1 + sum(p >= balanced for p in permuted)) / (1 + len(permuted)) if permuted else None,
-                control=control_balanced,
-                selectivity=balanced - control_balanced,
+                p_value=(1 + sum(p >= balanced - 1e-9 for p in permuted)) / (1 + len(permuted)) if permuted else None,
+                p_adjusted=None,
+                control=control,
+                selectivity=selectivity,
                 l2=median_l2,
+                auroc=auroc,
+                gain=gain,
                 code_bits=code[0] if code else None,
                 uniform_bits=code[1] if code else None,
+                predictions=predictions.cpu(),
+                inner_accuracy=cv.inner_accuracy[0].cpu(),
             )
         )
-    return ProbeReport(results, classes, len(y), method, folds, permutations)
+    tested = [r for r in results if r.p_value is not None]
+    for r, adjusted in zip(tested, adjust_p_values([r.p_value for r in tested], correction)):
+        r.p_adjusted = adjusted
+    if nuisance_cv is not None:
+        for r, adjusted in zip(results, adjust_p_values([r.gain.p_value for r in results], correction)):
+            r.gain_p_adjusted = adjusted
+    report = ProbeReport(results, classes, len(y), method, folds, permutations, correction=correction)
+    report.labels, report.groups = y.cpu(), groups
+    if choose_hook:
+        report.selected = _select_inside_folds(results, y.cpu(), fold_of.cpu(), n_classes, groups, bootstrap, seed)
+    if nuisance_cv is not None:
+        nuisance_predictions = nuisance_cv.predictions[0]
+        report.nuisance = (
+            balanced_accuracy(nuisance_predictions, y, n_classes),
+            *bootstrap_balanced_accuracy(nuisance_predictions, y, n_classes, groups, bootstrap, seed),
+        )
+    return report
+
+
+def _select_inside_folds(results, y, fold_of, n_classes, groups, bootstrap, seed) -> SelectedLayer:
+    """For each fold, the hook most accurate on the other folds (at the strengths chosen there),
+    scored on that fold."""
+    folds = int(fold_of.max()) + 1
+    chosen, predictions = [], torch.empty_like(y)
+    for k in range(folds):
+        best = max(results, key=lambda r: float(r.inner_accuracy[k]))  # first hook on ties
+        chosen.append(best.hook)
+        predictions[fold_of == k] = best.predictions[fold_of == k]
+    low, high = bootstrap_balanced_accuracy(predictions, y, n_classes, groups, bootstrap, seed)
+    return SelectedLayer(chosen, balanced_accuracy(predictions, y, n_classes), low, high)

@@ -80,7 +80,9 @@ def test_two_processes_equal_one(manifest, single, tmp_path):
     missing = str(manifest.parent / "missing.wav")
     assert list(one.failed) == [missing] and "no audio file" in one.failed[missing]
     assert one.labels == ["cards"] * 3 + ["other"] * 2 and one.n == 5
-    probes = [train_probes(store, store.labels, groups=store.groups, folds=2, progress=False) for store in (one, two)]
+    probes = [
+        train_probes(store, store.labels, groups=store.groups, folds=2, l2=1.0, progress=False) for store in (one, two)
+    ]
     assert [r.accuracy for r in probes[0].results] == [r.accuracy for r in probes[1].results]
 
 
