@@ -114,7 +114,7 @@ def spectral_slope(
 ) -> float:
     """dB per octave of the power spectrum of ``x`` within ``band`` Hz: a least-squares line
     through Welch's estimate (Hann windows of 2048 samples, half overlapping) against log2 f.
-    White noise gives 0, pink -3.01, speech about -6 above 500 Hz."""
+    White noise gives 0, pink -3.01."""
     x = torch.as_tensor(x, dtype=torch.float64)
     size = 2048
     if len(x) < 2 * size:
