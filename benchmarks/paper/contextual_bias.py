@@ -337,10 +337,11 @@ def plot(lines: list[dict], controls: list[str], path: Path, title: str) -> None
                     )
                     if not picked or not picked[0][interval]:
                         continue
-                    x = [l["alpha"] for l in picked]
-                    y = [l[rate] for l in picked]
-                    low = [l[rate] - l[interval][0] for l in picked]
-                    high = [l[interval][1] - l[rate] for l in picked]
+                    # alpha 0 is the unpatched run: nothing flips or breaks there, by definition
+                    x = [0.0] + [l["alpha"] for l in picked]
+                    y = [0.0] + [l[rate] for l in picked]
+                    low = [0.0] + [l[rate] - l[interval][0] for l in picked]
+                    high = [0.0] + [l[interval][1] - l[rate] for l in picked]
                     label = f"layer {layer}" + ("" if source == "white" else f" ({source})")
                     ax.errorbar(x, y, yerr=[low, high], fmt=style + "o", color=colour, ms=3, capsize=2, label=label)
             ax.set_title(f"{component}: {'flip' if row == 0 else 'break'} rate")
@@ -407,7 +408,7 @@ def main() -> None:
     parser.add_argument("--region-components", default="resid")
     parser.add_argument("--regions", default="context,all", help="besides the word's frames")
     parser.add_argument("--controls", default="pink,speech,mean,random")
-    parser.add_argument("--control-alphas", default="1", help="controls, on the word's frames")
+    parser.add_argument("--control-alphas", default="0.5,1", help="controls, on the word's frames")
     parser.add_argument("--speech", type=Path, default=Path(__file__).parent.parent.parent / "tests" / "data")
     parser.add_argument("--out", default="contextual_bias")
     args = parser.parse_args()
