@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.patching.metrics import Metric, per_row
+from hooked_whisper.audio import SAMPLE_RATE
+from hooked_whisper.patching.metrics import Metric, WordContrast, per_row
+from hooked_whisper.patching.noise import Noise
 from hooked_whisper.patching.sites import Site, check_token_positions, region, resolve_all
 
 if TYPE_CHECKING:
@@ -20,19 +22,23 @@ def patch_hooks(
     model: HookedAudioModel,
     sites: Sequence[Site],
     sources: Sequence[torch.Tensor | float],
-    alpha: float = 1.0,
+    alpha: float | Sequence[float] = 1.0,
     rows: Sequence[int | None] | None = None,
 ) -> list[tuple[str, Callable]]:
     """Hooks that move each site toward its source: ``x <- x + alpha * (source - x)``.
 
     ``sources[i]`` is the full activation of a reference run at ``sites[i].hook`` (batch 1 or
     the same batch), or a number (0.0 for zero ablation). ``alpha=1`` replaces; smaller values
-    interpolate. ``rows[i]``, if given, restricts site ``i`` to one batch row (for sweeps).
+    interpolate; a sequence gives each site its own. ``rows[i]``, if given, restricts site ``i``
+    to one batch row (for sweeps).
     """
     sites = resolve_all(model, sites)
     if len(sources) != len(sites):
         raise ValueError(f"{len(sites)} sites but {len(sources)} sources: give one source per site")
     rows = list(rows) if rows is not None else [None] * len(sites)
+    alphas = [float(alpha)] * len(sites) if isinstance(alpha, (int, float)) else [float(a) for a in alpha]
+    if len(alphas) != len(sites):
+        raise ValueError(f"one alpha per site: got {len(alphas)} alphas for {len(sites)} sites")
     by_hook: dict[str, list[int]] = {}
     for i, site in enumerate(sites):
         by_hook.setdefault(site.hook, []).append(i)
@@ -59,7 +65,7 @@ def patch_hooks(
                     target = source[there].to(x.dtype)
                 else:
                     target = torch.full_like(x[here], float(source))
-                x[here] = x[here] + alpha * (target - x[here])
+                x[here] = x[here] + alphas[i] * (target - x[here])
             return x
 
         return hook_fn
@@ -102,7 +108,30 @@ def prepare(
     mel = model.to_mel(target, sample_rate)
     if mel.shape[0] != 1:
         raise ValueError("patching takes one target clip at a time (sweeps batch over sites)")
-    return mel, model.tokens_for(mel, tokens)
+    rows = tokens.tokens if isinstance(tokens, WordContrast) else tokens
+    if isinstance(rows, torch.Tensor) and rows.ndim == 2 and rows.shape[0] > 1:  # several continuations
+        return mel, torch.cat([model.tokens_for(mel, row[None]) for row in rows])
+    return mel, model.tokens_for(mel, rows)
+
+
+def source_activations(
+    model: HookedAudioModel, target, source, tokens: torch.Tensor, hooks: set[str], sample_rate: int | None = None
+) -> dict[str, torch.Tensor]:
+    """What a patch moves toward at ``hooks``: the run on a ``source`` clip, on a ``Noise``
+    reference made for ``target``, or ready activations (a dict by hook name: means, a
+    direction added to the target's own...)."""
+    if isinstance(source, dict):
+        missing = sorted(hooks - set(source))
+        if missing:
+            raise ValueError(f"the source activations lack {missing[:3]}: give one tensor per patched hook")
+        return {h: source[h] for h in hooks}
+    if isinstance(source, Noise):
+        source = source.like(target, sample_rate)
+        sample_rate = SAMPLE_RATE
+    # Audio-side hooks do not depend on the tokens: one continuation serves (the others are the same audio).
+    if tokens.shape[0] > 1 and all(model.hook_layouts[h].is_encoder_side for h in hooks):
+        tokens = tokens[:1]
+    return source_cache(model, source, tokens, hooks, sample_rate)
 
 
 def source_cache(
@@ -115,7 +144,12 @@ def source_cache(
 
 
 def _sweep(model: HookedAudioModel, mel, tokens, sites, sources, metric, alpha, batch_size, progress) -> torch.Tensor:
-    """Run every site's patch once, ``batch_size`` sites per batch (row i carries site i)."""
+    """Run every site's patch once, ``batch_size`` sites per batch (row i carries site i). With
+    several token rows (continuations, e.g. a ``WordContrast``), each site's encoder output is
+    decoded with every row, site by site: the metric sees ``len(chunk) * rows`` rows."""
+    n_rows = tokens.shape[0]
+    _check_rows(model, sites, n_rows)
+    alphas = [alpha] * len(sites) if isinstance(alpha, (int, float)) else list(alpha)
     values = []
     encoder_out = None
     if not any(model.hook_layouts[s.hook].is_encoder_side for s in sites):
@@ -128,16 +162,29 @@ def _sweep(model: HookedAudioModel, mel, tokens, sites, sources, metric, alpha, 
     for start in tqdm(chunks, desc="patching", disable=not progress or len(chunks) < 2, unit="batch"):
         chunk = list(range(start, min(start + batch_size, len(sites))))
         hooks = patch_hooks(
-            model, [sites[i] for i in chunk], [sources[i] for i in chunk], alpha, rows=list(range(len(chunk)))
+            model,
+            [sites[i] for i in chunk],
+            [sources[i] for i in chunk],
+            [alphas[i] for i in chunk],
+            rows=list(range(len(chunk))),
         )
-        batch_tokens = tokens.expand(len(chunk), -1)
+        batch_tokens = tokens.repeat(len(chunk), 1)
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             if encoder_out is None:
                 enc = model.encode(mel.expand(len(chunk), -1, -1))
+                enc = enc.repeat_interleave(n_rows, 0) if n_rows > 1 else enc
             else:
                 enc = encoder_out.expand(len(chunk), -1, -1) if rows_own_kv else encoder_out
-            values.append(per_row(metric, model.decode(batch_tokens, enc)))
+            values.append(per_row(metric, model.decode(batch_tokens, enc), rows=len(chunk)))
     return torch.cat(values)
+
+
+def _check_rows(model: HookedAudioModel, sites: Sequence[Site], n_rows: int) -> None:
+    if n_rows > 1 and not all(model.hook_layouts[s.hook].is_encoder_side for s in sites):
+        raise ValueError(
+            "several token rows per site (a word contrast) work with audio-side sites only (the front end "
+            "and the encoder); patch decoder sites with one token sequence, e.g. each continuation in turn"
+        )
 
 
 def _on_cross_kv(model: HookedAudioModel, site: Site) -> bool:
@@ -154,23 +201,62 @@ def activation_patch(
     sites: Sequence[Site] | Site | str,
     metric: Metric,
     tokens=None,
-    alpha: float = 1.0,
+    alpha: float | Sequence[float] = 1.0,
     batch_size: int = 16,
     progress: bool = True,
     sample_rate: int | None = None,
 ) -> torch.Tensor:
     """Metric of the ``target`` run with each site patched (separately) from the ``source`` run.
 
-    Both runs read the same decoder ``tokens`` (default: the target's prompt plus greedy
-    transcript). Clean-into-corrupted and corrupted-into-clean are a matter of which clip is
-    the target. ``alpha`` < 1 interpolates toward the source instead of replacing. Returns one
-    value per site, in order.
+    ``source`` is a clip, a ``Noise`` reference (made for the target: its length and loudness)
+    or ready activations by hook name. Both runs read the same decoder ``tokens`` (default: the
+    target's prompt plus greedy transcript; a ``WordContrast`` decodes both of its words).
+    Clean-into-corrupted and corrupted-into-clean are a matter of which clip is the target.
+    ``alpha`` < 1 interpolates toward the source instead of replacing. Returns one value per
+    site, in order; with a sequence of alphas, ``[alphas, sites]`` (all batched together).
     """
     sites = resolve_all(model, sites)
     mel, tokens = prepare(model, target, tokens, sample_rate)
     check_token_positions(model, sites, tokens.shape[1])
-    cache = source_cache(model, source, tokens, {s.hook for s in sites}, sample_rate)
-    return _sweep(model, mel, tokens, sites, [cache[s.hook] for s in sites], metric, alpha, batch_size, progress)
+    _check_rows(model, sites, tokens.shape[0])
+    cache = source_activations(model, target, source, tokens, {s.hook for s in sites}, sample_rate)
+    alphas = [float(alpha)] if isinstance(alpha, (int, float)) else [float(a) for a in alpha]
+    if not alphas:
+        raise ValueError("alpha is an empty sequence: give one value or several")
+    every = [s for _ in alphas for s in sites]
+    values = _sweep(
+        model,
+        mel,
+        tokens,
+        every,
+        [cache[s.hook] for s in every],
+        metric,
+        [a for a in alphas for _ in sites],
+        batch_size,
+        progress,
+    )
+    return values if isinstance(alpha, (int, float)) else values.reshape(len(alphas), len(sites))
+
+
+def reference_hooks(
+    model: HookedAudioModel,
+    target,
+    source,
+    sites: Sequence[Site] | Site | str,
+    alpha: float = 1.0,
+    tokens=None,
+    sample_rate: int | None = None,
+) -> list[tuple[str, Callable]]:
+    """The hooks moving every site (together) toward ``source`` (a clip, a ``Noise`` made for
+    ``target``, or activations by hook name) by ``alpha``, for ``model.transcribe(target,
+    fwd_hooks=...)`` or any other run on ``target``. Decoder sites need the ``tokens`` both runs
+    read (default: the target's greedy transcript); audio-side sites ignore them."""
+    sites = resolve_all(model, sites)
+    mel = model.to_mel(target, sample_rate)
+    with torch.no_grad():
+        token_rows = model.tokens_for(mel, tokens)
+    cache = source_activations(model, target, source, token_rows, {s.hook for s in sites}, sample_rate)
+    return patch_hooks(model, sites, [cache[s.hook] for s in sites], alpha)
 
 
 def mean_activations(
@@ -224,6 +310,9 @@ def ablate(
         if reference is None:
             raise ValueError("resample ablation needs reference=<another clip>")
         # With a metric the reference reads the target's tokens; for generation, its own transcript.
+        if isinstance(reference, Noise):
+            reference = reference.like(target, sample_rate)
+            sample_rate = SAMPLE_RATE
         cache = source_cache(model, reference, target_tokens, {s.hook for s in sites}, sample_rate)
         sources = [cache[s.hook] for s in sites]
     else:

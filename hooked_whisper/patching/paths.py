@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_whisper.kv_cache import DecoderCache
-from hooked_whisper.patching.activation import prepare, source_cache
+from hooked_whisper.patching.activation import prepare, source_activations, source_cache
 from hooked_whisper.patching.metrics import Metric, per_row
 from hooked_whisper.patching.sites import Site, refuse_padded_rows, resolve
 
@@ -139,6 +139,7 @@ def path_patch(
     at its base value; everything else in the network runs on the base input. For a
     cross-attention receiver the changed stream passes through ``encoder_ln_final`` (recomputed:
     it is on the path) into that head's keys and/or values only. Returns one value per receiver.
+    ``source`` is a clip, a ``Noise`` reference (made for ``base``) or activations by hook name.
     """
     sender = resolve(model, sender)
     receivers = list(receivers)
@@ -171,7 +172,8 @@ def path_patch(
     # What the text side reads: the encoder output (cross-attention) or the projected audio embeddings.
     audio_out = "hook_encoder_out" if model.has_cross_attention else "hook_audio_embeds"
     base_cache = source_cache(model, mel, tokens, {sender.hook, last_encoder, audio_out})
-    delta = _sender_delta(model, sender, base_cache, source_cache(model, source, tokens, {sender.hook}, sample_rate))
+    source_acts = source_activations(model, base, source, tokens, {sender.hook}, sample_rate)
+    delta = _sender_delta(model, sender, base_cache, source_acts)
     encoder_out = base_cache[audio_out]  # the base run already computed it
     values = []
     groups = [receivers] if jointly else [receivers[i : i + batch_size] for i in range(0, len(receivers), batch_size)]

@@ -196,5 +196,32 @@ def window_sites(hook: str, duration_s: float, window_s: float = 0.5) -> list[Si
     return [Site(hook, None, frames(s, min(s + window_s, 30.0)), f"{hook} {s:.1f}-{s + window_s:.1f}s") for s in starts]
 
 
+def word_sites(
+    model: HookedAudioModel, hook: str, word: Seconds | tuple[float, float], duration_s: float
+) -> dict[str, Site]:
+    """Sites at ``hook`` over one word of a clip lasting ``duration_s``: ``"target"`` (the
+    word's frames), ``"context"`` (the clip's other frames) and ``"all"`` (every frame of the
+    clip; the padding after it is left alone). ``word`` is ``(start, end)`` in seconds, from the
+    synthesis that made the clip or from word timestamps (``transcribe(..., word_timestamps=True)``
+    gives ``Word.start`` / ``.end``)."""
+    start, end = (word.start, word.end) if isinstance(word, Seconds) else word
+    if not 0 <= start < end <= duration_s <= 30:
+        raise ValueError(
+            f"the word must lie inside the clip: 0 <= start < end <= duration <= 30 s; got {start}..{end} "
+            f"in {duration_s} s"
+        )
+    layout = model.hook_layout(hook)
+    every = layout.positions(0.0, duration_s)
+    inside = set(layout.positions(start, end))
+    outside = tuple(p for p in every if p not in inside)
+    if not outside:
+        raise ValueError(f"the word fills the whole clip ({start}..{end} of {duration_s} s): there is no context")
+    return {
+        "target": Site(hook, None, tuple(sorted(inside)), f"{hook} word {start:.2f}-{end:.2f} s"),
+        "context": Site(hook, None, outside, f"{hook} context"),
+        "all": Site(hook, None, every, f"{hook} clip 0-{duration_s:.2f} s"),
+    }
+
+
 def _positions(positions: Sequence[int] | Seconds | None) -> tuple[int, ...] | Seconds | None:
     return positions if positions is None or isinstance(positions, Seconds) else tuple(positions)

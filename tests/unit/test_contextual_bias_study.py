@@ -1,0 +1,34 @@
+"""The contextual-bias study's own pieces (benchmarks/paper/contextual_bias.py): Holm's
+adjustment, the transcript classes and the word masked at a set SNR."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.paper.contextual_bias import classify, holm, with_noisy_word
+
+
+def test_holm_controls_the_family_wise_error_and_keeps_a_real_effect():
+    assert holm([0.01, 0.04, 0.03, 0.5]) == [0.04, 0.09, 0.09, 0.5]  # 4 x 0.01; max(3 x 0.03, 2 x 0.04); 1 x 0.5
+    generator = torch.Generator().manual_seed(0)
+    null = torch.rand(4000, 10, generator=generator)  # ten true null hypotheses per family
+    any_rejected = sum(min(holm(row.tolist())) <= 0.05 for row in null) / len(null)
+    # At most 5% of the families reject anything (binomial spread of 4000 draws: sd 0.0035).
+    assert any_rejected <= 0.05 + 3 * 0.0035
+    raw_rejected = float((null.min(1).values <= 0.05).float().mean())
+    assert raw_rejected > 0.3  # unadjusted, most families would reject something: the adjustment matters
+    assert holm([1e-4] + [0.5] * 9)[0] <= 0.05  # a strong effect survives among nine nulls
+
+
+def test_classes_and_masking():
+    assert classify(" She cooked white rice.", "lice", "rice") == "contextual"
+    assert classify(" She cooked white lice.", "lice", "rice") == "acoustic"
+    assert classify(" She cooked white ice.", "lice", "rice") == "neither"
+    audio = 0.1 * torch.sin(torch.arange(32000) / 7.0)
+    row = dict(word_start="0.5", word_end="1.5")
+    noisy = with_noisy_word(audio, row, 0.0, seed=1)
+    word = slice(8000, 24000)
+    noise = noisy[word] - audio[word]
+    assert torch.equal(noisy[:8000], audio[:8000]) and torch.equal(noisy[24000:], audio[24000:])
+    assert torch.isclose(noise.pow(2).mean(), audio[word].pow(2).mean(), rtol=0.05)  # 0 dB; 16000 draws: sd 1.1%
+    assert torch.equal(with_noisy_word(audio, row, None, seed=1), audio)
