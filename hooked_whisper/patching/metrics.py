@@ -90,9 +90,9 @@ class WordContrast:
 def word_contrast(model: HookedAudioModel, before: str, acoustic: str, contextual: str, prompt=None) -> WordContrast:
     """The contrast of ``acoustic`` against ``contextual`` as the word after the transcript text
     ``before`` (Whisper writes a space before each word: " The chef cooked white"; an audio LLM's
-    answer starts without one). ``prompt`` defaults to ``model.prompt()`` (a multilingual Whisper
-    needs ``model.prompt("en")``; on Qwen2-Audio the chat prompt, its placeholder expanded per clip)."""
-    head = model.check_tokens(model.prompt() if prompt is None else prompt)[0].tolist()
+    answer starts without one). ``prompt`` defaults to ``model.prompt_tokens()`` (a multilingual Whisper
+    needs ``model.prompt_tokens("en")``; on Qwen2-Audio the chat prompt, its placeholder expanded per clip)."""
+    head = model.check_tokens(model.prompt_tokens() if prompt is None else prompt)[0].tolist()
     encode = model.tokenizer.encode
     text_ids = encode(before) if before.strip() else []
     words = []
