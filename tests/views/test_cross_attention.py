@@ -21,3 +21,17 @@ def test_cross_attention_view_png_and_embedded_data_match_the_cache(tiny_en, tmp
     assert encoded in page
     decoded = np.frombuffer(base64.b64decode(encoded), dtype=np.uint8).reshape(data.shape[2:]) * scale[1, 2]
     assert np.abs(decoded - view.patterns[1, 2]).max() <= scale[1, 2] / 2 + 1e-7
+
+
+def test_cross_attention_page_draws_without_errors_and_decodes_the_cache_values(tiny_en, tmp_path, open_page):
+    view = cross_attention_view(tiny_en, CLIP)
+    page, errors = open_page(view.html(tmp_path / "cross.html"))
+    page.screenshot(path=str(tmp_path / "cross.png"))
+    assert errors == []
+    assert page.evaluate("document.getElementById('view').dataset.shown") == "-1,-1"
+    drawn = np.array(page.evaluate("Array.from(window.crossAttention.head(1, 2))"), dtype=np.float32)
+    _, scale = view.quantised()
+    error = np.abs(drawn.reshape(view.patterns.shape[2:]) - view.patterns[1, 2]).max()
+    assert error <= scale[1, 2] / 2 + 1e-6  # within half a quantisation step (plus float32 rounding in JS)
+    page.select_option("#layer", "1")
+    assert page.evaluate("document.getElementById('view').dataset.shown") == "1,-1"
