@@ -63,7 +63,8 @@ class CrossAttentionView:
             "tokens": self.tokens,
             "pps": self.positions_per_second,
         }
-        return _PAGE.replace("__DATA__", html.escape(json.dumps(payload), quote=False).replace("</", "<\\/"))
+        # Script content is not entity-decoded: only "</" must be broken up so the JSON cannot end the tag.
+        return _PAGE.replace("__DATA__", json.dumps(payload).replace("</", "<\\/"))
 
     def html(self, path: str | Path) -> Path:
         Path(path).write_text(self._page(), encoding="utf-8")
