@@ -1,6 +1,7 @@
 import base64
 
 import numpy as np
+import pytest
 
 from hooked_whisper.views import cross_attention_view
 
@@ -35,3 +36,10 @@ def test_cross_attention_page_draws_without_errors_and_decodes_the_cache_values(
     assert error <= scale[1, 2] / 2 + 1e-6  # within half a quantisation step (plus float32 rounding in JS)
     page.select_option("#layer", "1")
     assert page.evaluate("document.getElementById('view').dataset.shown") == "1,-1"
+
+
+def test_a_model_without_cross_attention_is_refused_naming_its_family(tmp_path):
+    from tests.toolkit.test_families import clip, tiny_qwen2_audio
+
+    with pytest.raises(ValueError, match="HookedQwen2Audio"):
+        cross_attention_view(tiny_qwen2_audio(tmp_path), clip(0))
