@@ -281,6 +281,15 @@ def timed_pair(run: Run, row: dict, ours, reference, repeats: int) -> None:
     run.add("speed", row)
 
 
+def time_parts(run: Run, base: dict, parts: dict, repeats: int) -> None:
+    """One speed row per part (ours, the reference, what the reference is), while time is left."""
+    for part, (ours, ref, against) in parts.items():
+        if run.left() < 10:
+            run.skip(f"{base['model']} {base['dtype']} batch {base['batch']} {part}")
+            continue
+        timed_pair(run, base | {"part": part, "against": against}, ours, ref, repeats)
+
+
 def whisper_speed(run: Run, shape: str, dtype: torch.dtype, batches: list[int], new_tokens: int) -> None:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -350,12 +359,7 @@ def whisper_speed(run: Run, shape: str, dtype: torch.dtype, batches: list[int], 
                     "HF generate sdpa on ready mels",
                 ),
             }
-            for part, (ours, ref, against) in parts.items():
-                label = f"{shape} {base['dtype']} batch {batch} {part}"
-                if run.left() < 10:
-                    run.skip(label)
-                    continue
-                timed_pair(run, base | {"part": part, "against": against}, ours, ref, repeats)
+            time_parts(run, base, parts, repeats)
 
 
 def qwen_speed(run: Run, shape: str, dtype: torch.dtype, batches: list[int], new_tokens: int) -> None:
@@ -412,12 +416,7 @@ def qwen_speed(run: Run, shape: str, dtype: torch.dtype, batches: list[int], new
                     f"HF generate sdpa, {new_tokens} tokens",
                 ),
             }
-            for part, (ours, ref, against) in parts.items():
-                label = f"{shape} {base['dtype']} batch {batch} {part}"
-                if run.left() < 10:
-                    run.skip(label)
-                    continue
-                timed_pair(run, base | {"part": part, "against": against}, ours, ref, repeats)
+            time_parts(run, base, parts, repeats)
 
 
 # 3. Extraction throughput ---------------------------------------------------------------------

@@ -243,7 +243,9 @@ def test_steering_adds_or_clamps_latents_in_a_time_window(whisper):
             hooks = steering_hooks(whisper, hook, sae=sae, latents=[3], mode="clamp", positions=frames(0.5, 1.0))
             expected = x[:, inside] - sae.encode(x[:, inside])[..., 3:4] * sae.W_dec[3]
         with torch.no_grad(), whisper.hooks(fwd_hooks=hooks):
-            _, steered = whisper.run_with_cache(audio, whisper.prompt_tokens(), names_filter=[hook], sample_rate=SAMPLE_RATE)
+            _, steered = whisper.run_with_cache(
+                audio, whisper.prompt_tokens(), names_filter=[hook], sample_rate=SAMPLE_RATE
+            )
         assert torch.equal(steered[hook][:, outside], x[:, outside])
         assert torch.allclose(steered[hook][:, inside], expected, atol=1e-5)
     # Transcription takes the hooks too (a direction of the width, any norm).
@@ -309,7 +311,9 @@ def test_an_audiosae_checkpoint_reads_the_mapped_hook(whisper, tmp_path):
         )
         with whisper.saes([sae], use_error_term=True):
             names = [whisper.sae_hook_name(sae.hook_name, leaf) for leaf in ("hook_sae_input", "hook_sae_acts_post")]
-            _, cache = whisper.run_with_cache(audio, whisper.prompt_tokens(), names_filter=names, sample_rate=SAMPLE_RATE)
+            _, cache = whisper.run_with_cache(
+                audio, whisper.prompt_tokens(), names_filter=names, sample_rate=SAMPLE_RATE
+            )
     x = plain[sae.hook_name]
     assert torch.equal(cache[names[0]], x)
     post = torch.relu((x - state["b_dec"]) @ state["encoder.weight"].T + state["encoder.bias"])

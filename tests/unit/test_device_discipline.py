@@ -176,7 +176,9 @@ def test_the_watch_catches_a_tensor_left_on_the_cpu(whisper, watch):
     stray = torch.ones(model.cfg.d_model)  # no device: a CPU tensor
     hook = (model.hook_name("encoder", 0, "hook_resid_post"), lambda x, hook: x + stray)
     with torch.no_grad():
-        model.run_with_hooks(clip(0, 0.5), torch.tensor([model.prompt_tokens()]), fwd_hooks=[hook], sample_rate=SAMPLE_RATE)
+        model.run_with_hooks(
+            clip(0, 0.5), torch.tensor([model.prompt_tokens()]), fwd_hooks=[hook], sample_rate=SAMPLE_RATE
+        )
     assert watch.mixed and "aten.add.Tensor with CPU [(64,)]" in watch.mixed[0]
     watch.mixed.clear()
     with torch.no_grad():
