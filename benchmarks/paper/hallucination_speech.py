@@ -88,7 +88,7 @@ def out_of_fold_ridge(x: torch.Tensor, y: torch.Tensor, groups: list, fold_of: t
     3-fold split of that split alone."""
     x = x.double()
     scores = torch.empty(len(y), dtype=torch.float64)
-    for fold in range(FOLDS):
+    for fold in range(int(fold_of.max()) + 1):
         test = fold_of == fold
         train_idx = (~test).nonzero()[:, 0]
         inner = fold_assignment(y[train_idx], [groups[i] for i in train_idx], 3, seed)
@@ -103,6 +103,30 @@ def out_of_fold_ridge(x: torch.Tensor, y: torch.Tensor, groups: list, fold_of: t
                 best, best_auc = l2, auc
         scores[test] = ridge_scores(x, y, train_idx, test.nonzero()[:, 0], best)
     return scores.numpy()
+
+
+def nested_layer_scores(
+    per_layer: dict[str, np.ndarray], acts: dict[str, torch.Tensor], y: torch.Tensor, groups: list,
+    fold_of: torch.Tensor, seed: int,
+) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    """Out-of-fold scores of the layer chosen inside each training split: per outer fold, every
+    layer is scored by its AUROC in a group-disjoint cross-validation of the training split alone,
+    and the test fold takes the outer scores (``per_layer``) of the winner, so the test fold
+    never takes part in the choice. Returns the scores and the layer chosen per fold."""
+    scores, chosen = np.empty(len(y)), []
+    for fold in range(FOLDS):
+        test = (fold_of == fold).numpy()
+        train = np.flatnonzero(~test)
+        train_groups = [groups[i] for i in train]
+        inner = fold_assignment(y[train], train_groups, FOLDS, seed + 1)
+        inner_auc = {
+            name: auroc(out_of_fold_ridge(acts[name][train], y[train], train_groups, inner, seed), y[train].numpy())
+            for name in per_layer
+        }
+        best = max(inner_auc, key=inner_auc.get)
+        chosen.append(best)
+        scores[test] = per_layer[best][test]
+    return scores, chosen
 
 
 def out_of_fold_own_signals(signals: torch.Tensor, y: torch.Tensor, fold_of: torch.Tensor) -> np.ndarray:
@@ -160,10 +184,13 @@ def study(rows: list[dict], acts: dict[str, torch.Tensor], field: str, seed: int
         "avg_logprob (lower = error)": auroc(-signals[:, 0].numpy(), y.numpy()),
         "no_speech_prob (higher = error)": auroc(signals[:, 1].numpy(), y.numpy()),
     }
-    layers = {}
+    layers, scores = {}, {}
     for name in sorted(acts, key=lambda k: (k.split(".")[0], int(k.split(".")[1]))):
-        scores = out_of_fold_ridge(acts[name][chosen], y, groups, fold_of, seed)
-        layers[name] = paired_auroc_difference(scores, own, y.numpy(), groups, seed=seed)
+        scores[name] = out_of_fold_ridge(acts[name][chosen], y, groups, fold_of, seed)
+        layers[name] = paired_auroc_difference(scores[name], own, y.numpy(), groups, seed=seed)
+    eot = {k: v for k, v in scores.items() if k.startswith("eot.")}
+    nested, picked = nested_layer_scores(eot, {k: acts[k][chosen] for k in eot}, y, groups, fold_of, seed)
+    layers["eot, layer chosen in training folds"] = paired_auroc_difference(nested, own, y.numpy(), groups, seed=seed)
     conditions = {}
     for i, label in zip(chosen, labels):
         c = conditions.setdefault(rows[i]["condition"], [0, 0])
@@ -172,6 +199,7 @@ def study(rows: list[dict], acts: dict[str, torch.Tensor], field: str, seed: int
         "field": field, "n_per_class": n, "items": len(chosen), "prompts": len(set(groups)),
         "class_1_min_" + field: min(rows[i][field] for i, lab in zip(chosen, labels) if lab),
         "classes_by_condition": conditions, "own_signals_single": single, "layers": layers,
+        "nested_layers_per_fold": picked,
     }  # fmt: skip
 
 
@@ -181,7 +209,7 @@ def plot(result: dict, model: str, path: Path) -> None:
     for ax, (variant, res) in zip(axes, result.items()):
         for prefix, label, marker in (("eot", "decoder, <|endoftext|>", "o"), ("last", "decoder, last text token", "s"),
                                       ("enc", "encoder, mean over audio", "^")):  # fmt: skip
-            names = [k for k in res["layers"] if k.startswith(prefix + ".")]
+            names = [k for k in res["layers"] if k.startswith(prefix + ".") and k.split(".")[1].isdigit()]
             xs = [int(k.split(".")[1]) for k in names]
             vals = [res["layers"][k]["probe"]["value"] for k in names]
             lows = [v - res["layers"][k]["probe"]["ci"][0] for k, v in zip(names, vals)]
@@ -215,12 +243,18 @@ def markdown(result: dict, model: str, rows: list[dict], table: str) -> str:
         zero = np.mean([r["wer"] == 0 for r in rs])
         ins = np.mean([r["insertion_rate"] for r in rs])
         lines.append(f"| {cond} | {len(rs)} | {wer:.3f} | {zero:.2f} | {ins:.3f} |")
+    lines += ["", "Features: `eot.{l}` is `decoder_blocks.{l}.hook_resid_post` at `<|endoftext|>` (teacher-forced "
+              "after the greedy transcript), `last.{l}` the same at the last text token (the position predicting "
+              "end-of-text), `enc.{l}` `encoder_blocks.{l}.hook_resid_post` averaged over the frames holding audio. "
+              "Own signals: a logistic probe on [average log-prob, P(no speech), tokens written], same folds. "
+              "Intervals: 2000 resamples of prompts (out-of-fold scores held fixed)."]  # fmt: skip
     for variant, res in result.items():
         lines += ["", f"## Zero WER vs top-{res['n_per_class']} by {variant}", "",
                   f"{res['items']} items from {res['prompts']} prompts, {res['n_per_class']} per class (class 1: "
                   f"{variant} at least {res['class_1_min_' + variant]:.3f}); [class 0, class 1] by version: "
                   f"{res['classes_by_condition']}. Single signals: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in res["own_signals_single"].items()) + ".", "",
+                  + ", ".join(f"{k} {v:.3f}" for k, v in res["own_signals_single"].items())
+                  + f". Layer chosen inside each training split: {res['nested_layers_per_fold']}.", "",
                   "| features | probe AUROC (95% CI) | own signals AUROC (95% CI) | probe - own (95% CI) "
                   "| P(diff <= 0) |",
                   "|---|---|---|---|---|"]  # fmt: skip
