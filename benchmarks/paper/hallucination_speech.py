@@ -184,6 +184,11 @@ def study(rows: list[dict], acts: dict[str, torch.Tensor], field: str, seed: int
         "avg_logprob (lower = error)": auroc(-signals[:, 0].numpy(), y.numpy()),
         "no_speech_prob (higher = error)": auroc(signals[:, 1].numpy(), y.numpy()),
     }
+    # Nuisance baseline: which degradation the item went through (version and SNR), one-hot.
+    versions = sorted({(rows[i]["condition"], rows[i]["snr_db"] or 0.0) for i in chosen})
+    one_hot = torch.tensor([[float((rows[i]["condition"], rows[i]["snr_db"] or 0.0) == v) for v in versions]
+                            for i in chosen])  # fmt: skip
+    nuisance = out_of_fold_own_signals(one_hot, y, fold_of)
     layers, scores = {}, {}
     for name in sorted(acts, key=lambda k: (k.split(".")[0], int(k.split(".")[1]))):
         scores[name] = out_of_fold_ridge(acts[name][chosen], y, groups, fold_of, seed)
@@ -191,6 +196,12 @@ def study(rows: list[dict], acts: dict[str, torch.Tensor], field: str, seed: int
     eot = {k: v for k, v in scores.items() if k.startswith("eot.")}
     nested, picked = nested_layer_scores(eot, {k: acts[k][chosen] for k in eot}, y, groups, fold_of, seed)
     layers["eot, layer chosen in training folds"] = paired_auroc_difference(nested, own, y.numpy(), groups, seed=seed)
+    against_nuisance = {
+        "degradation only (version x SNR) vs own signals": paired_auroc_difference(nuisance, own, y.numpy(), groups),
+        "eot, layer chosen in training folds vs degradation only": paired_auroc_difference(
+            nested, nuisance, y.numpy(), groups
+        ),
+    }
     conditions = {}
     for i, label in zip(chosen, labels):
         c = conditions.setdefault(rows[i]["condition"], [0, 0])
@@ -199,7 +210,7 @@ def study(rows: list[dict], acts: dict[str, torch.Tensor], field: str, seed: int
         "field": field, "n_per_class": n, "items": len(chosen), "prompts": len(set(groups)),
         "class_1_min_" + field: min(rows[i][field] for i, lab in zip(chosen, labels) if lab),
         "classes_by_condition": conditions, "own_signals_single": single, "layers": layers,
-        "nested_layers_per_fold": picked,
+        "nested_layers_per_fold": picked, "against_nuisance": against_nuisance,
     }  # fmt: skip
 
 
@@ -226,6 +237,15 @@ def plot(result: dict, model: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def comparison_row(name: str, r: dict) -> str:
+    p, b, d = r["probe"], r["baseline"], r["difference"]
+    return (
+        f"| {name} | {p['value']:.3f} ({p['ci'][0]:.3f}-{p['ci'][1]:.3f}) | {b['value']:.3f} "
+        f"({b['ci'][0]:.3f}-{b['ci'][1]:.3f}) | {d['value']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}) "
+        f"| {r['p_not_greater']:.4f} |"
+    )
 
 
 def markdown(result: dict, model: str, rows: list[dict], table: str) -> str:
@@ -259,12 +279,12 @@ def markdown(result: dict, model: str, rows: list[dict], table: str) -> str:
                   "| P(diff <= 0) |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for name, r in res["layers"].items():
-            p, b, d = r["probe"], r["baseline"], r["difference"]
-            lines.append(
-                f"| {name} | {p['value']:.3f} ({p['ci'][0]:.3f}-{p['ci'][1]:.3f}) | {b['value']:.3f} "
-                f"({b['ci'][0]:.3f}-{b['ci'][1]:.3f}) | {d['value']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}) "
-                f"| {r['p_not_greater']:.4f} |"
-            )
+            lines.append(comparison_row(name, r))
+        lines += ["", "Against the degradation an item went through (a logistic probe on the one-hot version x SNR):",
+                  "", "| comparison | first AUROC | second AUROC | difference (95% CI) | P(diff <= 0) |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, r in res["against_nuisance"].items():
+            lines.append(comparison_row(name, r))
     lines += ["", "## train_probes on the WER labels (balanced accuracy, permutation test, control task)", "", table]
     return "\n".join(lines) + "\n"
 
