@@ -308,7 +308,9 @@ def main() -> None:
     plot(result, args.model, out / f"hallucination_speech_{args.model}.png")
     payload = {"model": args.model, "items": len(rows), "studies": result,
                "train_probes": [vars(r) for r in report.results]}  # fmt: skip
-    (out / "hallucination_speech.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / "hallucination_speech.json").write_text(
+        json.dumps(payload, indent=1, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)) + "\n"
+    )
     (out / "hallucination_speech.md").write_text(markdown(result, args.model, rows, report.table()))
     print((out / "hallucination_speech.md").read_text())
 
