@@ -80,10 +80,10 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def prompt_of(model) -> list[int] | str:
+def prompt_of(model) -> list[int]:
     if not model.has_cross_attention:
-        return model.prompt()
-    return model.prompt("en") if model.cfg.is_multilingual else model.prompt()
+        return model.prompt_tokens()  # the transcription chat prompt's ids
+    return model.prompt_tokens("en") if model.cfg.is_multilingual else model.prompt_tokens()
 
 
 def with_noisy_word(audio: torch.Tensor, row: dict, snr_db: float | None, seed: int) -> torch.Tensor:

@@ -49,7 +49,7 @@ def test_builder_writes_resumable_items_with_eot_activations(tmp_path):
     # The end-of-text row is the decoder's residual stream at end-of-text after the transcript,
     # recomputed alone (no batch padding), within float32's measured error against float64.
     row, hook = rows[1], model.hook_name("decoder", 1, "hook_resid_post")
-    tokens = torch.tensor([model.prompt() + row["tokens"] + [model.special.eot]])
+    tokens = torch.tensor([model.prompt_tokens() + row["tokens"] + [model.special.eot]])
 
     def alone(m):
         caught = {}
