@@ -48,6 +48,7 @@ from benchmarks.paper import contextual_bias_data  # noqa: E402
 from hooked_whisper import HookedWhisper, load_audio  # noqa: E402
 from hooked_whisper.audio import SAMPLE_RATE  # noqa: E402
 from hooked_whisper.metrics import (  # noqa: E402
+    adjust_p_values,
     group_bootstrap_interval,
     mcnemar_p,
     normalize_text,
@@ -71,12 +72,7 @@ PAPER = {"Qwen2-Audio": (251, 700), "Whisper large-v3": (153, 700)}
 # ------------------------------------------------------------------------------------- statistics
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjustment (family-wise error) of ``p_values``, in their order."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    adjusted, running = [1.0] * len(p_values), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
+    return adjust_p_values(p_values, "holm")
 
 
 # ---------------------------------------------------------------------------------------- helpers

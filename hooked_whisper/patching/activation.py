@@ -89,8 +89,8 @@ def _token_source_index(
         )
     wanted = there[pos_axis]
     if isinstance(wanted, slice):  # every position of this call
-        wanted = range(model.decode_offset, model.decode_offset + x.shape[pos_axis])
-    wanted = torch.as_tensor(list(wanted) if isinstance(wanted, range) else wanted, device=source.device)
+        wanted = torch.arange(model.decode_offset, model.decode_offset + x.shape[pos_axis], device=source.device)
+    wanted = torch.as_tensor(wanted, device=source.device)
     n_source, last = source.shape[pos_axis], int(wanted.max())
     if last >= n_source:
         raise ValueError(
