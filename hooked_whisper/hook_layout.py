@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
+
+from torch import nn
+from transformer_lens.hook_points import HookPoint
 
 Stack = Literal["audio", "encoder", "decoder"]  # audio: the front end before the first encoder block
 Unit = Literal["mel_frame", "audio_position", "audio_token", "token"]
@@ -54,6 +57,114 @@ class HookLayout:
         return tuple(range(int(start_s * rate), math.ceil(end_s * rate)))
 
 
+# A unit given by where a hook sits rather than fixed: "stream" is what the positions of the
+# residual stream around it count, "keys" what its attention's keys count (the stream's own
+# positions, unless the module is placed on a stream whose keys differ: cross-attention).
+Role = Literal["stream", "keys"]
+
+
+@dataclass(frozen=True)
+class HookAxes:
+    """What one hook point's axes hold, declared where the point is created (``hook_point``):
+    the shape comment as data. Stack and layer are not declared: they come from where the module
+    sits in the model (``hook_layouts_of``)."""
+
+    pos_axis: int = 1  # axis of the positions, batch first
+    unit: Unit | Role = "stream"
+    head_axis: int | None = None
+    key_unit: Unit | Role | None = None  # attention scores and patterns: what the last axis counts
+    writes_residual: bool = False  # added to a residual stream, or the stream itself: a path-patching sender
+
+
+def hook_point(
+    pos_axis: int = 1,
+    unit: Unit | Role = "stream",
+    head_axis: int | None = None,
+    key_unit: Unit | Role | None = None,
+    writes_residual: bool = False,
+) -> HookPoint:
+    """A TransformerLens ``HookPoint`` carrying its declared axes (``HookAxes``)."""
+    point = HookPoint()
+    point.axes = HookAxes(pos_axis, unit, head_axis, key_unit, writes_residual)
+    return point
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Where a module's hooks sit: the stack, what the positions of the residual stream there
+    count, and what attention keys count (the stream's own positions unless set). A module
+    placed on a stream (``holds``) passes it to everything below it; a field left None is the
+    enclosing stream's."""
+
+    stack: Stack | None = None
+    unit: Unit | None = None
+    keys: Unit | None = None
+
+    def holds(self, module: ModuleT) -> ModuleT:
+        """Place ``module`` (and the hooks below it) on this stream; returns it."""
+        module.hook_stream = self
+        return module
+
+    def inside(self, outer: Stream) -> Stream:
+        """This stream within ``outer``: unset fields are ``outer``'s; a new unit brings its own keys."""
+        keys = self.keys or (None if self.unit else outer.keys)
+        return Stream(self.stack or outer.stack, self.unit or outer.unit, keys)
+
+    def resolve(self, unit: Unit | Role) -> Unit:
+        if unit == "keys":
+            unit = self.keys or "stream"
+        resolved = self.unit if unit == "stream" else unit
+        assert resolved is not None
+        return resolved
+
+
+AUDIO_FRONT_END = Stream("audio", "audio_position")  # the stem's output; its first convolution declares mel frames
+ENCODER_STREAM = Stream("encoder", "audio_position")
+POOLED_AUDIO = Stream("encoder", "audio_token")  # an audio LLM's encoder output after pooling
+TEXT_STREAM = Stream("decoder", "token")
+
+
+_NOWHERE = Stream()
+
+
+def hook_layouts_of(
+    module: nn.Module, stream: Stream = _NOWHERE, layer: int | None = None, prefix: str = ""
+) -> dict[str, HookLayout]:
+    """The layout of every hook point below ``module``, by its module path (TransformerLens'
+    hook names): its declared axes on the stream it sits on, and the layer of the block it is
+    in (a block's index in a ``ModuleList``)."""
+    stream = getattr(module, "hook_stream", _NOWHERE).inside(stream)
+    layouts = {}
+    if isinstance(module, HookPoint):
+        axes = getattr(module, "axes", None)
+        if axes is None:
+            raise TypeError(f"hook {prefix} declares no axes: create it with hooked_whisper.hook_layout.hook_point()")
+        if stream.stack is None or stream.unit is None:
+            raise TypeError(f"hook {prefix} sits on no stream: place its module with Stream(...).holds(module)")
+        key_unit = None if axes.key_unit is None else stream.resolve(axes.key_unit)
+        layouts[prefix] = HookLayout(
+            stream.stack, layer, axes.pos_axis, stream.resolve(axes.unit), axes.head_axis, key_unit
+        )
+    for name, child in module.named_children():
+        child_layer = int(name) if isinstance(module, nn.ModuleList) else layer
+        layouts |= hook_layouts_of(child, stream, child_layer, f"{prefix}.{name}" if prefix else name)
+    return layouts
+
+
+def writes_residual(model: _HasHooks, name: str) -> bool:
+    """Whether hook ``name`` is added to a residual stream (or is one): what a path-patching
+    sender is, as its hook point declares."""
+    return model.hook_dict[name].axes.writes_residual
+
+
+def hook_owner(model: nn.Module, name: str) -> nn.Module:
+    """The module hook point ``name`` belongs to (an attention module for its ``hook_z``)."""
+    return model.get_submodule(name.rpartition(".")[0])
+
+
 BlockStack = Literal["encoder", "decoder"]
 BLOCK_STACKS: tuple[BlockStack, ...] = ("encoder", "decoder")
 
@@ -73,9 +184,10 @@ class HookNaming:
             return self.decoder_prefix
         raise ValueError(f"stack must be 'encoder' or 'decoder', not {stack!r}")
 
-    def name(self, stack: str, layer: int, leaf: str) -> str:
-        """The hook ``leaf`` (e.g. ``hook_resid_post``, ``attn.hook_z``) of block ``layer``."""
-        return f"{self.prefix(stack)}.{layer}.{leaf}"
+    def name(self, stack: str, layer: int, *leaf: str) -> str:
+        """The hook ``leaf`` (e.g. ``hook_resid_post``, ``attn.hook_z``, or its parts ``"attn",
+        "hook_z"``) of block ``layer``."""
+        return ".".join((self.prefix(stack), str(layer), *leaf))
 
     def parse(self, name: str) -> tuple[BlockStack, int, str] | None:
         """``(stack, layer, leaf)`` of a hook inside a block; None for a hook outside the blocks."""
@@ -106,6 +218,10 @@ class _HasNaming(Protocol):
     hook_naming: HookNaming
 
 
+class _HasHooks(Protocol):
+    hook_dict: dict[str, HookPoint]
+
+
 def get_act_name(model: _HasNaming | HookNaming, stack: str, layer: int, leaf: str) -> str:
     """The hook name of ``leaf`` in block ``layer`` of ``stack`` in ``model`` (a hooked model or
     its family's ``HookNaming``), as TransformerLens' ``get_act_name`` for these families:
@@ -113,6 +229,27 @@ def get_act_name(model: _HasNaming | HookNaming, stack: str, layer: int, leaf: s
     ``"decoder_blocks.2.cross_attn.hook_z"``; for a HookedQwen2Audio it is ``"blocks.2..."``."""
     naming = model if isinstance(model, HookNaming) else model.hook_naming
     return naming.name(stack, layer, leaf)
+
+
+class _NamesHooks(Protocol):
+    def hook_name(self, stack: str, layer: int, *leaf: str) -> str: ...
+    def hook_layout(self, name: str) -> HookLayout: ...
+    def layer_count(self, stack: str) -> int: ...
+
+
+def hooks_across_layers(model: _NamesHooks, template: str) -> list[str]:
+    """One hook per layer of a stack, from a name with ``{l}`` for the layer
+    (``"decoder_blocks.{l}.hook_cross_attn_out"``) or from a stack and a leaf
+    (``"decoder:hook_resid_post"``, which names the hook in any family)."""
+    stack, sep, leaf = template.partition(":")
+    if sep:
+        return [model.hook_name(stack, layer, leaf) for layer in range(model.layer_count(stack))]
+    if "{l}" not in template:
+        raise ValueError(f"{template!r} has no {{l}} for the layer; e.g. 'decoder_blocks.{{l}}.hook_resid_post'")
+    layout = model.hook_layout(template.format(l=0))
+    if layout.layer is None:
+        raise ValueError(f"{template.format(l=0)} is not inside a block: layer_sites needs a block hook")
+    return [template.format(l=layer) for layer in range(model.layer_count(layout.stack))]
 
 
 def whisper_stack_view_name(name: str, stack: BlockStack) -> str:
@@ -152,59 +289,17 @@ def layer_of(name: str) -> int | None:
     return block[1] if block else None
 
 
+def hook_leaf(name: str) -> str:
+    """The hook point's own name, without the modules above it (``hook_z`` of
+    ``decoder_blocks.3.attn.hook_z``), for results that keep hook names without their model."""
+    return name.rpartition(".")[2]
+
+
 def layer_template(name: str) -> str:
     """``name`` with its block index replaced by ``{l}`` (``decoder_blocks.3.hook_z`` ->
     ``decoder_blocks.{l}.hook_z``), to group a hook across layers; other names are unchanged."""
     block = _any_block(name)
     return f"{block[0]}.{{l}}.{block[2]}" if block else name
-
-
-_HEADED = {"hook_q": 2, "hook_k": 2, "hook_v": 2, "hook_z": 2, "hook_result": 2}
-_PATTERNS = ("hook_attn_scores", "hook_pattern")
-
-
-def layout_of(name: str) -> HookLayout:
-    """The layout of a Whisper hook, from its place in the module tree."""
-    if name == "hook_mel":
-        return HookLayout("audio", None, 2, "mel_frame")
-    if name.startswith("encoder_embed."):
-        return HookLayout("audio", None, 1, "mel_frame" if name.endswith("hook_conv1") else "audio_position")
-    block = WHISPER_NAMING.parse(name)
-    stack: Stack = "encoder" if name.startswith(("encoder", "hook_encoder_out")) else "decoder"
-    layer = block[1] if block else None
-    rest = block[2] if block else name
-    leaf = rest.rsplit(".", 1)[-1]
-    cross = rest.startswith("cross_attn.") or leaf.startswith("hook_cross_")
-    query_unit: Unit = "audio_position" if stack == "encoder" else "token"
-    key_unit: Unit = "audio_position" if stack == "encoder" or cross else "token"
-    if leaf in _PATTERNS:
-        return HookLayout(stack, layer, 2, query_unit, head_axis=1, key_unit=key_unit)
-    if leaf in ("hook_k", "hook_v", "hook_cross_k_input", "hook_cross_v_input"):
-        return HookLayout(stack, layer, 1, key_unit, head_axis=2)
-    if leaf in _HEADED or leaf.endswith("_input"):
-        return HookLayout(stack, layer, 1, query_unit, head_axis=2)
-    return HookLayout(stack, layer, 1, query_unit)
-
-
-_POOLED = ("hook_pooled", "hook_encoder_out", "hook_audio_embeds")
-
-
-def qwen2_audio_layout_of(name: str) -> HookLayout:
-    """The layout of a HookedQwen2Audio hook: Whisper's for the audio encoder, pooled audio
-    positions (25 per second) from the pooling to the projector, tokens in the language model
-    (the audio is there too, as the placeholder positions)."""
-    if name.startswith(("hook_mel", "encoder_embed.", "encoder_blocks.")):
-        return layout_of(name)
-    if name in _POOLED or name.startswith("encoder_ln_final."):
-        return HookLayout("encoder", None, 1, "audio_token")
-    block = QWEN2_AUDIO_NAMING.parse(name)
-    layer = block[1] if block else None
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf in _PATTERNS:
-        return HookLayout("decoder", layer, 2, "token", head_axis=1, key_unit="token")
-    if leaf in ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z"):
-        return HookLayout("decoder", layer, 1, "token", head_axis=2)
-    return HookLayout("decoder", layer, 1, "token")
 
 
 # A sparse autoencoder spliced in at a hook (``model.saes``) hangs below that hook point as
@@ -225,6 +320,12 @@ def is_sae_hook(name: str) -> bool:
     """Whether ``name`` is one of a spliced autoencoder's own hooks (``sae_hook_name``)."""
     parent, _, leaf = name.rpartition(".sae.")
     return bool(parent) and leaf in SAE_LEAVES
+
+
+def sae_hook_layouts(hook: str, parent: HookLayout, module: nn.Module) -> dict[str, HookLayout]:
+    """The layouts of the hooks of ``module`` (an autoencoder spliced in at ``hook``, laid out as
+    ``parent``), by name: their declared axes over the parent hook's positions, stack and layer."""
+    return hook_layouts_of(module, Stream(parent.stack, parent.unit), parent.layer, f"{hook}.sae")
 
 
 def sae_layout(parent: HookLayout) -> HookLayout:

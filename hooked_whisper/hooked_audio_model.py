@@ -29,7 +29,14 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.audio import SAMPLE_RATE
-from hooked_whisper.hook_layout import POSITIONS_PER_SECOND, HookLayout, HookNaming, is_sae_hook, sae_hook_name
+from hooked_whisper.hook_layout import (
+    POSITIONS_PER_SECOND,
+    HookLayout,
+    HookNaming,
+    hook_layouts_of,
+    is_sae_hook,
+    sae_hook_name,
+)
 from hooked_whisper.inputs import TokensInput, check_tokens
 
 
@@ -211,6 +218,14 @@ class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
             if leaf.startswith("W_") and leaf != "W_pos":
                 nn.init.normal_(p, std=std)
 
+    def setup(self) -> None:
+        """TransformerLens' ``setup`` (hook names from the module tree), then ``hook_layouts``
+        from the same tree: each hook's declared axes, on the stream and in the block where its
+        module sits (``hook_layout.hook_layouts_of``)."""
+        super().setup()
+        self.hook_layouts = hook_layouts_of(self)
+        assert self.hook_layouts.keys() == self.hook_dict.keys(), "every hook point is declared with hook_point()"
+
     def check_tokens(self, tokens: TokensInput) -> torch.Tensor:
         """Token ids (or text) as a checked ``[batch, pos]`` tensor on the model's device."""
         return check_tokens(tokens, self.cfg.d_vocab, self.device, self.to_tokens)
@@ -333,14 +348,15 @@ class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
     def blocks_of(self, stack: str) -> nn.ModuleList:
         """The blocks of ``stack`` ("encoder" or "decoder")."""
 
-    def hook_name(self, stack: str, layer: int, leaf: str) -> str:
+    def hook_name(self, stack: str, layer: int, *leaf: str) -> str:
         """The name of hook ``leaf`` (``hook_resid_post``, ``attn.hook_z``, ``cross_attn.hook_z``,
-        ...) in block ``layer`` of ``stack``, checked to exist: ``decoder_blocks.{layer}.{leaf}``
-        in HookedWhisper, ``blocks.{layer}.{leaf}`` in HookedQwen2Audio's language model."""
+        ... or its parts: ``"cross_attn", "hook_z"``) in block ``layer`` of ``stack``, checked to
+        exist: ``decoder_blocks.{layer}.{leaf}`` in HookedWhisper, ``blocks.{layer}.{leaf}`` in
+        HookedQwen2Audio's language model."""
         n_layers = self.layer_count(stack)
         if not 0 <= layer < n_layers:
             raise ValueError(f"{stack} layer {layer} out of range: this model's {stack} has layers 0..{n_layers - 1}")
-        name = self.hook_naming.name(stack, layer, leaf)
+        name = self.hook_naming.name(stack, layer, *leaf)
         self.check_hook_name(name)
         return name
 

@@ -16,14 +16,20 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.audio import AudioInput
 from hooked_whisper.cache import WhisperActivationCache
 from hooked_whisper.components import AudioEmbed, DecoderBlock, EncoderBlock, LayerNorm, PosEmbed, TokenEmbed
 from hooked_whisper.config import GenerationConfig, HookedWhisperConfig
 from hooked_whisper.decoding import entry_points
-from hooked_whisper.hook_layout import WHISPER_NAMING, HookLayout, layout_of
+from hooked_whisper.hook_layout import (
+    AUDIO_FRONT_END,
+    ENCODER_STREAM,
+    TEXT_STREAM,
+    WHISPER_NAMING,
+    HookLayout,
+    hook_point,
+)
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
 from hooked_whisper.inputs import TokensInput, rows_per_clip, window_mel
 from hooked_whisper.kv_cache import DecoderCache, heads_first
@@ -47,23 +53,29 @@ class HookedWhisper(HookedAudioModel):
         self.tokenizer = tokenizer or WhisperTokenizer(bundled_vocabulary(cfg.d_vocab), cfg.d_vocab)
         self.generation_config = generation_config or GenerationConfig.standard(cfg.d_vocab)
 
-        self.hook_mel = HookPoint()  # [batch, n_mels, 3000]
-        self.encoder_embed = AudioEmbed(cfg)
-        self.encoder_blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_encoder_layers)])
-        self.encoder_ln_final = LayerNorm(cfg)
-        self.hook_encoder_out = HookPoint()  # [batch, audio_pos, d_model]: what cross-attention reads
+        # Each hook's axes are declared where it is made; its stack and unit, by the stream its
+        # module is placed on (the decoder's tokens unless placed elsewhere); its layer, by its block.
+        TEXT_STREAM.holds(self)
+        self.hook_mel = AUDIO_FRONT_END.holds(hook_point(pos_axis=2, unit="mel_frame"))  # [batch, n_mels, 3000]
+        self.encoder_embed = AUDIO_FRONT_END.holds(AudioEmbed(cfg))
+        self.encoder_blocks = ENCODER_STREAM.holds(
+            nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_encoder_layers)])
+        )
+        self.encoder_ln_final = ENCODER_STREAM.holds(LayerNorm(cfg))
+        self.hook_encoder_out = ENCODER_STREAM.holds(
+            hook_point()
+        )  # [batch, audio_pos, d_model]: what cross-attention reads
 
-        self.hook_tokens = HookPoint()  # [batch, pos]
+        self.hook_tokens = hook_point()  # [batch, pos]
         self.embed = TokenEmbed(cfg)
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_embed = hook_point(writes_residual=True)  # [batch, pos, d_model]
         self.pos_embed = PosEmbed(cfg)
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = hook_point(writes_residual=True)  # [batch, pos, d_model]
         self.decoder_blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_decoder_layers)])
         self.decoder_ln_final = LayerNorm(cfg)
 
         self.init_weights()
         self.setup()
-        self.hook_layouts: dict[str, HookLayout] = {name: layout_of(name) for name in self.hook_dict}
 
     def init_weights(self, std: float = 0.02) -> None:
         """The shared random init, then the decoder's learned positions."""

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import nn
 from transformer_lens import ActivationCache
-from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.audio import (
     HOP_LENGTH,
@@ -41,7 +40,15 @@ from hooked_whisper.components.rms_norm import RMSNorm
 from hooked_whisper.components.rotary_attention import rotary_frequencies, rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
 from hooked_whisper.decoding.search import DecodingOptions
-from hooked_whisper.hook_layout import QWEN2_AUDIO_NAMING, HookLayout, qwen2_audio_layout_of
+from hooked_whisper.hook_layout import (
+    AUDIO_FRONT_END,
+    ENCODER_STREAM,
+    POOLED_AUDIO,
+    QWEN2_AUDIO_NAMING,
+    TEXT_STREAM,
+    HookLayout,
+    hook_point,
+)
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
 from hooked_whisper.inputs import check_window, rows_per_clip, window_mels
 
@@ -129,19 +136,25 @@ class HookedQwen2Audio(HookedAudioModel):
         self.tokenizer = tokenizer
         a = cfg.audio
 
-        self.hook_mel = HookPoint()  # [batch, n_mels, 3000]
-        self.encoder_embed = AudioEmbed(a)
-        self.encoder_blocks = nn.ModuleList([EncoderBlock(a) for _ in range(a.n_encoder_layers)])
-        self.hook_pooled = HookPoint()  # [batch, n_audio_ctx // 2, d_audio]: pairs of positions averaged
-        self.encoder_ln_final = LayerNorm(a)
-        self.hook_encoder_out = HookPoint()  # [batch, n_audio_ctx // 2, d_audio]
+        # Each hook's axes are declared where it is made; its stack and unit, by the stream its
+        # module is placed on (the language model's tokens unless placed elsewhere); its layer, by its block.
+        TEXT_STREAM.holds(self)
+        self.hook_mel = AUDIO_FRONT_END.holds(hook_point(pos_axis=2, unit="mel_frame"))  # [batch, n_mels, 3000]
+        self.encoder_embed = AUDIO_FRONT_END.holds(AudioEmbed(a))
+        self.encoder_blocks = ENCODER_STREAM.holds(nn.ModuleList([EncoderBlock(a) for _ in range(a.n_encoder_layers)]))
+        # [batch, n_audio_ctx // 2, d_audio]: pairs of positions averaged
+        self.hook_pooled = POOLED_AUDIO.holds(hook_point())
+        self.encoder_ln_final = POOLED_AUDIO.holds(LayerNorm(a))
+        self.hook_encoder_out = POOLED_AUDIO.holds(hook_point())  # [batch, n_audio_ctx // 2, d_audio]
         self.W_audio_proj = nn.Parameter(torch.empty(a.d_model, cfg.d_model))
         self.b_audio_proj = nn.Parameter(torch.zeros(cfg.d_model))
-        self.hook_audio_embeds = HookPoint()  # [batch, n_audio_ctx // 2, d_model]: what the placeholders get
+        # [batch, n_audio_ctx // 2, d_model]: what the placeholders get
+        self.hook_audio_embeds = POOLED_AUDIO.holds(hook_point())
 
-        self.hook_tokens = HookPoint()  # [batch, pos]
+        self.hook_tokens = hook_point()  # [batch, pos]
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]: token embeddings, before audio is put in
+        # [batch, pos, d_model]: token embeddings, before audio is put in
+        self.hook_embed = hook_point(writes_residual=True)
         self.blocks = nn.ModuleList([LanguageModelBlock(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = RMSNorm(cfg.d_model, cfg.eps)
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
@@ -149,7 +162,6 @@ class HookedQwen2Audio(HookedAudioModel):
 
         self.init_weights()
         self.setup()
-        self.hook_layouts: dict[str, HookLayout] = {name: qwen2_audio_layout_of(name) for name in self.hook_dict}
 
     @property
     def device(self) -> torch.device:

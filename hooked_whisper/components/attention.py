@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import nn
 from transformer_lens import FactoredMatrix
-from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.components.layout import HEADS_IN, HEADS_OUT, keep_kernel_layouts
 from hooked_whisper.config import HookedWhisperConfig
+from hooked_whisper.hook_layout import hook_point
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]  # (k, v), each [batch, key_pos, head, d_head]
 
@@ -60,13 +60,16 @@ class Attention(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(d))
         self.scale = dh**-0.5
 
-        self.hook_q = HookPoint()  # [batch, query_pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, key_pos, head, d_head]
-        self.hook_v = HookPoint()  # [batch, key_pos, head, d_head]
-        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
-        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
-        self.hook_z = HookPoint()  # [batch, query_pos, head, d_head]
-        self.hook_result = HookPoint()  # [batch, query_pos, head, d_model]; cfg.use_attn_result
+        # Queries are on the stream; keys count what this attention reads (the audio, for cross-attention).
+        self.hook_q = hook_point(head_axis=2)  # [batch, query_pos, head, d_head]
+        self.hook_k = hook_point(unit="keys", head_axis=2)  # [batch, key_pos, head, d_head]
+        self.hook_v = hook_point(unit="keys", head_axis=2)  # [batch, key_pos, head, d_head]
+        self.hook_attn_scores = hook_point(
+            pos_axis=2, head_axis=1, key_unit="keys"
+        )  # [batch, head, query_pos, key_pos]
+        self.hook_pattern = hook_point(pos_axis=2, head_axis=1, key_unit="keys")  # [batch, head, query_pos, key_pos]
+        self.hook_z = hook_point(head_axis=2)  # [batch, query_pos, head, d_head]
+        self.hook_result = hook_point(head_axis=2)  # [batch, query_pos, head, d_model]; cfg.use_attn_result
         # Stored as nn.Linear stores them, so that all heads project in one matrix product that
         # reads the weights in the order every kernel (half precision on the CPU too) reads fast.
         keep_kernel_layouts(self, {"W_Q": HEADS_IN, "W_K": HEADS_IN, "W_V": HEADS_IN, "W_O": HEADS_OUT})

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.components.attention import Attention, KeyValue
 from hooked_whisper.components.gated_mlp import GatedMLP
@@ -17,6 +16,7 @@ from hooked_whisper.components.mlp import MLP
 from hooked_whisper.components.rms_norm import RMSNorm
 from hooked_whisper.components.rotary_attention import RotaryAttention
 from hooked_whisper.config import HookedQwen2AudioConfig, HookedWhisperConfig
+from hooked_whisper.hook_layout import Stream, hook_point
 
 
 def per_head(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -42,14 +42,14 @@ class PreNormBlock(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
-        self.hook_k_input = HookPoint()  # [batch, pos, head (key/value group), d_model]
-        self.hook_v_input = HookPoint()  # [batch, pos, head (key/value group), d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_pre = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_q_input = hook_point(head_axis=2)  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
+        self.hook_k_input = hook_point(head_axis=2)  # [batch, pos, head (key/value group), d_model]
+        self.hook_v_input = hook_point(head_axis=2)  # [batch, pos, head (key/value group), d_model]
+        self.hook_attn_out = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_resid_mid = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_mlp_out = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_resid_post = hook_point(writes_residual=True)  # [batch, pos, d_model]
 
     def attend(self, resid: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, KeyValue]:
         raise NotImplementedError
@@ -89,22 +89,22 @@ class DecoderBlock(nn.Module):
         self.ln1 = LayerNorm(cfg)
         self.attn = Attention(cfg, causal=True)
         self.ln2 = LayerNorm(cfg)
-        self.cross_attn = Attention(cfg)
+        self.cross_attn = Stream(keys="audio_position").holds(Attention(cfg))  # its keys are the audio
         self.ln3 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
-        self.hook_k_input = HookPoint()  # [batch, pos, head, d_model]
-        self.hook_v_input = HookPoint()  # [batch, pos, head, d_model]
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.hook_cross_q_input = HookPoint()  # [batch, pos, head, d_model]; cfg.use_cross_kv_input
-        self.hook_cross_k_input = HookPoint()  # [batch, audio_pos, head, d_model]
-        self.hook_cross_v_input = HookPoint()  # [batch, audio_pos, head, d_model]
-        self.hook_cross_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid_cross = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_pre = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_q_input = hook_point(head_axis=2)  # [batch, pos, head, d_model]; cfg.use_split_qkv_input
+        self.hook_k_input = hook_point(head_axis=2)  # [batch, pos, head, d_model]
+        self.hook_v_input = hook_point(head_axis=2)  # [batch, pos, head, d_model]
+        self.hook_attn_out = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_resid_mid = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_cross_q_input = hook_point(head_axis=2)  # [batch, pos, head, d_model]; cfg.use_cross_kv_input
+        self.hook_cross_k_input = hook_point(unit="audio_position", head_axis=2)  # [batch, audio_pos, head, d_model]
+        self.hook_cross_v_input = hook_point(unit="audio_position", head_axis=2)  # [batch, audio_pos, head, d_model]
+        self.hook_cross_attn_out = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_resid_mid_cross = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_mlp_out = hook_point(writes_residual=True)  # [batch, pos, d_model]
+        self.hook_resid_post = hook_point(writes_residual=True)  # [batch, pos, d_model]
 
     def cross_kv(self, encoder_out: Float[torch.Tensor, "batch audio_pos d_model"]) -> KeyValue:
         """Cross-attention keys and values: computed once per audio, reused at every step."""

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.components.layout import keep_kernel_layouts, restore_kernel_layouts
 from hooked_whisper.config import HookedWhisperConfig
+from hooked_whisper.hook_layout import hook_point
 
 
 def sinusoids(n_positions: int, d_model: int) -> Float[torch.Tensor, "pos d_model"]:
@@ -42,9 +42,10 @@ class AudioEmbed(nn.Module):
         self.b_conv2 = nn.Parameter(torch.zeros(d))
         # Stored, not recomputed: checkpoints carry the table (rounded to fp16 in the originals).
         self.W_pos = nn.Parameter(sinusoids(cfg.n_audio_ctx, d))
-        self.hook_conv1 = HookPoint()  # [batch, 2 * n_audio_ctx, d_model], after GELU
-        self.hook_conv2 = HookPoint()  # [batch, n_audio_ctx, d_model], after GELU
-        self.hook_pos_embed = HookPoint()  # [batch, n_audio_ctx, d_model]
+        self.hook_conv1 = hook_point(unit="mel_frame")  # [batch, 2 * n_audio_ctx, d_model], after GELU
+        # Their sum is the encoder's residual stream: each writes to it.
+        self.hook_conv2 = hook_point(writes_residual=True)  # [batch, n_audio_ctx, d_model], after GELU
+        self.hook_pos_embed = hook_point(writes_residual=True)  # [batch, n_audio_ctx, d_model]
 
     def forward(self, mel: Float[torch.Tensor, "batch n_mels frames"]) -> Float[torch.Tensor, "batch pos d_model"]:
         x = self.hook_conv1(F.gelu(F.conv1d(mel, self.W_conv1, self.b_conv1, padding=1)).transpose(1, 2))

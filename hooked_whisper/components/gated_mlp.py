@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
+from hooked_whisper.hook_layout import hook_point
 
 
 class GatedMLP(nn.Module):
@@ -18,9 +18,9 @@ class GatedMLP(nn.Module):
         self.W_in = nn.Parameter(torch.empty(d_model, d_mlp))
         self.W_out = nn.Parameter(torch.empty(d_mlp, d_model))
         keep_kernel_layouts(self, {"W_gate": LINEAR, "W_in": LINEAR, "W_out": LINEAR})  # nn.Linear's [out, in]
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp], the gate before its activation
-        self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp], the linear branch
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp], silu(gate) * linear
+        self.hook_pre = hook_point()  # [batch, pos, d_mlp], the gate before its activation
+        self.hook_pre_linear = hook_point()  # [batch, pos, d_mlp], the linear branch
+        self.hook_post = hook_point()  # [batch, pos, d_mlp], silu(gate) * linear
 
     def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
         gate = self.hook_pre(x @ self.W_gate)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.config import HookedWhisperConfig
+from hooked_whisper.hook_layout import hook_point
 
 
 class LayerNorm(nn.Module):
@@ -17,8 +17,8 @@ class LayerNorm(nn.Module):
         self.eps = cfg.layer_norm_eps
         self.w = nn.Parameter(torch.ones(cfg.d_model))
         self.b = nn.Parameter(torch.zeros(cfg.d_model))
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        self.hook_scale = hook_point()  # [batch, pos, 1]
+        self.hook_normalized = hook_point()  # [batch, pos, d_model]
 
     def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
         if not self.hook_scale.has_hooks():

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_whisper.components.attention import KeyValue, project
 from hooked_whisper.components.layout import HEADS_IN, HEADS_OUT, keep_kernel_layouts
 from hooked_whisper.config import HookedQwen2AudioConfig
+from hooked_whisper.hook_layout import hook_point
 
 
 def rotary_frequencies(cfg: HookedQwen2AudioConfig, length: int, device: torch.device) -> torch.Tensor:
@@ -65,14 +65,16 @@ class RotaryAttention(nn.Module):
         self.W_O = nn.Parameter(torch.empty(n_heads, d_head, d_model))
         self.scale = d_head**-0.5
 
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head], before rotation
-        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head], before rotation
-        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
-        self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
-        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
-        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_q = hook_point(head_axis=2)  # [batch, pos, head, d_head], before rotation
+        self.hook_k = hook_point(unit="keys", head_axis=2)  # [batch, pos, kv_head, d_head], before rotation
+        self.hook_v = hook_point(unit="keys", head_axis=2)  # [batch, pos, kv_head, d_head]
+        self.hook_rot_q = hook_point(head_axis=2)  # [batch, pos, head, d_head]
+        self.hook_rot_k = hook_point(unit="keys", head_axis=2)  # [batch, pos, kv_head, d_head]
+        self.hook_attn_scores = hook_point(
+            pos_axis=2, head_axis=1, key_unit="keys"
+        )  # [batch, head, query_pos, key_pos]
+        self.hook_pattern = hook_point(pos_axis=2, head_axis=1, key_unit="keys")  # [batch, head, query_pos, key_pos]
+        self.hook_z = hook_point(head_axis=2)  # [batch, pos, head, d_head]
         keep_kernel_layouts(self, {"W_Q": HEADS_IN, "_W_K": HEADS_IN, "_W_V": HEADS_IN, "W_O": HEADS_OUT})
 
     @property

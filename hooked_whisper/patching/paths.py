@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from hooked_whisper.hook_layout import hook_owner, writes_residual
 from hooked_whisper.kv_cache import DecoderCache
 from hooked_whisper.patching.activation import prepare, source_activations, source_cache
 from hooked_whisper.patching.metrics import Metric, per_row
@@ -98,15 +99,14 @@ def _sender_delta(model: HookedAudioModel, sender: Site, base: dict, source: dic
     ``[1, pos, d_model]`` (zero outside the sender's positions)."""
     hook = sender.hook
     delta = source[hook] - base[hook]
-    block = model.hook_naming.parse(hook)
-    if block is not None and block[2] in ("attn.hook_z", "cross_attn.hook_z"):
-        stack, layer, leaf = block
-        W_O = getattr(model.blocks_of(stack)[layer], leaf.split(".")[0]).W_O
+    attention = hook_owner(model, hook)
+    if model.hook_dict[hook] is getattr(attention, "hook_z", None) and hasattr(attention, "W_O"):
+        W_O = attention.W_O
         heads = [sender.head] if sender.head is not None else list(range(W_O.shape[0]))
         delta = torch.einsum("bphd,hdm->bpm", delta[:, :, heads], W_O[heads])
     elif sender.head is not None:
         raise ValueError(f"a head sender must be an attention hook_z, not {hook}")
-    elif not _writes_residual(hook):
+    elif not writes_residual(model, hook):
         raise ValueError(
             f"{hook} does not write to the residual stream; senders are embeddings, hook_attn_out, "
             "hook_mlp_out, hook_cross_attn_out, hook_resid_post or a head's hook_z"
@@ -220,19 +220,3 @@ def _add_to_head(model: HookedAudioModel, row: int, head: int, delta: torch.Tens
         return x
 
     return hook_fn
-
-
-RESIDUAL_WRITERS = (
-    "hook_conv2",
-    "hook_pos_embed",
-    "hook_embed",
-    "hook_attn_out",
-    "hook_cross_attn_out",
-    "hook_mlp_out",
-)
-RESIDUAL_WRITERS += ("hook_resid_pre", "hook_resid_mid", "hook_resid_mid_cross", "hook_resid_post")
-
-
-def _writes_residual(hook: str) -> bool:
-    """Whether ``hook`` is added to (or is) a residual stream: what a path-patching sender is."""
-    return hook.rsplit(".", 1)[-1] in RESIDUAL_WRITERS

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hooked_whisper.hook_layout import hooks_across_layers
+
 if TYPE_CHECKING:
     from hooked_whisper.hooked_audio_model import HookedAudioModel
 
@@ -160,7 +162,7 @@ def head_sites(
     tag = "EL" if stack == "encoder" else ("XL" if kind == "cross_attn" else "DL")
     pos = _positions(positions)
     return [
-        Site(model.hook_name(stack, l, f"{kind}.{hook}"), h, pos, f"{tag}{l}H{h}")
+        Site(model.hook_name(stack, l, kind, hook), h, pos, f"{tag}{l}H{h}")
         for l in range(model.layer_count(stack))
         for h in range(model.head_count(stack))
     ]
@@ -171,16 +173,7 @@ def layer_sites(model: HookedAudioModel, template: str, positions: Sequence[int]
     ``layer_sites(model, "decoder_blocks.{l}.hook_cross_attn_out")``; or from a stack and a leaf
     given as ``"decoder:hook_resid_post"``, which names the hook in any family (Whisper's
     ``decoder_blocks``, an audio LLM's language-model ``blocks``)."""
-    stack, sep, leaf = template.partition(":")
-    if sep:
-        names = [model.hook_name(stack, l, leaf) for l in range(model.layer_count(stack))]
-    else:
-        if "{l}" not in template:
-            raise ValueError(f"{template!r} has no {{l}} for the layer; e.g. 'decoder_blocks.{{l}}.hook_resid_post'")
-        layout = model.hook_layout(template.format(l=0))
-        if layout.layer is None:
-            raise ValueError(f"{template.format(l=0)} is not inside a block: layer_sites needs a block hook")
-        names = [template.format(l=l) for l in range(model.layer_count(layout.stack))]
+    names = hooks_across_layers(model, template)
     pos = _positions(positions)
     return [Site(name, None, pos, name) for name in names]
 

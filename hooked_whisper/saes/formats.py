@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hooked_whisper.hook_layout import WHISPER_NAMING, get_act_name
+from hooked_whisper.hook_layout import WHISPER_NAMING, get_act_name, hook_leaf
 from hooked_whisper.saes.sae import SparseAutoencoder
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def export_sae_lens(sae: SparseAutoencoder, folder: str | Path, model_name: str 
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "none",
         # sae-lens flattens heads only when told; splicing here flattens any per-head hook itself
-        "reshape_activations": "hook_z" if (sae.hook_name or "").endswith("hook_z") else "none",
+        "reshape_activations": "hook_z" if sae.hook_name and hook_leaf(sae.hook_name) == "hook_z" else "none",
         "meta": {
             "model_name": model_name or sae.metadata.get("model_name"),
             "hook_name": sae.hook_name,

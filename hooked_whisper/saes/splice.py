@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from hooked_whisper.hook_layout import SAE_LEAVES, is_sae_hook, sae_hook_name, sae_layout
+from hooked_whisper.hook_layout import SAE_LEAVES, hook_point, is_sae_hook, sae_hook_layouts, sae_hook_name
 from hooked_whisper.saes.sae import SparseAutoencoder
 
 if TYPE_CHECKING:
@@ -33,16 +33,18 @@ if TYPE_CHECKING:
 class HookedSAE(nn.Module):
     """An autoencoder as it runs spliced in at one hook, with a hook point at every step."""
 
-    def __init__(self, autoencoder: SparseAutoencoder, use_error_term: bool, flatten_heads: bool):
+    def __init__(self, autoencoder: SparseAutoencoder, use_error_term: bool, flatten_heads: bool, hook: str = ""):
         super().__init__()
+        self.hook = hook  # the model hook it is spliced in at, for errors
         self.autoencoder = autoencoder
         self.use_error_term = use_error_term
         self.flatten_heads = flatten_heads  # a per-head hook ([batch, pos, head, d_head]) is read as one vector
-        self.hook_sae_input = HookPoint()  # [batch, pos, d_in]: the activation the model computed
-        self.hook_sae_acts_pre = HookPoint()  # [batch, pos, d_sae]: encoder output before the activation
-        self.hook_sae_acts_post = HookPoint()  # [batch, pos, d_sae]: the latents
-        self.hook_sae_recons = HookPoint()  # [batch, pos, d_in]: the reconstruction
-        self.hook_sae_error = HookPoint()  # [batch, pos, d_in]: input - reconstruction (with the error term)
+        # Positions on the axis of the hook it is spliced in at (a per-position hook); no head axis.
+        self.hook_sae_input = hook_point()  # [batch, pos, d_in]: the activation the model computed
+        self.hook_sae_acts_pre = hook_point()  # [batch, pos, d_sae]: encoder output before the activation
+        self.hook_sae_acts_post = hook_point()  # [batch, pos, d_sae]: the latents
+        self.hook_sae_recons = hook_point()  # [batch, pos, d_in]: the reconstruction
+        self.hook_sae_error = hook_point()  # [batch, pos, d_in]: input - reconstruction (with the error term)
 
     def forward(self, x: Float[torch.Tensor, "batch pos ..."]) -> Float[torch.Tensor, "batch pos ..."]:
         shape, dtype = x.shape, x.dtype
@@ -50,7 +52,7 @@ class HookedSAE(nn.Module):
         flat = x.flatten(2) if self.flatten_heads else x
         if flat.shape[-1] != sae.d_in:
             raise ValueError(
-                f"the autoencoder at {self.hook_sae_input.name.rsplit('.sae.', 1)[0]} reads vectors of {sae.d_in}, "
+                f"the autoencoder at {self.hook} reads vectors of {sae.d_in}, "
                 f"but that hook's activation has shape {tuple(shape)}: splice it at a hook of width {sae.d_in}"
             )
         sae_in = self.hook_sae_input(flat.to(sae.W_enc.dtype))
@@ -130,7 +132,7 @@ def _attach(model: HookedAudioModel, hook: str, sae: SparseAutoencoder, use_erro
             f"{hook} does not hold one vector per position ([batch, pos, ...]); splice at a residual, MLP, "
             "attention output or per-head (hook_z) hook"
         )
-    module = HookedSAE(sae, use_error_term, flatten_heads=layout.head_axis is not None)
+    module = HookedSAE(sae, use_error_term, flatten_heads=layout.head_axis is not None, hook=hook)
     module.to(next(sae.parameters()).device)
     point.add_module("sae", module)
     for leaf in SAE_LEAVES:
@@ -138,7 +140,7 @@ def _attach(model: HookedAudioModel, hook: str, sae: SparseAutoencoder, use_erro
         sub = getattr(module, leaf)
         sub.name = name
         model.hook_dict[name] = model.mod_dict[name] = sub
-        model.hook_layouts[name] = sae_layout(layout)
+    model.hook_layouts |= sae_hook_layouts(hook, layout, module)
 
     def splice(x: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         return module(x)
