@@ -7,6 +7,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hooked_whisper.decoding_options import DecodingOptions
 
 # torch and the model are imported inside the commands, so that --help and argument errors
 # answer at once.
@@ -81,15 +85,11 @@ def format_time(seconds: float) -> str:
     return f"{int(minutes):02d}:{seconds:05.2f}"
 
 
-DECODING_FLAGS = ("language", "task", "beam_size")  # the DecodingOptions fields the command line sets
-
-
 def transcribe(args: argparse.Namespace) -> int:
     """Transcribe every readable file; report each bad one on stderr (and in --json) and exit 1."""
     from hooked_whisper import HookedWhisper, load_audio
     from hooked_whisper.audio import SAMPLE_RATE
-    from hooked_whisper.decoding.search import DecodingOptions
-    from hooked_whisper.decoding.transcribe import LONG_FORM_OPTIONS
+    from hooked_whisper.decoding_options import LONG_FORM_OPTIONS, DecodingOptions, cli_fields
 
     waveforms, failures = {}, {}
     for f in args.files:  # every file is checked before the model loads
@@ -101,7 +101,9 @@ def transcribe(args: argparse.Namespace) -> int:
     # The decoding flags are DecodingOptions fields by name, merged into transcribe's defaults
     # (which decode timestamps, as openai-whisper's command line does: without them Whisper
     # tends to stop after the first sentence of a long window; they are shown when asked).
-    options = DecodingOptions.merged(LONG_FORM_OPTIONS, {name: getattr(args, name) for name in DECODING_FLAGS})
+    # A flag left out keeps transcribe's default (its temperature schedule, say).
+    given = {f.name: getattr(args, f.name) for f, _ in cli_fields() if getattr(args, f.name) is not None}
+    options = DecodingOptions.merged(LONG_FORM_OPTIONS, given)
     results = []
     if waveforms:
         model = HookedWhisper.from_pretrained(args.model)
@@ -180,6 +182,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_decoding_flags(parser: argparse.ArgumentParser, defaults: DecodingOptions) -> None:
+    """One flag per ``DecodingOptions`` field meant for the command line, typed and described as
+    the field is (a new option reaches the command line from its declaration alone); the
+    defaults shown are those of ``defaults``, the options the command starts from."""
+    from hooked_whisper.decoding_options import cli_fields
+
+    for f, kind in cli_fields():
+        value = getattr(defaults, f.name)
+        shown = ", ".join(map(str, value)) if isinstance(value, tuple) else value  # a schedule, tried in turn
+        default = "" if value is None else f" (default: {shown})"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), type=kind, choices=f.metadata["choices"], help=f.metadata["help"] + default
+        )
+
+
 MODEL_HELP = (
     "'tiny.en' or 'base' (bundled by the weights extra), a Hugging Face repo id such as "
     "'openai/whisper-small', or a path to a checkpoint (default: %(default)s)"
@@ -187,6 +204,8 @@ MODEL_HELP = (
 
 
 def main(argv: list[str] | None = None) -> None:
+    from hooked_whisper.decoding_options import LONG_FORM_OPTIONS
+
     parser = argparse.ArgumentParser(prog="hooked-whisper", description="Whisper with hooks everywhere")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="transcribe a clip and summarise the activation cache")
@@ -196,11 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files of any length")
     p.add_argument("files", nargs="+")
     p.add_argument("--model", default="tiny.en", help=MODEL_HELP)
-    p.add_argument("--language", default=None, help="language code (default: detected)")
-    p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    add_decoding_flags(p, LONG_FORM_OPTIONS)
     p.add_argument("--timestamps", action="store_true", help="print segments with their times (always decoded)")
     p.add_argument("--word-timestamps", action="store_true", help="also time each word (alignment heads + DTW)")
-    p.add_argument("--beam-size", type=int, default=None, help="beam search instead of greedy decoding")
     p.add_argument("--batch-size", type=positive_int, default=8, help="files decoded together (default: 8)")
     p.add_argument(
         "--fallback",

@@ -11,95 +11,18 @@ exist, and candidates are ranked by summed log-probability over length.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from hooked_whisper.decoding.repetition import compression_ratio, is_looping
 from hooked_whisper.decoding.rules import LogitRules
+from hooked_whisper.decoding_options import DecodingOptions
 from hooked_whisper.kv_cache import DecoderCache
 
 if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    """How to decode one 30 s window, declared once: ``generate`` takes these fields as keywords
-    (merged with ``dataclasses.replace``), so no caller re-lists them. Frozen: a run's options
-    cannot change under it, and one instance can be shared between calls."""
-
-    language: str | None = None  # None: detected per clip on multilingual models
-    task: str = "transcribe"  # or "translate"
-    timestamps: bool = False
-    temperature: float = 0.0  # 0: greedy (or beam search); above 0: sampling
-    beam_size: int | None = None
-    patience: float | None = None  # beam search: collect beam_size * patience finished sequences
-    best_of: int | None = None  # sampling: keep the most likely of this many samples
-    length_penalty: float | None = None  # None: rank by log-probability / length
-    max_new_tokens: int | None = None  # default: up to the decoder's 448-token context
-    prompt: str | list[int] | None = None  # Whisper: previous text, after <|startofprev|>; Qwen2-Audio: the chat prompt
-    prefix: str | list[int] | None = None  # forced start of the transcript
-    max_initial_timestamp: float | None = 1.0  # seconds
-    stop_on_loop: bool | Callable[[list[int]], bool] = False  # greedy/sampling only
-
-    @classmethod
-    def merged(cls, options: DecodingOptions | None, overrides: dict[str, Any]) -> DecodingOptions:
-        """``options`` (the defaults when None) with ``overrides`` applied; an unknown keyword
-        is a TypeError that names the fields there are."""
-        if options is not None and not isinstance(options, cls):
-            raise TypeError(
-                f"generate's second argument is a DecodingOptions, not {type(options).__name__}: pass token ids "
-                "as prompt=... (or tokens to run_with_cache / forward for a teacher-forced pass)"
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(
-                f"unknown decoding option(s) {', '.join(unknown)}; "
-                f"DecodingOptions fields are: {', '.join(sorted(known))}"
-            )
-        return replace(options or cls(), **overrides)
-
-    def check(self, model: HookedWhisper) -> None:
-        if self.beam_size is not None and self.best_of is not None:
-            raise ValueError("beam_size and best_of cannot be used together: beam search is for temperature 0")
-        if self.best_of is not None and self.temperature == 0:
-            raise ValueError("best_of needs temperature > 0 (greedy decoding has only one candidate)")
-        if self.patience is not None and self.beam_size is None:
-            raise ValueError("patience is a beam-search setting: give beam_size too")
-        if self.beam_size is not None and self.temperature != 0:
-            raise ValueError("beam search runs at temperature 0; use best_of for sampling")
-        if self.beam_size is not None and self.stop_on_loop:
-            raise ValueError("stop_on_loop works with greedy decoding and sampling, not beam search")
-        if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
-            raise ValueError(f"length_penalty must lie in [0, 1], got {self.length_penalty}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        for name in ("beam_size", "best_of", "max_new_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.language is not None and not isinstance(self.language, str):
-            raise ValueError(
-                f"language is one code for every clip (e.g. 'en'), not {type(self.language).__name__} "
-                f"{self.language!r}: for clips in different languages call once per language, or leave it "
-                "out to detect each clip's"
-            )
-        if self.language is not None:
-            model.prompt_tokens(self.language, self.task)  # raises a clear error for unknown codes
-        for name in ("prompt", "prefix"):
-            ids = getattr(self, name)
-            if isinstance(ids, (list, tuple)):
-                bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < model.cfg.d_vocab]
-                if bad:
-                    raise ValueError(
-                        f"{name} holds token id {bad[0]!r}, outside this model's vocabulary of {model.cfg.d_vocab} "
-                        f"ids (0..{model.cfg.d_vocab - 1}); pass text, or ids from model.to_tokens"
-                    )
 
 
 @dataclass

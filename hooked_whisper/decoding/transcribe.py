@@ -37,6 +37,7 @@ from hooked_whisper.decoding.repetition import compression_ratio, loop_start
 from hooked_whisper.decoding.results import Segment, Transcript, Window
 from hooked_whisper.decoding.search import DecodingOptions, WindowResult, decode_window, detect_language
 from hooked_whisper.decoding.timing import add_word_timestamps
+from hooked_whisper.decoding_options import LONG_FORM_OPTIONS
 from hooked_whisper.tokenizer import TIME_PRECISION
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 N_FRAMES = 3000  # mel frames in one window
 FRAMES_PER_TOKEN = 2  # mel frames per encoder position (and per timestamp step)
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 FALLBACKS = ("loop-aware", "openai")
@@ -201,11 +201,6 @@ class ClipTranscription:
             segments=self.segments,
             windows=self.windows,
         )
-
-
-# What ``transcribe`` decodes with unless told: timestamps on (the seek needs them) and openai's
-# temperature schedule. ``temperature`` may be one number or the schedule tried in turn.
-LONG_FORM_OPTIONS = DecodingOptions(timestamps=True, temperature=TEMPERATURES)  # type: ignore[arg-type]
 
 
 def long_form_options(
