@@ -101,7 +101,7 @@ def bench(name: str, repeats: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         runs = engines(model, name, Path(tmp))
         for clip_name, audio in clips().items():
-            mel = model.to_mel(audio)
+            mel = model.to_mel(audio).mel
             tokens = runs["hooked"](mel)
             row = {"model": name, "clip": clip_name, "seconds": len(audio) / 16000, "tokens": len(tokens)}
             for engine, fn in runs.items():

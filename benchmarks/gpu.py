@@ -212,7 +212,7 @@ def parity(run: Run, name: str, clips: list[str], new_tokens: int) -> None:
     cap = {"max_new_tokens": new_tokens} if name in WHISPER_SHAPES else {}  # a random model rarely ends
     with torch.inference_mode():
         for clip in clips:
-            mel = model.to_mel(DATA / clip)
+            mel = model.to_mel(DATA / clip).mel
             tokens = model.generate(mel, **cap)[:, :-1]
             ref = hf_activations(hf, sites, model.cfg.n_heads, mel, tokens)
             logits, cache = model.run_with_cache(mel, tokens, names_filter=ref.__contains__)
@@ -299,7 +299,7 @@ def whisper_speed(run: Run, shape: str, dtype: torch.dtype, batches: list[int], 
         hf = WhisperForConditionalGeneration(hf_cfg).to(dtype).eval()
         model = HookedWhisper(HookedWhisperConfig.from_hf_config(hf_cfg.to_dict())).to(dtype).eval()
     clip = load_audio(DATA / "librivox_0870.wav")
-    one_mel = model.to_mel(clip, 16000)
+    one_mel = model.to_mel(clip, 16000).mel
     language = "en" if "en" in model.special.languages else sorted(model.special.languages)[0]  # random vocab
     prompt = torch.tensor([model.prompt_tokens(language)], device=device)
     n_prompt = prompt.shape[1]

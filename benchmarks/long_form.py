@@ -196,7 +196,7 @@ def half_rows(name: str, repeats: int) -> list[dict]:
 
 def half_row(name: str, dtype: torch.dtype, hf, clip: Path, repeats: int, language: dict) -> dict:
     model = HookedWhisper.from_pretrained(name, dtype=dtype)
-    mel = model.to_mel(clip)
+    mel = model.to_mel(clip).mel
     with torch.inference_mode():
         row: dict = {"model": name, "dtype": str(dtype).removeprefix("torch.")}
         row["hooked_encoder_s"] = median_time(lambda: model.encode(mel), repeats)

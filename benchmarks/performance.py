@@ -64,7 +64,7 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 def forward_rows(model: HookedWhisper, hf: dict, name: str, batches: list[int], repeats: int) -> list[dict]:
     rows = []
-    one_mel = model.to_mel(CLIP)
+    one_mel = model.to_mel(CLIP).mel
     one_tokens = model.generate(CLIP)[:, :-1]  # prompt + transcript
     for batch in batches:
         mel, tokens = one_mel.expand(batch, -1, -1).contiguous(), one_tokens.expand(batch, -1)
@@ -92,7 +92,7 @@ def forward_rows(model: HookedWhisper, hf: dict, name: str, batches: list[int], 
 
 
 def cache_rows(model: HookedWhisper, hf_eager, name: str, repeats: int) -> list[dict]:
-    mel, tokens = model.to_mel(CLIP), model.generate(CLIP)[:, :-1]
+    mel, tokens = model.to_mel(CLIP).mel, model.generate(CLIP)[:, :-1]
     sizes: dict[str, float] = {}
 
     def ours(names_filter, label):

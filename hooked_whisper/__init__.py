@@ -10,11 +10,13 @@ if TYPE_CHECKING:
     from hooked_whisper.audio import load_audio
     from hooked_whisper.cache import WhisperActivationCache
     from hooked_whisper.config import HookedWhisperConfig
+    from hooked_whisper.inputs import AudioFeatures
     from hooked_whisper.kv_cache import DecoderCache
     from hooked_whisper.model import HookedWhisper
     from hooked_whisper.qwen2_audio import HookedQwen2Audio
 
 __all__ = [
+    "AudioFeatures",
     "DecoderCache",
     "HookedQwen2Audio",
     "HookedWhisper",
@@ -26,6 +28,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that `hooked-whisper --help` answers without loading torch.
 _HOMES = {
+    "AudioFeatures": "hooked_whisper.inputs",
     "DecoderCache": "hooked_whisper.kv_cache",
     "HookedQwen2Audio": "hooked_whisper.qwen2_audio",
     "HookedWhisper": "hooked_whisper.model",

@@ -295,6 +295,12 @@ def hook_leaf(name: str) -> str:
     return name.rpartition(".")[2]
 
 
+def in_conv_stem(name: str) -> bool:
+    """Whether hook ``name`` (of either family) is on the audio stem's convolutions, for results
+    that keep hook names without their model (a probe's depth between the input and block 0)."""
+    return name.startswith("encoder_embed.hook_conv")
+
+
 def layer_template(name: str) -> str:
     """``name`` with its block index replaced by ``{l}`` (``decoder_blocks.3.hook_z`` ->
     ``decoder_blocks.{l}.hook_z``), to group a hook across layers; other names are unchanged."""

@@ -37,7 +37,7 @@ from hooked_whisper.hook_layout import (
     is_sae_hook,
     sae_hook_name,
 )
-from hooked_whisper.inputs import TokensInput, check_tokens
+from hooked_whisper.inputs import AudioFeatures, TokensInput, check_tokens
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,9 @@ def checked(fn: Callable) -> Callable:
 class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
     """What decoding and the toolkit may call on either family, declared here as abstract
     methods and typed attributes (a family that lacks one cannot be built). Subclasses build
-    their modules, call ``setup()`` and fill ``hook_layouts``; they declare how their blocks'
-    hooks are named (``hook_naming``) and whether a decoder reads the audio through
+    their modules (each hook point with its axes, each module on its stream) and call
+    ``setup()``, which builds ``hook_layouts`` from the module tree; they declare how their
+    blocks' hooks are named (``hook_naming``) and whether a decoder reads the audio through
     cross-attention. What a family cannot do is refused at the call, naming the family and why
     (``require_cross_attention``). Shared, written once here: hook-name checks and builders, the
     model's lock (``ModelLock``), ``real_position_count``, and sparse autoencoders spliced by hook
@@ -163,8 +164,7 @@ class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
 
     cfg: Any
     tokenizer: Any
-    W_E: torch.Tensor  # [d_vocab, d_model]
-    W_U: torch.Tensor  # [d_model, d_vocab]
+    embed: nn.Module  # the token embedding, ``embed.W_E``
     hook_layouts: dict[str, HookLayout]
     hook_naming: HookNaming
     # True when a decoder reads the encoder output through cross-attention (an encoder-decoder
@@ -259,17 +259,27 @@ class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
 
     # ------------------------------------------------------------------ the contract
     @property
-    @abstractmethod
-    def device(self) -> torch.device: ...
+    def W_E(self) -> torch.Tensor:
+        """The token embedding ``[d_vocab, d_model]`` (``embed.W_E``)."""
+        return self.embed.W_E
 
     @property
     @abstractmethod
-    def dtype(self) -> torch.dtype: ...
+    def W_U(self) -> torch.Tensor:
+        """The unembedding ``[d_model, d_vocab]`` (Whisper's is ``W_E.T``, a view)."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.W_E.dtype
 
     @abstractmethod
-    def to_mel(self, audio: Any, sample_rate: int | None = None) -> Any:
-        """The encoder's input features for ``audio`` (a log-mel tensor on Whisper; mels plus each
-        clip's audio length, ``AudioFeatures``, on Qwen2-Audio). ``encode`` and ``tokens_for`` take it."""
+    def to_mel(self, audio: Any, sample_rate: int | None = None) -> AudioFeatures:
+        """The encoder's input for ``audio``: log-mel windows and the frames each clip's audio
+        fills (``AudioFeatures``). ``encode``, ``forward`` and ``tokens_for`` take it."""
 
     @abstractmethod
     def encode(self, audio: Any, sample_rate: int | None = None) -> torch.Tensor:
@@ -284,7 +294,7 @@ class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
         """Logits ``[batch, pos, d_vocab]``; with a KV ``cache`` the tokens continue it, in place."""
 
     @abstractmethod
-    def tokens_for(self, features: Any, tokens: Any, encoder_out: torch.Tensor | None = None) -> torch.Tensor:
+    def tokens_for(self, features: AudioFeatures, tokens: Any, encoder_out: torch.Tensor | None = None) -> torch.Tensor:
         """``tokens`` checked and laid out one row per clip; None: the family's default for a clip."""
 
     @abstractmethod

@@ -4,8 +4,10 @@ into log-mel windows. Every error says what was wrong and what to do instead."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +29,42 @@ if TYPE_CHECKING:
     from hooked_whisper.model import HookedWhisper
 
 TokensInput = torch.Tensor | Sequence[int] | Sequence[Sequence[int]] | str
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    """Log-mel windows and how many frames of each are audio (the rest is padding up to the
+    window): what ``to_mel`` returns on every family, and what ``encode``, ``forward`` and
+    ``tokens_for`` take as their audio. Whisper's encoder reads the padding too; Qwen2-Audio's
+    hides it from self-attention, so there the frame count changes the result."""
+
+    mel: Float[torch.Tensor, "batch n_mels frames"]
+    n_frames: Int[torch.Tensor, " batch"]
+
+    @property
+    def shape(self) -> torch.Size:
+        """The log-mel's shape, ``[batch, n_mels, frames]``."""
+        return self.mel.shape
+
+    def expand(self, batch: int, *_: int) -> AudioFeatures:
+        """The same clip repeated ``batch`` times (as ``Tensor.expand`` on a mel)."""
+        return AudioFeatures(self.mel.expand(batch, -1, -1), self.n_frames.expand(batch))
+
+    def to(self, *args: Any, **kwargs: Any) -> AudioFeatures:
+        """The log-mel moved or cast as ``Tensor.to`` does; the frame counts follow to its device."""
+        mel = self.mel.to(*args, **kwargs)
+        return AudioFeatures(mel, self.n_frames.to(mel.device))
+
+    @property
+    def n_audio_tokens(self) -> Int[torch.Tensor, " batch"]:
+        """Audio positions each clip gives an audio LLM's language model (Qwen2-Audio): one per
+        two encoder positions, counting only positions whose frames are audio."""
+        return (encoder_positions(self.n_frames) - 2) // 2 + 1
+
+
+def encoder_positions(n_frames: torch.Tensor) -> torch.Tensor:
+    """Encoder positions (after the stride-2 convolution) that cover ``n_frames`` mel frames."""
+    return (n_frames - 1) // 2 + 1
 
 
 def check_tokens(
@@ -87,6 +125,8 @@ def window_mels(
 def ready_mel(model: HookedWhisper, audio: AudioInput) -> Float[torch.Tensor, "batch n_mels frames"] | None:
     """``audio`` as a ``[batch, n_mels, n_frames]`` log-mel if it is one, else None. A 3-D array,
     or a 2-D one shaped like a mel of either official width, must fit the model."""
+    if isinstance(audio, AudioFeatures):
+        return audio.mel
     if not isinstance(audio, (np.ndarray, torch.Tensor)):
         return None
     shape, (n_mels, n_frames) = tuple(audio.shape), (model.cfg.n_mels, model.cfg.n_frames)
@@ -103,14 +143,17 @@ def ready_mel(model: HookedWhisper, audio: AudioInput) -> Float[torch.Tensor, "b
     return (mel if mel.ndim == 3 else mel.unsqueeze(0)).to(model.device, model.dtype)
 
 
-def window_mel(
-    model: HookedWhisper, audio: AudioInput, sample_rate: int | None, allow_long: bool = False
-) -> Float[torch.Tensor, "batch n_mels frames"]:
-    """Whisper's input: a ready ``[batch, n_mels, n_frames]`` log-mel as is, else one 30 s
-    window of log-mel per clip (over 30 s refused unless ``allow_long`` asks for the first 30 s)."""
+def window_features(
+    model: HookedWhisper, audio: AudioInput | AudioFeatures, sample_rate: int | None, allow_long: bool = False
+) -> AudioFeatures:
+    """Whisper's input: features as they are; a ready ``[batch, n_mels, n_frames]`` log-mel as
+    all audio; else one 30 s window of log-mel per clip (over 30 s refused unless ``allow_long``
+    asks for the first 30 s) with the frames its audio fills."""
+    if isinstance(audio, AudioFeatures):
+        return audio.to(model.device, model.dtype)
     mel = ready_mel(model, audio)
     if mel is not None:
-        return mel
+        return AudioFeatures(mel, torch.full((mel.shape[0],), mel.shape[-1], device=mel.device))
     if model.cfg.n_frames != N_SAMPLES // HOP_LENGTH:
         raise ValueError(
             f"this model's encoder reads {model.cfg.n_frames} mel frames, not the 3000 of a 30 s waveform; "
@@ -118,7 +161,9 @@ def window_mel(
         )
     waveforms = audio_clips(audio, sample_rate)
     check_window(waveforms, allow_long)
-    return window_mels(waveforms, model.cfg.n_mels, model.device, model.dtype)
+    n_frames = [min(math.ceil(w.shape[-1] / HOP_LENGTH), model.cfg.n_frames) for w in waveforms]
+    mel = window_mels(waveforms, model.cfg.n_mels, model.device, model.dtype)
+    return AudioFeatures(mel, torch.tensor(n_frames, device=model.device))
 
 
 def is_one_clip(model: HookedWhisper, audio: AudioInput) -> bool:

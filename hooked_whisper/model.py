@@ -31,7 +31,7 @@ from hooked_whisper.hook_layout import (
     hook_point,
 )
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
-from hooked_whisper.inputs import TokensInput, rows_per_clip, window_mel
+from hooked_whisper.inputs import AudioFeatures, TokensInput, rows_per_clip, window_features
 from hooked_whisper.kv_cache import DecoderCache, heads_first
 from hooked_whisper.tokenizer import WhisperTokenizer, bundled_vocabulary
 
@@ -53,18 +53,15 @@ class HookedWhisper(HookedAudioModel):
         self.tokenizer = tokenizer or WhisperTokenizer(bundled_vocabulary(cfg.d_vocab), cfg.d_vocab)
         self.generation_config = generation_config or GenerationConfig.standard(cfg.d_vocab)
 
-        # Each hook's axes are declared where it is made; its stack and unit, by the stream its
-        # module is placed on (the decoder's tokens unless placed elsewhere); its layer, by its block.
+        # Each hook's axes are declared where it is made; its stack and unit come from the stream
+        # its module is placed on (the decoder's tokens unless placed elsewhere), its layer from its block.
         TEXT_STREAM.holds(self)
-        self.hook_mel = AUDIO_FRONT_END.holds(hook_point(pos_axis=2, unit="mel_frame"))  # [batch, n_mels, 3000]
-        self.encoder_embed = AUDIO_FRONT_END.holds(AudioEmbed(cfg))
-        self.encoder_blocks = ENCODER_STREAM.holds(
-            nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_encoder_layers)])
-        )
-        self.encoder_ln_final = ENCODER_STREAM.holds(LayerNorm(cfg))
-        self.hook_encoder_out = ENCODER_STREAM.holds(
-            hook_point()
-        )  # [batch, audio_pos, d_model]: what cross-attention reads
+        front_end, encoder = AUDIO_FRONT_END.holds, ENCODER_STREAM.holds
+        self.hook_mel = front_end(hook_point(pos_axis=2, unit="mel_frame"))  # [batch, n_mels, 3000]
+        self.encoder_embed = front_end(AudioEmbed(cfg))
+        self.encoder_blocks = encoder(nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_encoder_layers)]))
+        self.encoder_ln_final = encoder(LayerNorm(cfg))
+        self.hook_encoder_out = encoder(hook_point())  # [batch, audio_pos, d_model]: what cross-attention reads
 
         self.hook_tokens = hook_point()  # [batch, pos]
         self.embed = TokenEmbed(cfg)
@@ -85,21 +82,9 @@ class HookedWhisper(HookedAudioModel):
 
     # ------------------------------------------------------------------ weights, TransformerLens style
     @property
-    def W_E(self) -> Float[torch.Tensor, "d_vocab d_model"]:
-        return self.embed.W_E
-
-    @property
     def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
         """The unembedding, tied to the token embedding (a view, not a copy)."""
         return self.embed.W_E.T
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.W_E.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.W_E.dtype
 
     # ------------------------------------------------------------------ tokens and text
     @property
@@ -133,20 +118,21 @@ class HookedWhisper(HookedAudioModel):
 
     # ------------------------------------------------------------------ audio in
     def to_mel(
-        self, audio: AudioInput, sample_rate: int | None = None, allow_long: bool = False
-    ) -> Float[torch.Tensor, "batch n_mels frames"]:
-        """Log-mel features ``[batch, n_mels, 3000]`` of one 30 s window per clip, from anything
+        self, audio: AudioInput | AudioFeatures, sample_rate: int | None = None, allow_long: bool = False
+    ) -> AudioFeatures:
+        """``AudioFeatures``: log-mel ``[batch, n_mels, 3000]`` (``.mel``) of one 30 s window per
+        clip and the frames each clip's audio fills (``.n_frames``), from anything
         ``hooked_whisper.audio.audio_clips`` reads (arrays at ``sample_rate``, 16 kHz unless told)
-        or a ready log-mel. Clips over 30 s are refused (``transcribe`` takes any length), unless
-        ``allow_long`` asks for their first 30 s."""
-        return window_mel(self, audio, sample_rate, allow_long)
+        or a ready log-mel (all of it audio). Clips over 30 s are refused (``transcribe`` takes
+        any length), unless ``allow_long`` asks for their first 30 s."""
+        return window_features(self, audio, sample_rate, allow_long)
 
     # ------------------------------------------------------------------ the forward pass
     @serialised
     def encode(
-        self, audio: AudioInput, sample_rate: int | None = None
+        self, audio: AudioInput | AudioFeatures, sample_rate: int | None = None
     ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
-        mel = self.hook_mel(self.to_mel(audio, sample_rate))
+        mel = self.hook_mel(self.to_mel(audio, sample_rate).mel)
         resid = self.encoder_embed(mel)
         for block in self.encoder_blocks:
             resid, _ = block(resid)
@@ -197,7 +183,7 @@ class HookedWhisper(HookedAudioModel):
     @serialised
     def forward(
         self,
-        audio: AudioInput,
+        audio: AudioInput | AudioFeatures,
         tokens: TokensInput | None = None,
         sample_rate: int | None = None,
         greedy_tokens: bool = False,
@@ -218,7 +204,7 @@ class HookedWhisper(HookedAudioModel):
         return self.decode(self.tokens_for(mel, tokens, encoder_out), encoder_out)
 
     def tokens_for(
-        self, mel: torch.Tensor, tokens: TokensInput | None, encoder_out: torch.Tensor | None = None
+        self, mel: AudioFeatures, tokens: TokensInput | None, encoder_out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``tokens`` checked, one row per mel (one row is broadcast); ``None``: the prompt plus each
         clip's greedy transcript (from ``encoder_out`` when it is already computed)."""
@@ -259,7 +245,7 @@ class HookedWhisper(HookedAudioModel):
     # ------------------------------------------------------------------ hooks
     def run_with_cache(  # type: ignore[override]
         self,
-        audio: AudioInput,
+        audio: AudioInput | AudioFeatures,
         tokens: TokensInput | None = None,
         names_filter: str | list[str] | Callable[[str], bool] | None = None,
         sample_rate: int | None = None,

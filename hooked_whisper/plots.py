@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hooked_whisper.hook_layout import in_conv_stem
+
 if TYPE_CHECKING:
     from hooked_whisper.hooked_audio_model import HookedAudioModel
     from hooked_whisper.lens import EncoderLensRow, LogitLens
@@ -120,6 +122,6 @@ def _depth(result, report: ProbeReport) -> float:
     for block l of n."""
     if result.layer is not None and report.n_layers:
         return (result.layer + 1) / report.n_layers
-    if "conv" in result.hook and report.n_layers:
+    if in_conv_stem(result.hook) and report.n_layers:
         return 0.5 / report.n_layers
     return 0.0

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +32,15 @@ from hooked_whisper.audio import (
     audio_clips,
 )
 from hooked_whisper.cache import ExplainedCache
-from hooked_whisper.components import AudioEmbed, EncoderBlock, LayerNorm
+from hooked_whisper.components import AudioEmbed, EncoderBlock, LayerNorm, TokenEmbed
 from hooked_whisper.components.attention import KeyValue
 from hooked_whisper.components.blocks import LanguageModelBlock
+from hooked_whisper.components.embeddings import Unembed
 from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts
 from hooked_whisper.components.rms_norm import RMSNorm
 from hooked_whisper.components.rotary_attention import rotary_frequencies, rotary_tables
 from hooked_whisper.config import HookedQwen2AudioConfig
-from hooked_whisper.decoding.search import DecodingOptions
+from hooked_whisper.decoding_options import DecodingOptions
 from hooked_whisper.hook_layout import (
     AUDIO_FRONT_END,
     ENCODER_STREAM,
@@ -50,38 +51,10 @@ from hooked_whisper.hook_layout import (
     hook_point,
 )
 from hooked_whisper.hooked_audio_model import HookedAudioModel, decoding, serialised
-from hooked_whisper.inputs import check_window, rows_per_clip, window_mels
+from hooked_whisper.inputs import AudioFeatures, check_window, encoder_positions, rows_per_clip, window_mels
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 AUDIO_SLOT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
-
-
-@dataclass(frozen=True)
-class AudioFeatures:
-    """Log-mel windows and how many frames of each are audio (the rest is padding, which the
-    encoder's self-attention does not read). What ``HookedQwen2Audio.to_mel`` returns."""
-
-    mel: Float[torch.Tensor, "batch n_mels frames"]
-    n_frames: Int[torch.Tensor, " batch"]
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.mel.shape
-
-    def expand(self, batch: int, *_: int) -> AudioFeatures:
-        """The same clip repeated ``batch`` times (as ``Tensor.expand`` on a mel)."""
-        return AudioFeatures(self.mel.expand(batch, -1, -1), self.n_frames.expand(batch))
-
-    @property
-    def n_audio_tokens(self) -> Int[torch.Tensor, " batch"]:
-        """Audio positions each clip gives the language model: one per two encoder positions,
-        counting only positions whose frames are audio."""
-        return (encoder_positions(self.n_frames) - 2) // 2 + 1
-
-
-def encoder_positions(n_frames: torch.Tensor) -> torch.Tensor:
-    """Encoder positions (after the stride-2 convolution) that cover ``n_frames`` mel frames."""
-    return (n_frames - 1) // 2 + 1
 
 
 @dataclass
@@ -136,40 +109,36 @@ class HookedQwen2Audio(HookedAudioModel):
         self.tokenizer = tokenizer
         a = cfg.audio
 
-        # Each hook's axes are declared where it is made; its stack and unit, by the stream its
-        # module is placed on (the language model's tokens unless placed elsewhere); its layer, by its block.
+        # Each hook's axes are declared where it is made; its stack and unit come from the stream its
+        # module is placed on (the language model's tokens unless placed elsewhere), its layer from its block.
         TEXT_STREAM.holds(self)
-        self.hook_mel = AUDIO_FRONT_END.holds(hook_point(pos_axis=2, unit="mel_frame"))  # [batch, n_mels, 3000]
-        self.encoder_embed = AUDIO_FRONT_END.holds(AudioEmbed(a))
-        self.encoder_blocks = ENCODER_STREAM.holds(nn.ModuleList([EncoderBlock(a) for _ in range(a.n_encoder_layers)]))
-        # [batch, n_audio_ctx // 2, d_audio]: pairs of positions averaged
-        self.hook_pooled = POOLED_AUDIO.holds(hook_point())
-        self.encoder_ln_final = POOLED_AUDIO.holds(LayerNorm(a))
-        self.hook_encoder_out = POOLED_AUDIO.holds(hook_point())  # [batch, n_audio_ctx // 2, d_audio]
+        front_end, encoder, pooled = AUDIO_FRONT_END.holds, ENCODER_STREAM.holds, POOLED_AUDIO.holds
+        self.hook_mel = front_end(hook_point(pos_axis=2, unit="mel_frame"))  # [batch, n_mels, 3000]
+        self.encoder_embed = front_end(AudioEmbed(a))
+        self.encoder_blocks = encoder(nn.ModuleList([EncoderBlock(a) for _ in range(a.n_encoder_layers)]))
+        self.hook_pooled = pooled(hook_point())  # [batch, n_audio_ctx // 2, d_audio]: pairs of positions averaged
+        self.encoder_ln_final = pooled(LayerNorm(a))
+        self.hook_encoder_out = pooled(hook_point())  # [batch, n_audio_ctx // 2, d_audio]
         self.W_audio_proj = nn.Parameter(torch.empty(a.d_model, cfg.d_model))
         self.b_audio_proj = nn.Parameter(torch.zeros(cfg.d_model))
-        # [batch, n_audio_ctx // 2, d_model]: what the placeholders get
-        self.hook_audio_embeds = POOLED_AUDIO.holds(hook_point())
+        self.hook_audio_embeds = pooled(hook_point())  # [batch, n_audio_ctx // 2, d_model]: what the placeholders get
 
         self.hook_tokens = hook_point()  # [batch, pos]
-        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.embed = TokenEmbed(cfg, tied=False)
         # [batch, pos, d_model]: token embeddings, before audio is put in
         self.hook_embed = hook_point(writes_residual=True)
         self.blocks = nn.ModuleList([LanguageModelBlock(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = RMSNorm(cfg.d_model, cfg.eps)
-        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
-        keep_kernel_layouts(self, {"W_audio_proj": LINEAR, "W_U": LINEAR})  # nn.Linear's [out, in]
+        self.unembed = Unembed(cfg)
+        keep_kernel_layouts(self, {"W_audio_proj": LINEAR})  # nn.Linear's [out, in]
 
         self.init_weights()
         self.setup()
 
     @property
-    def device(self) -> torch.device:
-        return self.W_E.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.W_E.dtype
+    def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
+        """The language-model head (not tied to the embedding)."""
+        return self.unembed.W_U
 
     # ------------------------------------------------------------------ text
     def _need_tokenizer(self) -> TextTokenizer:
@@ -212,7 +181,7 @@ class HookedQwen2Audio(HookedAudioModel):
         ``sample_rate``). A clip over 30 s is refused, not truncated. A bare log-mel is refused
         too: it does not say how many of its frames are audio, which changes the result."""
         if isinstance(audio, AudioFeatures):
-            return audio
+            return audio.to(self.device, self.dtype)
         if isinstance(audio, torch.Tensor) and audio.ndim == 3:
             raise ValueError(
                 "a log-mel alone does not say how many of its frames are audio (the encoder hides the "
@@ -279,18 +248,23 @@ class HookedQwen2Audio(HookedAudioModel):
         cache = cache if cache is not None else LanguageModelCache.empty(self.cfg.n_layers)
         with decoding(cache.position):  # read by hooks that address positions
             tokens = self.hook_tokens(tokens)
-            resid = self.hook_embed(F.embedding(tokens, self.W_E))
-            if bool((tokens == self.cfg.audio_token_id).any()):
-                if audio_embeds is None:
-                    raise ValueError("these tokens hold audio placeholders: pass the audio embeddings (model.encode)")
-                resid = self._insert_audio(resid, tokens, audio_embeds)
+            resid = self.hook_embed(self.embed(tokens))
+            # A placeholder the model generated itself (a cached step without audio) reads its own
+            # embedding, as transformers' generate does; a prompt's placeholders need the audio.
+            if audio_embeds is not None or cache.position == 0:
+                if bool((tokens == self.cfg.audio_token_id).any()):
+                    if audio_embeds is None:
+                        raise ValueError(
+                            "these tokens hold audio placeholders: pass the audio embeddings (model.encode)"
+                        )
+                    resid = self._insert_audio(resid, tokens, audio_embeds)
             positions = torch.arange(cache.position, cache.position + tokens.shape[1], device=tokens.device)
             inv_freq = rotary_frequencies(self.cfg, cache.position + tokens.shape[1], tokens.device)
             cos, sin = rotary_tables(positions, inv_freq, resid.dtype)
             for i, block in enumerate(self.blocks):
                 resid, cache.kv[i] = block(resid, cos, sin, cache.kv[i])
             cache.position += tokens.shape[1]
-            return self.ln_final(resid) @ self.W_U
+            return self.unembed(self.ln_final(resid))
 
     def tokens_for(
         self, features: AudioFeatures, tokens: Any, audio_embeds: torch.Tensor | None = None
@@ -421,10 +395,35 @@ class HookedQwen2Audio(HookedAudioModel):
         return None
 
     def prompt_length(self, tokens: torch.Tensor) -> int:
-        return tokens.shape[-1]
+        """How many of one row's ``tokens`` are the default transcription prompt (its audio
+        placeholders expanded), when the row starts with it, as ``generate`` writes; any other
+        row is all prompt (a model without a tokenizer cannot tell)."""
+        if self.tokenizer is None:
+            return tokens.shape[-1]
+        prompt = self.prompt_tokens(n_audio_tokens=int((tokens == self.cfg.audio_token_id).sum()))
+        starts = len(prompt) <= tokens.shape[-1] and tokens[: len(prompt)].tolist() == prompt
+        return len(prompt) if starts else tokens.shape[-1]
 
     def real_length(self, tokens: torch.Tensor) -> int:
-        return tokens.shape[-1]
+        """One row's length without the end tokens that close and pad a generated row."""
+        real = (~torch.isin(tokens, torch.tensor(self.cfg.eos_token_ids, device=tokens.device))).nonzero()
+        return int(real.max()) + 1 if len(real) else 1
+
+    def transcribe(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: long-form transcription is Whisper's (see the error)."""
+        raise ValueError(
+            "HookedQwen2Audio.transcribe: long-form transcription seeks through the audio by Whisper's timestamp "
+            "tokens, which this chat model has none of; call generate(audio) on clips of up to 30 s (its default "
+            "prompt asks for a transcript)"
+        )
+
+    def detect_language(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: language detection reads Whisper's language tokens (see the error)."""
+        raise ValueError(
+            "HookedQwen2Audio.detect_language: Whisper reads the language off its language tokens, which this chat "
+            "model has none of; ask in the prompt instead: generate(audio, prompt=model.chat_prompt('What language "
+            "is spoken?'))"
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -58,7 +58,7 @@ def qwen2_audio_specs(cfg: HookedQwen2AudioConfig) -> list[TensorSpec]:
     a = cfg.audio.d_model
     add("model.multi_modal_projector.linear.weight", "W_audio_proj", (d, a), linear_in, linear_out)
     add("model.multi_modal_projector.linear.bias", "b_audio_proj", (d,))
-    add("model.language_model.embed_tokens.weight", "W_E", (cfg.d_vocab, d))
+    add("model.language_model.embed_tokens.weight", "embed.W_E", (cfg.d_vocab, d))
     for i in range(cfg.n_layers):
         hf, hk = f"model.language_model.layers.{i}", f"blocks.{i}"
         add(f"{hf}.input_layernorm.weight", f"{hk}.ln1.w", (d,))
@@ -84,7 +84,7 @@ def qwen2_audio_specs(cfg: HookedQwen2AudioConfig) -> list[TensorSpec]:
         add(f"{hf}.mlp.up_proj.weight", f"{hk}.mlp.W_in", (m, d), linear_in, linear_out)
         add(f"{hf}.mlp.down_proj.weight", f"{hk}.mlp.W_out", (d, m), linear_in, linear_out)
     add("model.language_model.norm.weight", "ln_final.w", (d,))
-    add("lm_head.weight", "W_U", (cfg.d_vocab, d), linear_in, linear_out)
+    add("lm_head.weight", "unembed.W_U", (cfg.d_vocab, d), linear_in, linear_out)
     return specs
 
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import nn
 
-from hooked_whisper.components.layout import keep_kernel_layouts, restore_kernel_layouts
-from hooked_whisper.config import HookedWhisperConfig
+from hooked_whisper.components.layout import LINEAR, keep_kernel_layouts, restore_kernel_layouts
+from hooked_whisper.config import HookedQwen2AudioConfig, HookedWhisperConfig
 from hooked_whisper.hook_layout import hook_point
 
 
@@ -59,13 +59,14 @@ def unembedding_order(W_E: torch.Tensor) -> tuple[int, ...]:
 
 
 class TokenEmbed(nn.Module):
-    def __init__(self, cfg: HookedWhisperConfig):
+    def __init__(self, cfg: HookedWhisperConfig | HookedQwen2AudioConfig, tied: bool = True):
         super().__init__()
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
-        # In float32 stored column-major: the tied unembedding W_E.T is then a contiguous matrix
-        # (twice as fast to multiply by one token at a time), and looking up rows costs the
-        # same. Half-precision kernels want it row-major (nn.Linear's order), ten times faster.
-        keep_kernel_layouts(self, {"W_E": unembedding_order})
+        # Tied to the unembedding (Whisper): in float32 stored column-major, so W_E.T is then a
+        # contiguous matrix (twice as fast to multiply by one token at a time), and looking up
+        # rows costs the same. Half-precision kernels want it row-major (nn.Linear's order), ten
+        # times faster. An untied embedding is only looked up: left as it comes.
+        keep_kernel_layouts(self, {"W_E": unembedding_order} if tied else {})
 
     def _apply(self, fn, recurse=True):  # .to(dtype) and friends: the order follows the dtype
         out = super()._apply(fn, recurse)
@@ -74,6 +75,19 @@ class TokenEmbed(nn.Module):
 
     def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
         return F.embedding(tokens, self.W_E)
+
+
+class Unembed(nn.Module):
+    """An untied unembedding (the audio LLM's language-model head): ``W_U[d_model, d_vocab]``,
+    stored as nn.Linear stores it."""
+
+    def __init__(self, cfg: HookedQwen2AudioConfig):
+        super().__init__()
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        keep_kernel_layouts(self, {"W_U": LINEAR})
+
+    def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        return x @ self.W_U
 
 
 class PosEmbed(nn.Module):

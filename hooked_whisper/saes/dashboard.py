@@ -179,7 +179,7 @@ def _moment_row(model, layout, waves, tokens, column, moment: Moment, clips, con
         centre = moment.position / rate
         start_s, end_s = max(0.0, centre - context_s), min(wave_.shape[0] / SAMPLE_RATE, centre + context_s)
         audio = wave_[int(start_s * SAMPLE_RATE) : int(end_s * SAMPLE_RATE)]
-        mel = model.to_mel(wave_, SAMPLE_RATE)[0, :, int(start_s * MEL_PER_SECOND) : int(end_s * MEL_PER_SECOND)]
+        mel = model.to_mel(wave_, SAMPLE_RATE).mel[0, :, int(start_s * MEL_PER_SECOND) : int(end_s * MEL_PER_SECOND)]
         picture = f'<img class="spec" alt="log-mel spectrogram" src="data:image/png;base64,{_png(mel.flip(0))}">'
         trace_part = trace[int(start_s * rate) : math.ceil(end_s * rate)]
         where, text = f"{start_s:.2f}-{end_s:.2f} s (peak {centre:.2f} s)", ""

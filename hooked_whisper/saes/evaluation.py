@@ -83,6 +83,11 @@ def splice_cost(
         loss_clean += float(torch.nn.functional.cross_entropy(clean[0], targets[0], reduction="sum"))
         loss_spliced += float(torch.nn.functional.cross_entropy(spliced[0], targets[0], reduction="sum"))
         n_tokens += targets.shape[1]
+    if n_tokens == 0:
+        raise ValueError(
+            f"{type(model).__name__} generated no tokens after its prompt on these clips (each ended at once): "
+            "splice_cost has no transcript to score; give clips with speech, or a larger max_new_tokens"
+        )
     return SpliceCost(
         loss_clean=loss_clean / max(n_tokens, 1),
         loss_spliced=loss_spliced / max(n_tokens, 1),

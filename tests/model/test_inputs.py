@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import soundfile
@@ -32,14 +34,16 @@ def test_bad_audio_errors(tiny_en, tmp_path):
 
 def test_model_accepts_every_audio_form(tiny_en):
     audio = load_audio(CLIP)
-    mel = tiny_en.to_mel(CLIP)
-    assert mel.shape == (1, 80, 3000)
-    for form in (audio, audio.numpy(), [CLIP], mel, mel[0]):
-        assert torch.equal(tiny_en.to_mel(form, sample_rate=16000), mel)
+    features = tiny_en.to_mel(CLIP)
+    mel = features.mel
+    assert mel.shape == (1, 80, 3000) and features.n_frames.tolist() == [math.ceil(len(audio) / 160)]
+    for form in (audio, audio.numpy(), [CLIP], mel, mel[0], features):
+        assert torch.equal(tiny_en.to_mel(form, sample_rate=16000).mel, mel)
+    assert tiny_en.to_mel(mel).n_frames.tolist() == [3000]  # a bare log-mel says nothing of padding: all audio
     batch = tiny_en.to_mel([CLIP, DATA / "cards_001.wav"])
-    assert batch.shape == (2, 80, 3000) and torch.equal(batch[:1], mel)
+    assert batch.shape == (2, 80, 3000) and torch.equal(batch.mel[:1], mel)
     # Padding happens in the audio domain, so a padded waveform gives the same features.
-    assert torch.equal(tiny_en.to_mel(pad_or_trim(audio), sample_rate=16000), mel)
+    assert torch.equal(tiny_en.to_mel(pad_or_trim(audio), sample_rate=16000).mel, mel)
     assert torch.allclose(log_mel_spectrogram(pad_or_trim(audio))[None], mel)
 
 
@@ -57,14 +61,14 @@ def test_stereo_and_other_rates(tiny_en, tmp_path):
 
     fast = torchaudio.functional.resample(mono, 16000, 44100)
     same = load_audio(fast, 44100)  # what every method must compute from the 44.1 kHz array
-    assert torch.equal(tiny_en.to_mel(fast, sample_rate=44100), tiny_en.to_mel(same, sample_rate=16000))
+    assert torch.equal(tiny_en.to_mel(fast, sample_rate=44100).mel, tiny_en.to_mel(same, sample_rate=16000).mel)
     assert torch.equal(tiny_en.generate(fast, sample_rate=44100), tiny_en.generate(same, sample_rate=16000))
     assert torch.equal(tiny_en.encode(fast, sample_rate=44100), tiny_en.encode(same, sample_rate=16000))
     tokens = tiny_en.generate(same, sample_rate=16000)
     with torch.no_grad():
         assert torch.equal(tiny_en(fast, tokens, sample_rate=44100), tiny_en(same, tokens, sample_rate=16000))
         logits, cache = tiny_en.run_with_cache(fast, tokens, sample_rate=44100, names_filter=["hook_mel"])
-    assert torch.equal(cache["hook_mel"], tiny_en.to_mel(same, sample_rate=16000))
+    assert torch.equal(cache["hook_mel"], tiny_en.to_mel(same, sample_rate=16000).mel)
     assert tiny_en.transcribe(fast, sample_rate=44100).text == tiny_en.transcribe(same, sample_rate=16000).text
     path = tmp_path / "clip44k.wav"
     soundfile.write(path, fast.numpy(), 44100)

@@ -41,7 +41,7 @@ def test_batched_greedy_equals_hf_generate(request, hf_reference, name, timestam
     model = request.getfixturevalue("tiny_en" if name == "tiny.en" else "base")
     hf = hf_reference(model, name, attn="sdpa")
     clips = CLIPS[::2] if name == "tiny.en" else CLIPS[::6]
-    mel = model.to_mel([DATA / c for c in clips])
+    mel = model.to_mel([DATA / c for c in clips]).mel
     tokens = model.generate(mel, timestamps=timestamps)
     ours = tokens.tolist()
     kwargs = {"task": "transcribe"} if model.cfg.is_multilingual else {}
@@ -62,7 +62,7 @@ def test_batched_greedy_equals_hf_generate(request, hf_reference, name, timestam
 def test_language_detection_and_translation_match_hf(base, hf_reference):
     """One clip (batched detection is the greedy test's, on base's multilingual prompt)."""
     hf = hf_reference(base, "base", attn="sdpa")
-    mel = base.to_mel(DATA / "librivox_0870.wav")
+    mel = base.to_mel(DATA / "librivox_0870.wav").mel
     probs = base.detect_language(mel)
     assert next(iter(probs[0])) == "en" and sum(probs[0].values()) == pytest.approx(
         1, abs=len(probs[0]) * torch.finfo(torch.float32).eps
@@ -81,7 +81,7 @@ def test_beam_search_equals_openai(tiny_en, openai_reference, clip):
     """openai-whisper's beam_size=5 (patience 1, length-normalised ranking), without timestamps."""
     whisper = pytest.importorskip("whisper")
     ref_model = openai_reference(tiny_en, "tiny.en")
-    mel = tiny_en.to_mel(DATA / clip)
+    mel = tiny_en.to_mel(DATA / clip).mel
     options = whisper.DecodingOptions(language="en", beam_size=5, fp16=False, without_timestamps=True)
     ref = whisper.decode(ref_model, mel[0], options)
     ours = tiny_en.generate(mel, beam_size=5)[0].tolist()
@@ -91,7 +91,7 @@ def test_beam_search_equals_openai(tiny_en, openai_reference, clip):
 def test_beam_search_with_timestamps_equals_openai(tiny_en, openai_reference):
     whisper = pytest.importorskip("whisper")
     ref_model = openai_reference(tiny_en, "tiny.en")
-    mel = tiny_en.to_mel(DATA / "cards_005.wav")
+    mel = tiny_en.to_mel(DATA / "cards_005.wav").mel
     ref = whisper.decode(ref_model, mel[0], whisper.DecodingOptions(language="en", beam_size=3, fp16=False))
     ours = tiny_en.generate(mel, beam_size=3, timestamps=True)[0].tolist()
     assert ours == tiny_en.prompt_tokens(timestamps=True) + ref.tokens + [tiny_en.special.eot]

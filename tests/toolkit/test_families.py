@@ -25,15 +25,19 @@ from hooked_whisper.patching import (
     cross_attention_receivers,
     frames,
     head_sites,
+    kl_divergence,
     layer_sites,
+    logit_diff,
     mean_activations,
     patch_hooks,
     path_patch,
     position_sites,
+    target_log_prob,
     window_sites,
 )
 from hooked_whisper.probing import extract_activations, train_probes
 from hooked_whisper.qwen2_audio import TextTokenizer
+from hooked_whisper.saes import SparseAutoencoder, feature_dashboard, splice_cost, steering_hooks
 from tests.support import random_whisper
 
 SAMPLE_RATE = 16000
@@ -195,16 +199,66 @@ def test_ablation_and_attribution_patching(family):
     assert set(estimates) >= {model.hook_name(stack, 0, "hook_mlp_out") for stack in ("encoder", "decoder")}
 
 
-def test_extract_activations_and_probes(family):
+def test_extract_activations_to_memory_and_to_a_folder_and_probes(family, tmp_path):
     model = family.model
     hooks = [model.hook_name("encoder", 1, "hook_resid_post"), model.hook_name("decoder", 1, "hook_resid_post")]
     clips = [clip(seed, 1.0) for seed in range(6)]
-    store = extract_activations(
-        model, clips, hooks, decoder_pooling="prompt_end", sample_rate=SAMPLE_RATE, progress=False
-    )
+    kw = dict(decoder_pooling="prompt_end", sample_rate=SAMPLE_RATE, progress=False, batch_size=2)
+    store = extract_activations(model, clips, hooks, **kw)
     assert store[hooks[1]].shape == (6, model.cfg.d_model)
+    # Into shards on disk, read back lazily: the same batches, so the same numbers.
+    sharded = extract_activations(model, clips, hooks, out_dir=tmp_path / "acts", shard_size=4, **kw)
+    for hook in hooks:
+        assert torch.equal(sharded[hook], store[hook])
     report = train_probes(store, ["low", "high"] * 3, folds=2, permutations=2, l2=1.0, device="cpu")
     assert [r.layer for r in report.results] == [1, 1]
+    pytest.importorskip("matplotlib")
+    from hooked_whisper.plots import plot_probes
+
+    plot_probes({type(model).__name__: report}, tmp_path / "probes.png", chance=0.5)
+    assert (tmp_path / "probes.png").stat().st_size > 0
+
+
+def test_logit_metrics_on_a_generated_continuation(family):
+    """The metrics read the same logits on both families; a patch of a run with itself leaves
+    each unchanged (KL zero), and the generated part is told apart from the prompt on both."""
+    model = family.model
+    out = model.generate(family.base, max_new_tokens=3, sample_rate=SAMPLE_RATE)
+    start = model.prompt_length(out[0])
+    assert start < model.real_length(out[0]) <= out.shape[1]
+    with torch.no_grad():
+        reference = model(family.base, out, sample_rate=SAMPLE_RATE)
+    site = layer_sites(model, "decoder:hook_mlp_out")[:1]
+    kw = dict(tokens=out, sample_rate=SAMPLE_RATE, progress=False)
+    for metric in (logit_diff(3, 4), target_log_prob(out, start), kl_divergence(reference)):
+        same = activation_patch(model, family.base, family.base, site, metric, **kw)
+        assert torch.allclose(same, metric(reference), atol=1e-5)
+    last = layer_sites(model, "decoder:hook_resid_post")[-1:]
+    zeroed = ablate(model, family.base, last, kl_divergence(reference), kind="zero", **kw)
+    assert float(zeroed[0]) > 1e-3  # the last residual stream zeroed: nothing the blocks computed is left
+
+
+def test_autoencoder_cost_steering_and_dashboard(family, tmp_path):
+    model = family.model
+    hook = model.hook_name("encoder", 1, "hook_resid_post")
+    torch.manual_seed(0)
+    d_audio = model.blocks_of("encoder")[1].ln2.w.shape[0]  # the audio stream's width
+    sae = SparseAutoencoder(d_audio, 32, "relu", hook_name=hook)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+    cost = splice_cost(model, sae, [family.base], sample_rate=SAMPLE_RATE, progress=False, max_new_tokens=3)
+    assert cost.tokens > 0 and cost.loss_spliced != cost.loss_clean
+    steer = steering_hooks(model, hook, sae=sae, latents={3: 2.0}, positions=frames(0.5, 1.0))
+    assert not torch.allclose(run_with(family, steer), run(family, family.base))
+    page = feature_dashboard(
+        model, sae, [family.base], tmp_path / "sae.html", n_latents=1, top=1, progress=False, sample_rate=SAMPLE_RATE
+    )
+    assert page.read_text().count('<section class="latent"') == 1
+
+
+def run_with(family, hooks) -> torch.Tensor:
+    with torch.no_grad(), family.model.hooks(fwd_hooks=hooks):
+        return run(family, family.base)
 
 
 def test_path_patching_from_the_audio(family):
@@ -242,6 +296,14 @@ def test_what_a_family_cannot_do_is_refused_in_one_line(family):
         head_sites(model, "decoder", "cross_attn")
     with pytest.raises(ValueError, match="in an audio LLM, path patching runs from an audio-side sender"):
         path_patch(model, family.base, family.other, decoder_sender, [Receiver(1, 0, "q", "attn")], last_logit, **kw)
+    with pytest.raises(ValueError, match="^HookedQwen2Audio.transcribe: long-form transcription seeks .* timestamp"):
+        model.transcribe(family.base, sample_rate=SAMPLE_RATE)
+    with pytest.raises(ValueError, match="^HookedQwen2Audio.detect_language: .* language tokens"):
+        model.detect_language(family.base, sample_rate=SAMPLE_RATE)
+    from hooked_whisper.views import cross_attention_view
+
+    with pytest.raises(ValueError, match=f"^the cross-attention view {needs}"):
+        cross_attention_view(model, family.base)
 
 
 def test_generate_and_prompts_share_one_vocabulary(family):
@@ -264,6 +326,17 @@ def test_generate_and_prompts_share_one_vocabulary(family):
     if not model.has_cross_attention:
         with pytest.raises(ValueError, match="^HookedQwen2Audio.generate decodes greedily .*: beam_size are Whisper"):
             model.generate(family.base, beam_size=2, sample_rate=SAMPLE_RATE)
+        # A placeholder the model generates itself is read as a token (no audio at a cached step),
+        # while a prompt's placeholders need the audio.
+        from hooked_whisper.qwen2_audio import LanguageModelCache
+
+        cache = LanguageModelCache.empty(model.layer_count("decoder"))
+        with torch.no_grad():
+            model.decode(default, model.encode(family.base, SAMPLE_RATE), cache)
+            step = model.decode(torch.tensor([[model.cfg.audio_token_id]]), cache=cache)
+        assert step.shape == (1, 1, model.cfg.d_vocab) and torch.isfinite(step).all()
+        with pytest.raises(ValueError, match="hold audio placeholders: pass the audio embeddings"):
+            model.decode(default)
 
 
 def test_position_and_window_sweeps_mean_ablation_and_generation_interventions(family):
