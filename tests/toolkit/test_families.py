@@ -230,9 +230,13 @@ def test_logit_metrics_on_a_generated_continuation(family):
         reference = model(family.base, out, sample_rate=SAMPLE_RATE)
     site = layer_sites(model, "decoder:hook_mlp_out")[:1]
     kw = dict(tokens=out, sample_rate=SAMPLE_RATE, progress=False)
-    for metric in (logit_diff(3, 4), target_log_prob(out, start), kl_divergence(reference)):
-        same = activation_patch(model, family.base, family.base, site, metric, **kw)
-        assert torch.allclose(same, metric(reference), atol=1e-5)
+    metrics = (logit_diff(3, 4), target_log_prob(out, start), kl_divergence(reference))
+
+    def all_three(logits: torch.Tensor) -> torch.Tensor:  # one patched run, every metric: [batch, 3]
+        return torch.stack([metric(logits) for metric in metrics], -1)
+
+    same = activation_patch(model, family.base, family.base, site, all_three, **kw)
+    assert torch.allclose(same, all_three(reference), atol=1e-5)
     last = layer_sites(model, "decoder:hook_resid_post")[-1:]
     zeroed = ablate(model, family.base, last, kl_divergence(reference), kind="zero", **kw)
     assert float(zeroed[0]) > 1e-3  # the last residual stream zeroed: nothing the blocks computed is left
