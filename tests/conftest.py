@@ -14,7 +14,7 @@ import torch
 from transformer_lens import ActivationCache
 
 from hooked_whisper import HookedWhisper, HookedWhisperConfig
-from tests.support import SPREAD_CLIP
+from tests.support import SPREAD_CLIP, relative_float32_error
 
 
 def pytest_configure(config):
@@ -112,10 +112,7 @@ def float32_spread(request, tmp_path_factory) -> float:
     worker runs at the same thread count."""
 
     def measure() -> float:
-        logits, cache, exact_logits, exact = request.getfixturevalue("float32_and_float64_runs")
-        pairs = [(logits, exact_logits)] + [(cache[k], exact[k]) for k in cache.keys() if cache[k].is_floating_point()]
-        finite = [(a.double()[b.isfinite()], b[b.isfinite()]) for a, b in pairs]  # masked scores are -inf in both
-        return max(((a - b).abs().max() / b.abs().max()).item() for a, b in finite if b.abs().max() > 0)
+        return relative_float32_error(*request.getfixturevalue("float32_and_float64_runs"))
 
     name = f"float32_spread_{torch.get_num_threads()}_threads"
     return computed_once_per_run(request, tmp_path_factory, name, measure)
