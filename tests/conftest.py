@@ -5,6 +5,7 @@ imports ``transformers``: the reference implementations' fixtures live in ``pari
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from transformer_lens import ActivationCache
 
 from hooked_whisper import HookedWhisper, HookedWhisperConfig
-from tests.support import SPREAD_CLIP
+from tests.support import SPREAD_CLIP, relative_float32_error
 
 
 def pytest_configure(config):
@@ -23,6 +24,31 @@ def pytest_configure(config):
         threads = max(1, cores // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
+
+
+# The test files that take longest, longest first (measured with --durations=0). The README's
+# command hands whole files to two workers from one queue (--dist loadfile): when the long files
+# go out first and the short ones fill in at the end, both workers finish at about the same time.
+LONGEST_FILES = [
+    "tests/docs/test_examples.py",
+    "tests/toolkit/test_patching.py",
+    "tests/parity/test_decoding.py",
+    "tests/model/test_long_form.py",
+    "tests/toolkit/test_extraction.py",
+    "tests/parity/test_real_weights.py",
+    "tests/model/test_hooks.py",
+    "tests/model/test_decoding.py",
+    "tests/parity/test_random_weights.py",
+    "tests/toolkit/test_lens.py",
+    "tests/parity/test_gpu_script.py",
+    "tests/unit/test_device_discipline.py",
+    "tests/docs/test_cli.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: i for i, path in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -60,16 +86,36 @@ def float32_and_float64_runs(
     return logits, cache, exact_logits, exact
 
 
+def computed_once_per_run(request, tmp_path_factory, name: str, compute):
+    """A JSON value computed by whichever pytest worker asks first and read from a file by the
+    others: the folder above each worker's temporary folder is the run's own (pytest-xdist's
+    documented pattern), so nothing carries over between runs. Without workers, it is computed."""
+    if not hasattr(request.config, "workerinput"):
+        return compute()
+    from filelock import FileLock  # a dependency of torch
+
+    path = tmp_path_factory.getbasetemp().parent / f"{name}.json"
+    with FileLock(f"{path}.lock"):
+        if path.is_file():
+            return json.loads(path.read_text())
+        value = compute()
+        path.write_text(json.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
-def float32_spread(float32_and_float64_runs) -> float:
+def float32_spread(request, tmp_path_factory) -> float:
     """float32's measured relative error on tiny.en at this run's thread count: the largest
     ``max|float32 - float64| / max|float64|`` over the logits and every cached activation of
     a real clip. Tests comparing two float32 paths allow a few times this, scaled by the
-    magnitude they compare (``tests.support.spread_bound``)."""
-    logits, cache, exact_logits, exact = float32_and_float64_runs
-    pairs = [(logits, exact_logits)] + [(cache[k], exact[k]) for k in cache.keys() if cache[k].is_floating_point()]
-    finite = [(a.double()[b.isfinite()], b[b.isfinite()]) for a, b in pairs]  # masked scores are -inf in both
-    return max(((a - b).abs().max() / b.abs().max()).item() for a, b in finite if b.abs().max() > 0)
+    magnitude they compare (``tests.support.spread_bound``). Measured once per run: every
+    worker runs at the same thread count."""
+
+    def measure() -> float:
+        return relative_float32_error(*request.getfixturevalue("float32_and_float64_runs"))
+
+    name = f"float32_spread_{torch.get_num_threads()}_threads"
+    return computed_once_per_run(request, tmp_path_factory, name, measure)
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,15 @@ def float32_spread_check(actual, expected, exact, factor: float = 4.0) -> tuple[
     return float(diff), float(bound), float(error)
 
 
+def relative_float32_error(logits, cache, exact_logits, exact) -> float:
+    """float32's relative error on a run: the largest ``max|float32 - float64| / max|float64|``
+    over the logits and every cached floating-point activation (masked scores, -inf in both runs,
+    left out), given the same run in float32 and in float64."""
+    pairs = [(logits, exact_logits)] + [(cache[k], exact[k]) for k in cache.keys() if cache[k].is_floating_point()]
+    finite = [(a.double()[b.isfinite()], b[b.isfinite()]) for a, b in pairs]
+    return max(((a - b).abs().max() / b.abs().max()).item() for a, b in finite if b.abs().max() > 0)
+
+
 def spread_bound(spread: float, magnitude: torch.Tensor | float, factor: float = 8.0) -> float:
     """The largest difference two float32 computations of one quantity may show: ``factor``
     times the measured relative error, times the magnitude compared (its largest value)."""

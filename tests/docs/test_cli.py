@@ -3,28 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from tests.support import DATA
-
-
-def test_inspect_prints_transcript_reference_cache_and_lens():
-    done = subprocess.run(
-        [sys.executable, "-m", "hooked_whisper.cli", "inspect", str(DATA / "librivox_0880.wav")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    out = done.stdout
-    assert "transcript: He was not an" in out
-    assert "reference:  he was not an ill disposed young man" in out
-    assert "decoder_blocks.{l}.cross_attn.hook_pattern" in out and "[1, 6, 13, 1500]" in out
-    lens_rows = [line for line in out.splitlines() if line.strip().startswith(("embed |", "block "))]
-    assert len(lens_rows) == 5  # embedding + 4 decoder blocks of tiny.en
-    assert "young" in lens_rows[-1]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -35,6 +17,18 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         main(args)
     out, err = capsys.readouterr()
     return done.value.code, out, err
+
+
+def test_inspect_prints_transcript_reference_cache_and_lens(capsys):
+    """In this process (the installed ``hooked-whisper`` command runs in tests/toolkit/test_extraction.py)."""
+    code, out, _ = run_cli(["inspect", str(DATA / "librivox_0880.wav")], capsys)
+    assert code == 0
+    assert "transcript: He was not an" in out
+    assert "reference:  he was not an ill disposed young man" in out
+    assert "decoder_blocks.{l}.cross_attn.hook_pattern" in out and "[1, 6, 13, 1500]" in out
+    lens_rows = [line for line in out.splitlines() if line.strip().startswith(("embed |", "block "))]
+    assert len(lens_rows) == 5  # embedding + 4 decoder blocks of tiny.en
+    assert "young" in lens_rows[-1]
 
 
 def test_inspect_missing_file_is_a_clear_error(tmp_path, capsys):

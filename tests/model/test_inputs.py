@@ -62,9 +62,9 @@ def test_stereo_and_other_rates(tiny_en, tmp_path):
     fast = torchaudio.functional.resample(mono, 16000, 44100)
     same = load_audio(fast, 44100)  # what every method must compute from the 44.1 kHz array
     assert torch.equal(tiny_en.to_mel(fast, sample_rate=44100).mel, tiny_en.to_mel(same, sample_rate=16000).mel)
-    assert torch.equal(tiny_en.generate(fast, sample_rate=44100), tiny_en.generate(same, sample_rate=16000))
-    assert torch.equal(tiny_en.encode(fast, sample_rate=44100), tiny_en.encode(same, sample_rate=16000))
     tokens = tiny_en.generate(same, sample_rate=16000)
+    assert torch.equal(tiny_en.generate(fast, sample_rate=44100), tokens)
+    assert torch.equal(tiny_en.encode(fast, sample_rate=44100), tiny_en.encode(same, sample_rate=16000))
     with torch.no_grad():
         assert torch.equal(tiny_en(fast, tokens, sample_rate=44100), tiny_en(same, tokens, sample_rate=16000))
         logits, cache = tiny_en.run_with_cache(fast, tokens, sample_rate=44100, names_filter=["hook_mel"])

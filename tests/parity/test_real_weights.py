@@ -39,11 +39,13 @@ def test_logits_match_hf_on_real_clips(pair):
     print(f"\n{name}: max |logit difference| vs Hugging Face = {diff:.2e}")
     assert_within_float32_spread(ref, ours, exact, f"{name} logits vs Hugging Face")
     if name == "tiny.en":  # the bound still catches a real bug (base: the same bound, seven times the compute)
+        # On the first clip alone (half the compute): the mildest bug, one MLP row 1% off, still
+        # differs by 3.7e-3 against a bound of 1.2e-4 there (measured on an AVX2 CPU).
         for bug in MUTATIONS:
             with torch.no_grad():
-                wrong = mutated(model, bug)(mel, tokens)
+                wrong = mutated(model, bug)(mel[:1], tokens[:1])
             with pytest.raises(AssertionError, match="differ by"):
-                assert_within_float32_spread(wrong, ref, exact, f"{name} logits vs Hugging Face with a {bug}")
+                assert_within_float32_spread(wrong, ref[:1], exact[:1], f"{name} logits vs Hugging Face with a {bug}")
 
 
 def test_mel_matches_hf_feature_extractor(pair):

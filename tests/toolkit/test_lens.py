@@ -9,9 +9,15 @@ from hooked_whisper.lens import logit_lens
 from tests.support import DATA, assert_close, spread_bound
 
 
-def test_last_layer_of_the_lens_is_the_model(tiny_en, float32_spread):
+@pytest.fixture(scope="module")
+def cards_005(tiny_en):
+    """tiny.en on a real clip reading its greedy transcript: logits and every activation."""
     with torch.no_grad():
-        logits, cache = tiny_en.run_with_cache(DATA / "cards_005.wav")
+        return tiny_en.run_with_cache(DATA / "cards_005.wav")
+
+
+def test_last_layer_of_the_lens_is_the_model(tiny_en, cards_005, float32_spread):
+    logits, cache = cards_005
     lens = logit_lens(tiny_en, cache, k=3)
     assert lens.labels == ["embed", "block 0", "block 1", "block 2", "block 3"]
     probs = logits.softmax(-1)
@@ -87,9 +93,8 @@ def test_encoder_lens_reads_an_array_at_the_sample_rate_given(tiny_en):
     assert told[0].tokens == encoder_lens(tiny_en, load_audio(at_8k, 8000), layers=[3], sample_rate=16000)[0].tokens
 
 
-def test_logit_lens_k_must_be_a_positive_count(tiny_en):
-    with torch.no_grad():
-        _, cache = tiny_en.run_with_cache(DATA / "cards_005.wav")
+def test_logit_lens_k_must_be_a_positive_count(tiny_en, cards_005):
+    _, cache = cards_005
     for k in (0, -1, tiny_en.cfg.d_vocab + 1):
         with pytest.raises(ValueError, match=r"k \(tokens shown per layer\) must be a whole number in \[1, 51864\]"):
             logit_lens(tiny_en, cache, k=k)

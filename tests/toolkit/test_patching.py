@@ -3,6 +3,8 @@ must hold exactly, agreement of the gradient estimate with real patching, and ba
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -22,7 +24,14 @@ from hooked_whisper.patching import (
     position_sites,
     target_log_prob,
 )
-from tests.support import DATA, assert_close, assert_within_float32_spread, random_whisper, spread_bound
+from tests.support import (
+    DATA,
+    assert_close,
+    assert_within_float32_spread,
+    random_whisper,
+    relative_float32_error,
+    spread_bound,
+)
 
 CLEAN = DATA / "librivox_0880.wav"
 
@@ -59,18 +68,66 @@ def tol(runs, float32_spread) -> float:
     return 2 * spread_bound(float32_spread, runs[1])
 
 
-def test_patching_own_activation_changes_nothing(tiny_en, runs, tol):
-    tokens, clean_logits, _, metric = runs
-    sites = layer_sites(tiny_en, "decoder_blocks.{l}.hook_cross_attn_out") + head_sites(tiny_en, "encoder", "attn")[:3]
+# The identities below hold for any weights: they are checked on a random model of tiny.en's
+# layout (4 + 4 layers, 6 heads, its vocabulary) at a quarter of its width, in a fraction of its time.
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """Loaded from a Hugging Face folder as a checkpoint is, so its weights arrive in the layouts
+    (and take the fast paths) that loading gives them."""
+    from hooked_whisper import HookedWhisper
+    from weights_conversion import save_hf_folder
+
+    model = audible(
+        random_whisper(d_model=96, n_heads=6, d_head=16, n_encoder_layers=4, n_decoder_layers=4, d_vocab=51864)
+    )
+    with torch.no_grad():  # random attention spreads evenly over the 1500 frames, so that an encoder
+        for block in model.encoder_blocks:  # head hardly depends on the audio: sharpen and amplify it
+            block.attn.W_Q.mul_(8)
+            block.attn.W_K.mul_(8)
+            block.attn.W_O.mul_(10)
+    return HookedWhisper.from_pretrained(save_hf_folder(model, tmp_path_factory.mktemp("toy")))
+
+
+@pytest.fixture(scope="module")
+def toy_runs(toy):
+    """The toy's clean and corrupted logits on a transcript, its target log-probability metric,
+    and float32's relative error on it (its own, measured against a float64 copy, as
+    ``float32_spread`` is for tiny.en)."""
+
+    def not_a_pattern(name: str) -> bool:  # attention through the fused kernel, as unhooked runs take it
+        return not name.endswith(("hook_pattern", "hook_attn_scores"))
+
+    tokens = toy.to_tokens(" He was not an ill-disposed young man.")
+    with torch.no_grad():
+        clean_logits, cache = toy.run_with_cache(CLEAN, tokens, names_filter=not_a_pattern)
+        corrupt_logits = toy(CORRUPT, tokens)
+        exact_logits, exact = copy.deepcopy(toy).double().run_with_cache(CLEAN, tokens, names_filter=not_a_pattern)
+    spread = relative_float32_error(clean_logits, cache, exact_logits, exact)
+    metric = target_log_prob(tokens[0], 2)
+    # The audio reaches the metric far beyond rounding: a patch that read the wrong run would show.
+    assert (metric(clean_logits) - metric(corrupt_logits)).abs() > 100 * 2 * spread_bound(spread, clean_logits)
+    return tokens, clean_logits, corrupt_logits, metric, spread
+
+
+def test_patching_own_activation_changes_nothing(toy, toy_runs):
+    tokens, clean_logits, _, metric, spread = toy_runs
+    sites = layer_sites(toy, "decoder_blocks.{l}.hook_cross_attn_out") + head_sites(toy, "encoder", "attn")[:3]
     sites += position_sites("decoder_blocks.1.hook_resid_post", tokens.shape[1])[::4]
-    values = activation_patch(tiny_en, CLEAN, CLEAN, sites, metric, tokens=tokens, progress=False)
+    values = activation_patch(toy, CLEAN, CLEAN, sites, metric, tokens=tokens, progress=False)
+    tol = 2 * spread_bound(spread, clean_logits)  # a log-probability moves by at most twice a logit's error
     assert torch.allclose(values, metric(clean_logits).expand(len(sites)), rtol=0, atol=tol)
+    # The bound is tight enough to see a patch from the wrong run: from the other clip, every site
+    # but the first and last decoder positions (the last one's logits are past the metric) moves the
+    # metric by 8x to 1,100x the bound.
+    moved = activation_patch(toy, CLEAN, CORRUPT, sites, metric, tokens=tokens, progress=False)
+    reaches = torch.tensor([s.positions is None or s.positions[0] not in (0, tokens.shape[1] - 1) for s in sites])
+    assert ((moved - values).abs() > 4 * tol)[reaches].all()
 
 
-def test_a_batched_sweep_equals_each_patch_alone(tiny_en, runs, float32_spread):
+def test_a_batched_sweep_equals_each_patch_alone(toy, toy_runs):
     """Decoder sites share the clip's cross-attention keys and values across the sweep's rows,
     unless a site is on them: either way each row gives what that patch gives alone."""
-    tokens, *_ = runs
+    tokens, *_, spread = toy_runs
     sites = [
         Site("decoder_blocks.1.cross_attn.hook_k", head=2),
         Site("decoder_blocks.2.cross_attn.hook_z", head=1),
@@ -78,16 +135,16 @@ def test_a_batched_sweep_equals_each_patch_alone(tiny_en, runs, float32_spread):
     ]
     logits = lambda x: x  # noqa: E731 (compare the whole output, not one number)
     with torch.no_grad():
-        _, source = tiny_en.run_with_cache(CLEAN, tokens, names_filter=[s.hook for s in sites])
-        encoder_out = tiny_en.encode(CORRUPT)  # every site is downstream of it
+        _, source = toy.run_with_cache(CLEAN, tokens, names_filter=[s.hook for s in sites])
+        encoder_out = toy.encode(CORRUPT)  # every site is downstream of it
         alone = []
         for site in sites:
-            with tiny_en.hooks(fwd_hooks=patch_hooks(tiny_en, [site], [source[site.hook]])):
-                alone.append(tiny_en.decode(tokens, encoder_out))
+            with toy.hooks(fwd_hooks=patch_hooks(toy, [site], [source[site.hook]])):
+                alone.append(toy.decode(tokens, encoder_out))
     for chunk in (slice(0, 3), slice(1, 3)):  # with a cross-attention K site in the batch, and without
-        swept = activation_patch(tiny_en, CORRUPT, CLEAN, sites[chunk], logits, tokens=tokens, progress=False)
+        swept = activation_patch(toy, CORRUPT, CLEAN, sites[chunk], logits, tokens=tokens, progress=False)
         for row, site in enumerate(sites[chunk]):
-            assert_close(swept[row : row + 1], alone[sites.index(site)], float32_spread, f"{site.hook} in a sweep")
+            assert_close(swept[row : row + 1], alone[sites.index(site)], spread, f"{site.hook} in a sweep")
 
 
 def test_patching_the_whole_residual_at_layer_0_restores_the_clean_run(tiny_en, runs, float32_spread):
@@ -123,16 +180,17 @@ def test_interpolation_moves_monotonically_toward_the_source(tiny_en, runs, tol)
     assert values[0] < values[1] < values[2]
 
 
-def test_path_patching_equivalences(tiny_en, runs, tol):
-    tokens, clean_logits, corrupt_logits, metric = runs
-    everything = cross_attention_receivers(tiny_en, via="kv")
+def test_path_patching_equivalences(toy, toy_runs):
+    tokens, clean_logits, corrupt_logits, metric, spread = toy_runs
+    tol = 2 * spread_bound(spread, clean_logits)
+    everything = cross_attention_receivers(toy, via="kv")
     sender = Site("encoder_blocks.3.hook_resid_post")  # the whole final encoder stream
     # A zero difference reproduces the baseline.
-    same = path_patch(tiny_en, CORRUPT, CORRUPT, sender, everything[:4], metric, tokens=tokens, progress=False)
+    same = path_patch(toy, CORRUPT, CORRUPT, sender, everything[:4], metric, tokens=tokens, progress=False)
     assert torch.allclose(same, metric(corrupt_logits).expand(4), rtol=0, atol=tol)
     # Every cross-attention head of every layer through K and V equals patching hook_encoder_out.
-    joint = path_patch(tiny_en, CORRUPT, CLEAN, sender, everything, metric, tokens=tokens, jointly=True, progress=False)
-    direct = activation_patch(tiny_en, CORRUPT, CLEAN, "hook_encoder_out", metric, tokens=tokens, progress=False)
+    joint = path_patch(toy, CORRUPT, CLEAN, sender, everything, metric, tokens=tokens, jointly=True, progress=False)
+    direct = activation_patch(toy, CORRUPT, CLEAN, "hook_encoder_out", metric, tokens=tokens, progress=False)
     assert joint.item() == pytest.approx(direct.item(), abs=tol)
     assert joint.item() == pytest.approx(metric(clean_logits).item(), abs=tol)
 
