@@ -474,8 +474,8 @@ def plot(results: dict, path: Path) -> None:
             ax.set_title(f"{model}: {study}", fontsize=10)
             if j == 0:
                 ax.set_ylabel("held-out balanced accuracy")
-    axes[0, 0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
 
 
