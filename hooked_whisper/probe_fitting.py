@@ -9,7 +9,9 @@ strength chosen inside the training folds, and the controls a probe result is re
   to score on, so a grid needs ``folds >= 3``.
 - Permutation test: labels permuted between the groups of each fold (a group keeps one label for
   all its clips; a group that mixes labels is shuffled within itself), so every permuted fold has
-  the class balance of the real one, and the whole nested procedure, strength choice included,
+  as many groups of each class as the real one (and its class balance in examples when a fold's
+  groups are of one size: a large group, a music track among single-clip videos, carries its size
+  to another label), and the whole nested procedure, strength choice included,
   is rerun on every permutation. p = (1 + #{permuted >= observed}) / (1 + permutations), on
   balanced accuracy. Features that carry nothing (constant, noise) give p near uniform.
 - Control task (Hewitt and Liang, 2019), only with item types that recur across folds (the word,
@@ -162,8 +164,8 @@ def permuted_labels(
     """``[count, n]`` label sets shuffled within each fold, as far as the groups allow: a group
     whose clips share a label takes the label of another such group of its fold (for all its
     clips); a group that mixes labels (a clip and its noisy copy) has its labels shuffled among
-    its own clips. Each fold keeps its class balance, so the permuted runs see folds as balanced
-    as the real one."""
+    its own clips. Each fold keeps its number of groups per class, and so its class balance in
+    examples when its groups are of one size (unequal groups carry their sizes to their new labels)."""
     y_cpu, fold_cpu = y.cpu(), fold_of.cpu()
     out = y_cpu.repeat(count, 1)
     members = list(group_members(list(range(len(y))) if groups is None else groups).values())

@@ -367,6 +367,7 @@ class SelectedLayer:
     balanced_accuracy: float
     ci_low: float
     ci_high: float
+    predictions: torch.Tensor | None = field(default=None, compare=False, repr=False)  # out-of-fold, [n]
 
     @property
     def hook(self) -> str:
@@ -386,6 +387,7 @@ class ProbeReport:
     correction: str = "holm"
     selected: SelectedLayer | None = None  # None with one hook, 2 folds, or logistic at one strength
     nuisance: tuple[float, float, float] | None = None  # the nuisance-only probe: (balanced accuracy, 95% interval)
+    nuisance_predictions: torch.Tensor | None = field(default=None, compare=False, repr=False)  # out-of-fold, [n]
     labels: torch.Tensor | None = field(default=None, compare=False, repr=False)  # class indices, [n]
     groups: Sequence | None = field(default=None, compare=False, repr=False)
 
@@ -445,12 +447,17 @@ class ProbeReport:
         raise KeyError(f"{hook!r} was not probed; this report has {[r.hook for r in self.results]}")
 
     def compare(
-        self, a: str | ProbeResult, b: str | ProbeResult | Sequence[ProbeResult], repeats: int = 2000, seed: int = 0
+        self,
+        a: str | ProbeResult | SelectedLayer,
+        b: str | ProbeResult | SelectedLayer | Sequence[ProbeResult | SelectedLayer],
+        repeats: int = 2000,
+        seed: int = 0,
     ) -> PairedDifference:
         """Balanced accuracy of probe ``a`` minus probe ``b`` (hooks of this report, or results of
         another ``train_probes`` call on the same examples, labels and groups: the input, the layer
         before), with its 95% group-bootstrap interval and a paired p-value. ``b`` may be a list of
-        results (random-init models of several seeds): ``a`` is compared with their average."""
+        results (random-init models of several seeds): ``a`` is compared with their average. Either
+        may be a ``report.selected`` (the hook chosen inside the training folds, fold by fold)."""
         first = self.result(a) if isinstance(a, str) else a
         others = [self.result(r) if isinstance(r, str) else r for r in (b if isinstance(b, (list, tuple)) else [b])]
         if first.predictions is None or any(r.predictions is None for r in others) or self.labels is None:
@@ -643,6 +650,7 @@ def train_probes(
         report.selected = _select_inside_folds(results, y.cpu(), fold_of.cpu(), n_classes, groups, bootstrap, seed)
     if nuisance_cv is not None:
         nuisance_predictions = nuisance_cv.predictions[0]
+        report.nuisance_predictions = nuisance_predictions.cpu()
         report.nuisance = (
             balanced_accuracy(nuisance_predictions, y, n_classes),
             *bootstrap_balanced_accuracy(nuisance_predictions, y, n_classes, groups, bootstrap, seed),
@@ -660,4 +668,4 @@ def _select_inside_folds(results, y, fold_of, n_classes, groups, bootstrap, seed
         chosen.append(best.hook)
         predictions[fold_of == k] = best.predictions[fold_of == k]
     low, high = bootstrap_balanced_accuracy(predictions, y, n_classes, groups, bootstrap, seed)
-    return SelectedLayer(chosen, balanced_accuracy(predictions, y, n_classes), low, high)
+    return SelectedLayer(chosen, balanced_accuracy(predictions, y, n_classes), low, high, predictions)

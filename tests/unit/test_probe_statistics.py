@@ -74,6 +74,11 @@ def test_controls_separate_signal_from_chance():
     assert memoriser.p_value > 0.05 and memoriser.ci_low < 1 / 3 + 1e-6 < memoriser.ci_high + 2e-6  # float32 1/3
     assert abs(memoriser.shuffled - 1 / 3) < 0.05 and signal.auroc is None  # three classes: no AUROC
     assert report.selected.hooks == ["encoder_blocks.1.signal"] * 5
+    # The hook chosen in the training folds is compared like any probe: with its own hook's probe
+    # (the same predictions, every fold chose it) and with the memoriser (far above it).
+    same = report.compare(report.selected, "encoder_blocks.1.signal")
+    assert same.difference == 0 and same.p_value == 1
+    assert report.compare(report.selected, memoriser).ci_low > 0.3
 
 
 def test_controls_when_a_group_mixes_labels():
@@ -151,6 +156,8 @@ def test_gain_over_a_nuisance_only_probe():
     assert beyond.gain.ci_low > 0 and beyond.gain.p_value < 0.01
     assert all(r.gain_p_adjusted >= r.gain.p_value and r.p_adjusted >= r.p_value for r in report.results)
     assert 0.6 < report.nuisance[0] < 0.9 and "gain over nuisance" in report.table()
+    nuisance_hits = (report.nuisance_predictions == report.labels).float()  # its balanced accuracy, recomputed
+    assert abs(sum(nuisance_hits[report.labels == c].mean() for c in (0, 1)) / 2 - report.nuisance[0]) < 1e-6
     compared = report.compare("encoder_blocks.1.beyond", "encoder_blocks.0.loudness_only")
     assert compared.ci_low > 0 and compared.p_value < 0.05
     random_init = [  # five seeds of a network that passes loudness on, and nothing else
