@@ -524,40 +524,43 @@ def loop_study(name: str, model: HookedWhisper, prompts: list, data: Path | None
                 r[key + "_holm"] = adjusted
 
         head_stopped, head_faithful = {}, {}
-        for l in tqdm(range(model.cfg.n_decoder_layers), desc=f"{name}: cross-attention heads", unit="layer"):
+        head_layers = [] if args.no_heads else range(model.cfg.n_decoder_layers)
+        for l in tqdm(head_layers, desc=f"{name}: cross-attention heads", unit="layer"):
             for h in range(model.cfg.n_heads):
                 site = Site(model.hook_name("decoder", l, "cross_attn.hook_z"), head=h)
                 head_stopped[l, h], head_faithful[l, h] = outcomes(zero_head(site))
         names = sorted(set(groups))
-        by_source = {
-            g: {f"XL{l}H{h}": sum(f[i] for i in range(len(groups)) if groups[i] == g) / groups.count(g)
-                for (l, h), f in head_stopped.items()}
-            for g in names
-        }  # fmt: skip
-        stability = head_stability(by_source, n_splits=args.splits)
-        shuffled = torch.randperm(len(names), generator=torch.Generator().manual_seed(0)).tolist()
-        half_of = {names[k]: position % 2 for position, k in enumerate(shuffled)}
-        held_out = []
-        for pick in (0, 1):
-            pick_rows = [i for i, g in enumerate(groups) if half_of[g] == pick]
-            score_rows = [i for i, g in enumerate(groups) if half_of[g] != pick]
+        stability, held_out = None, []
+        if head_stopped:
+            by_source = {
+                g: {f"XL{l}H{h}": sum(f[i] for i in range(len(groups)) if groups[i] == g) / groups.count(g)
+                    for (l, h), f in head_stopped.items()}
+                for g in names
+            }  # fmt: skip
+            stability = head_stability(by_source, n_splits=args.splits)
+            shuffled = torch.randperm(len(names), generator=torch.Generator().manual_seed(0)).tolist()
+            half_of = {names[k]: position % 2 for position, k in enumerate(shuffled)}
+            held_out = []
+            for pick in (0, 1):
+                pick_rows = [i for i, g in enumerate(groups) if half_of[g] == pick]
+                score_rows = [i for i, g in enumerate(groups) if half_of[g] != pick]
 
-            def rate(flags, rows):
-                return sum(flags[i] for i in rows) / max(1, len(rows))
+                def rate(flags, rows):
+                    return sum(flags[i] for i in rows) / max(1, len(rows))
 
-            best = max(head_stopped, key=lambda lh: rate(head_stopped[lh], pick_rows))
-            site = Site(model.hook_name("decoder", best[0], "cross_attn.hook_z"), head=best[1])
-            average = [sum(f[i] for f in head_stopped.values()) / len(head_stopped) for i in score_rows]
-            held_out.append({
-                "head": f"XL{best[0]}H{best[1]}", "picked_on": len(pick_rows), "scored_on": len(score_rows),
-                "stopped": share([head_stopped[best][i] for i in score_rows], [groups[i] for i in score_rows]),
-                "faithful": share([head_faithful[best][i] for i in score_rows], [groups[i] for i in score_rows]),
-                "average_head": sum(average) / len(average),
-                "p_vs_average_head": cluster_permutation_p(
-                    [head_stopped[best][i] for i in score_rows], average, [groups[i] for i in score_rows]
-                ),
-                "cost": wer_cost(cost_errors(zero_head(site)), cost_words, baseline_errors),
-            })  # fmt: skip
+                best = max(head_stopped, key=lambda lh: rate(head_stopped[lh], pick_rows))
+                site = Site(model.hook_name("decoder", best[0], "cross_attn.hook_z"), head=best[1])
+                average = [sum(f[i] for f in head_stopped.values()) / len(head_stopped) for i in score_rows]
+                held_out.append({
+                    "head": f"XL{best[0]}H{best[1]}", "picked_on": len(pick_rows), "scored_on": len(score_rows),
+                    "stopped": share([head_stopped[best][i] for i in score_rows], [groups[i] for i in score_rows]),
+                    "faithful": share([head_faithful[best][i] for i in score_rows], [groups[i] for i in score_rows]),
+                    "average_head": sum(average) / len(average),
+                    "p_vs_average_head": cluster_permutation_p(
+                        [head_stopped[best][i] for i in score_rows], average, [groups[i] for i in score_rows]
+                    ),
+                    "cost": wer_cost(cost_errors(zero_head(site)), cost_words, baseline_errors),
+                })  # fmt: skip
     return {
         "model": name,
         "tiled_screened": tiled_screened,
@@ -640,6 +643,8 @@ def loop_markdown(r: dict) -> list[str]:
             f"{c['delta_ci'][1]:+.3f}] |"
         )
     s = r["head_stability"]
+    if s is None:
+        return lines + ["", "Single heads were not swept for this model.", ""]
     top = sorted(s["best_counts"].items(), key=lambda kv: -kv[1])[:4]
     lines += [
         "",
@@ -708,6 +713,7 @@ def main() -> None:
         "--components", nargs="+", default=["cross-attention", "self-attention", "MLP"],
         choices=["cross-attention", "self-attention", "MLP"],
     )  # fmt: skip
+    parser.add_argument("--no-heads", action="store_true", help="skip the single-head sweep (time)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument("--studies", nargs="+", default=["prediction", "loops"], choices=["prediction", "loops"])
