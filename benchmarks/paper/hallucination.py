@@ -577,6 +577,8 @@ def loop_study(name: str, model: HookedWhisper, prompts: list, data: Path | None
         "rows": rows,
         "heads": {f"XL{l}H{h}": sum(f) / len(f) for (l, h), f in head_stopped.items()},
         "head_stability": stability,
+        "groups": groups,
+        "head_stopped": {f"XL{l}H{h}": [int(x) for x in f] for (l, h), f in head_stopped.items()},
         "held_out_heads": held_out,
     }
 
