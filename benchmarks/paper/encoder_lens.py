@@ -40,6 +40,7 @@ from hooked_whisper.plots import _pyplot  # noqa: E402
 HERE = Path(__file__).parent
 TESTS_DATA = HERE.parent.parent / "tests" / "data"
 SR = 16000
+MAX_NEW_TOKENS = 64  # the utterances hold at most about 40 tokens; a loop is stopped when it forms
 
 
 def utterances(prompts: list, n: int, seed: int) -> list[tuple[str, str, torch.Tensor, str]]:
@@ -88,7 +89,7 @@ def bootstrap_mean(values: torch.Tensor, repeats: int = 2000, seed: int = 0) -> 
 def lens_study(name: str, model: HookedWhisper, items: list) -> dict:
     rows = []
     for uid, speaker, audio, reference in tqdm(items, desc=f"{name}: encoder lens", unit="utterance"):
-        for r in encoder_lens(model, audio, reference=reference):
+        for r in encoder_lens(model, audio, reference=reference, max_new_tokens=MAX_NEW_TOKENS):
             rows.append({"id": uid, "speaker": speaker, "layer": r.layer, "text": r.text,
                          "wer_vs_reference": r.wer_vs_reference, "wer_vs_final": r.wer_vs_final,
                          "looping": r.loop.looping})  # fmt: skip
