@@ -128,7 +128,8 @@ def head_stability(scores_by_source, n_splits: int = 100, seed: int = 0) -> dict
     half. ``scores_by_source`` maps each source clip to ``{head: score}`` (higher is better, the
     same heads for every source), or is a ``[sources, heads]`` tensor. Returns ``agreement``
     (the share of the ``n_splits`` half-splits where both halves pick the same head) and
-    ``best_counts`` (how often each head is best on a half)."""
+    ``best_counts`` (how often each head is best on a half). Heads tied for best on a half are
+    picked from at random, so scores that cannot tell heads apart agree about 1 / heads of the time."""
     if isinstance(scores_by_source, torch.Tensor):
         scores, heads = scores_by_source.double(), list(range(scores_by_source.shape[1]))
     else:
@@ -140,12 +141,19 @@ def head_stability(scores_by_source, n_splits: int = 100, seed: int = 0) -> dict
     if scores.ndim != 2 or len(scores) < 2:
         raise ValueError(f"head_stability needs at least two sources of head scores; got shape {tuple(scores.shape)}")
     generator = torch.Generator().manual_seed(seed)
+
+    def best(rows: torch.Tensor) -> int:
+        # Ties are broken at random: yes/no outcomes often tie (several heads stop every loop of a
+        # half), and argmax's first index would make tied halves "agree" on the same head.
+        mean = scores[rows].mean(0)
+        tied = (mean == mean.max()).nonzero()[:, 0]
+        return int(tied[torch.randint(len(tied), (1,), generator=generator)])
+
     agree, counts = 0, dict.fromkeys(heads, 0)
     half = len(scores) // 2
     for _ in range(n_splits):
         order = torch.randperm(len(scores), generator=generator)
-        best_a = int(scores[order[:half]].mean(0).argmax())
-        best_b = int(scores[order[half:]].mean(0).argmax())
+        best_a, best_b = best(order[:half]), best(order[half:])
         agree += best_a == best_b
         counts[heads[best_a]] += 1
         counts[heads[best_b]] += 1

@@ -1,8 +1,20 @@
-"""The seed paper's encoder lens on real weights: the decoder reads each encoder layer's output
-(through the final LayerNorm) and transcribes a real LibriVox clip; WER against the final
-transcript and the reference, loops marked.
+"""The seed paper's two lenses on real weights, over many real utterances:
 
-    .venv/bin/python benchmarks/paper/encoder_lens.py [--models tiny.en base]
+    .venv/bin/python benchmarks/paper/encoder_lens.py --prompts DEBIAN --data ../shared/data/voxlingua107-dev-subset
+
+**Encoder lens**: the decoder reads each encoder layer's output (through the final LayerNorm,
+``hooked_whisper.lens.encoder_lens``) and transcribes; per layer, the mean WER against the
+reference transcript and against the model's own final transcript, and the share of runs that
+loop, each with a 95% bootstrap interval over utterances. Utterances: a seeded sample of the
+human-read prompts of Debian's ``asterisk-core-sounds-en-wav`` (one speaker; transcripts from
+``asterisk-core-sounds-en``) and the transcribed clips in tests/data.
+
+**Logit-lens saturation**: on the model's own greedy transcript of real speech (teacher-forced),
+the first decoder block from whose output the top-1 token stays the final prediction
+(``logit_lens(...).saturation_layer``), for every predicted token (each transcript token and the
+end of text). Windows: the prompts joined into windows of at most 25 s, and VoxLingua107's English
+clips joined into 30 s windows; the distribution over layers has a 95% bootstrap interval over
+windows (tokens of one window are not independent).
 
 Writes ``results/encoder_lens.{md,json}`` and ``results/encoder_lens_{model}.png``.
 """
@@ -11,42 +23,238 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from hooked_whisper import HookedWhisper
-from hooked_whisper.lens import encoder_lens
-from hooked_whisper.metrics import read_transcripts
-from hooked_whisper.plots import plot_encoder_lens
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent.parent.parent))
+from benchmarks.paper.hallucination_speech_data import asterisk_prompts  # noqa: E402
+from benchmarks.paper.probing import read_clips  # noqa: E402
+from hooked_whisper import HookedWhisper, load_audio  # noqa: E402
+from hooked_whisper.lens import encoder_lens, logit_lens  # noqa: E402
+from hooked_whisper.metrics import read_transcripts  # noqa: E402
+from hooked_whisper.plots import _pyplot  # noqa: E402
 
 HERE = Path(__file__).parent
-DATA = HERE.parent.parent / "tests" / "data"
-CLIP = "librivox_0870.wav"
+TESTS_DATA = HERE.parent.parent / "tests" / "data"
+SR = 16000
+MAX_NEW_TOKENS = 128  # the utterances hold at most about 100 tokens; a loop is stopped when it forms
+
+
+def utterances(prompts: list, n: int, seed: int) -> list[tuple[str, str, torch.Tensor, str]]:
+    """(id, speaker, audio, reference): the clips of tests/data and a seeded sample of prompts, ``n`` in all."""
+    out = [
+        (f"tests/data:{f}", f.split("_")[0], load_audio(TESTS_DATA / f), t)
+        for f, t in read_transcripts(TESTS_DATA).items()
+    ]
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
+    for i in order:
+        audio = load_audio(prompts[i].path)
+        if len(out) < n and len(audio) <= 20 * SR:  # one window each; the few long menu prompts are left out
+            out.append((prompts[i].id, "asterisk", audio, prompts[i].text))
+    return out
+
+
+def windows(prompts: list, data: Path | None) -> list[tuple[str, torch.Tensor]]:
+    """Long real speech for the logit lens: the prompts joined (0.3 s apart) into windows of at most
+    25 s; VoxLingua107's English clips joined into 30 s windows."""
+    out, parts, length = [], [], 0
+    gap = torch.zeros(int(0.3 * SR))
+    for p in prompts:
+        audio = load_audio(p.path)
+        if len(audio) > 25 * SR:
+            continue
+        if length + len(audio) > 25 * SR and parts:
+            out.append((f"asterisk-{len(out)}", torch.cat(parts)))
+            parts, length = [], 0
+        parts += [audio, gap]
+        length += len(audio) + len(gap)
+    if parts:
+        out.append((f"asterisk-{len(out)}", torch.cat(parts)))
+    if data is not None:
+        english = [load_audio(row["path"]) for row in read_clips(data) if row["language"] == "en"]
+        if english:
+            long = torch.cat(english)
+            out += [
+                (f"voxlingua-en@{30 * k}s", long[k * 30 * SR : (k + 1) * 30 * SR])
+                for k in range(len(long) // (30 * SR))
+            ]
+    return out
+
+
+def bootstrap_mean(values: torch.Tensor, repeats: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``values`` (one per utterance), resampling utterances."""
+    pick = torch.randint(len(values), (repeats, len(values)), generator=torch.Generator().manual_seed(seed))
+    means = values.double()[pick].mean(1)
+    return float(means.quantile(0.025)), float(means.quantile(0.975))
+
+
+def lens_study(name: str, model: HookedWhisper, items: list) -> dict:
+    rows = []
+    for uid, speaker, audio, reference in tqdm(items, desc=f"{name}: encoder lens", unit="utterance"):
+        for r in encoder_lens(model, audio, reference=reference, max_new_tokens=MAX_NEW_TOKENS):
+            rows.append({"id": uid, "speaker": speaker, "layer": r.layer, "text": r.text,
+                         "wer_vs_reference": r.wer_vs_reference, "wer_vs_final": r.wer_vs_final,
+                         "looping": r.loop.looping})  # fmt: skip
+    layers = []
+    for layer in range(model.cfg.n_encoder_layers):
+        here = [r for r in rows if r["layer"] == layer]
+        summary = {"layer": layer, "n": len(here)}
+        for key in ("wer_vs_reference", "wer_vs_final", "looping"):
+            values = torch.tensor([float(r[key]) for r in here])
+            # WER can exceed 1 (a loop inserts words): capped at 1 for the mean, so a few loops do not dominate it.
+            values = values.clamp(max=1.0) if key != "looping" else values
+            summary[key] = float(values.mean())
+            summary[key + "_ci"] = bootstrap_mean(values)
+        layers.append(summary)
+    examples = {r["layer"]: r["text"] for r in rows if r["id"] == items[-1][0]}
+    return {"utterances": len(items), "speakers": len({s for _, s, _, _ in items}), "layers": layers,
+            "example": {"id": items[-1][0], "reference": items[-1][3], "texts": examples}, "rows": rows}  # fmt: skip
+
+
+def saturation_study(name: str, model: HookedWhisper, items: list[tuple[str, torch.Tensor]]) -> dict:
+    prompt_len = len(model.prompt_tokens(language="en") if model.cfg.is_multilingual else model.prompt_tokens())
+    per_window = []
+    n_blocks = model.cfg.n_decoder_layers
+    for _, audio in tqdm(items, desc=f"{name}: logit lens", unit="window"):
+        names = [
+            model.hook_name("decoder", l, leaf)
+            for l in range(n_blocks)
+            for leaf in ("hook_resid_pre", "hook_resid_post")
+        ]
+        with torch.no_grad():
+            _, cache = model.run_with_cache(audio, names_filter=names)
+        saturation = logit_lens(model, cache, k=1).saturation_layer[0, prompt_len - 1 :]
+        # Counts per layer: index 0 is the embedding (-1), then blocks 0..n-1.
+        per_window.append(torch.bincount(saturation + 1, minlength=n_blocks + 1))
+    counts = torch.stack(per_window).double()  # [windows, layers]
+    pick = torch.randint(len(counts), (2000, len(counts)), generator=torch.Generator().manual_seed(0))
+    shares = counts[pick].sum(1) / counts[pick].sum((1, 2))[:, None]
+    depth = torch.arange(-1, n_blocks, dtype=torch.float64)
+    mean_layer = (shares * depth).sum(1)
+    total = counts.sum(0)
+    return {
+        "windows": len(items),
+        "tokens": int(total.sum()),
+        "labels": ["embed"] + [f"block {l}" for l in range(n_blocks)],
+        "share": (total / total.sum()).tolist(),
+        "share_ci": list(zip(shares.quantile(0.025, 0).tolist(), shares.quantile(0.975, 0).tolist())),
+        "mean_layer": float((total * depth).sum() / total.sum()),
+        "mean_layer_ci": (float(mean_layer.quantile(0.025)), float(mean_layer.quantile(0.975))),
+        "before_last_block": float(total[:-1].sum() / total.sum()),
+        "before_last_block_ci": (
+            float(shares[:, :-1].sum(1).quantile(0.025)),
+            float(shares[:, :-1].sum(1).quantile(0.975)),
+        ),
+    }
+
+
+def markdown(name: str, lens: dict | None, saturation: dict | None) -> list[str]:
+    lines = []
+    if lens is not None:
+        lines += [
+            f"### Encoder lens, {name}",
+            "",
+            f"{lens['utterances']} utterances ({lens['speakers']} speakers, most from one: an interval over "
+            "utterances, not speakers). Mean WER (capped at 1 per utterance) [95% bootstrap interval over utterances]:",
+            "",
+            "| encoder layer read | WER vs reference | WER vs final transcript | looping |",
+            "|---|---|---|---|",
+        ]
+        for x in lens["layers"]:
+            lines.append(
+                f"| {x['layer']} | {x['wer_vs_reference']:.3f} [{x['wer_vs_reference_ci'][0]:.3f}-"
+                f"{x['wer_vs_reference_ci'][1]:.3f}] | {x['wer_vs_final']:.3f} [{x['wer_vs_final_ci'][0]:.3f}-"
+                f"{x['wer_vs_final_ci'][1]:.3f}] | {100 * x['looping']:.0f}% [{100 * x['looping_ci'][0]:.0f}-"
+                f"{100 * x['looping_ci'][1]:.0f}] |"
+            )
+        ex = lens["example"]
+        lines += ["", f"Example, {ex['id']} ({ex['reference']!r}): "
+                  + "; ".join(f"layer {k}: {v.strip()[:60]!r}" for k, v in ex["texts"].items()), ""]  # fmt: skip
+    if saturation is not None:
+        s = saturation
+        lines += [
+            f"### Logit-lens saturation, {name}",
+            "",
+            f"{s['tokens']} predicted tokens in {s['windows']} windows of real speech. Share of tokens whose top-1 "
+            "stays final from each layer's output on [95% bootstrap interval over windows]:",
+            "",
+            "| " + " | ".join(s["labels"]) + " |",
+            "|" + "---|" * len(s["labels"]),
+            "| "
+            + " | ".join(
+                f"{100 * v:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}]" for v, (lo, hi) in zip(s["share"], s["share_ci"])
+            )
+            + " |",  # fmt: skip
+            "",
+            f"Mean saturation layer {s['mean_layer']:.2f} [{s['mean_layer_ci'][0]:.2f}-{s['mean_layer_ci'][1]:.2f}] "
+            f"(-1 is the embedding); settled before the last block: {100 * s['before_last_block']:.1f}% "
+            f"[{100 * s['before_last_block_ci'][0]:.1f}-{100 * s['before_last_block_ci'][1]:.1f}].",
+            "",
+        ]
+    return lines
+
+
+def plot(name: str, lens: dict | None, saturation: dict | None, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    if lens is not None:
+        xs = [x["layer"] for x in lens["layers"]]
+        for key, colour in (("wer_vs_reference", "tab:blue"), ("looping", "tab:red")):
+            values = [x[key] for x in lens["layers"]]
+            low = [x[key] - x[key + "_ci"][0] for x in lens["layers"]]
+            high = [x[key + "_ci"][1] - x[key] for x in lens["layers"]]
+            axes[0].errorbar(xs, values, yerr=[low, high], marker="o", capsize=3, color=colour,
+                             label="WER vs reference" if key != "looping" else "share looping")  # fmt: skip
+        axes[0].set_xticks(xs)
+        axes[0].set_xlabel("encoder layer read by the decoder")
+        axes[0].set_title(f"encoder lens, {lens['utterances']} utterances")
+        axes[0].legend(fontsize=8)
+    if saturation is not None:
+        s = saturation
+        low = [100 * (v - lo) for v, (lo, _) in zip(s["share"], s["share_ci"])]
+        high = [100 * (hi - v) for v, (_, hi) in zip(s["share"], s["share_ci"])]
+        axes[1].bar(range(len(s["labels"])), [100 * v for v in s["share"]], yerr=[low, high], capsize=3)
+        axes[1].set_xticks(range(len(s["labels"])), s["labels"], fontsize=8)
+        axes[1].set_ylabel("% of tokens")
+        axes[1].set_title(f"logit-lens saturation layer, {s['tokens']} tokens")
+    fig.suptitle(f"{name}: 95% bootstrap intervals")
+    fig.savefig(path, dpi=130, bbox_inches="tight")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=Path, required=True, help="unpacked asterisk-core-sounds-en(-wav)")
+    parser.add_argument("--data", type=Path, help="VoxLingua107 folder (clips.tsv): English windows for the logit lens")
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    parser.add_argument("--utterances", type=int, default=200)
+    parser.add_argument("--windows", type=int, default=0, help="logit-lens windows at most (0: all)")
+    parser.add_argument("--studies", nargs="+", default=["encoder", "logit"], choices=["encoder", "logit"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    reference = read_transcripts(DATA)[CLIP]
-    results, lines = {}, [f"Encoder lens on {CLIP} (WER vs the final transcript / vs the reference):", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    prompts = asterisk_prompts(args.prompts)
+    items = utterances(prompts, args.utterances, args.seed) if "encoder" in args.studies else []
+    long = windows(prompts, args.data) if "logit" in args.studies else []
+    long = long[: args.windows] if args.windows else long
+    path = args.out / "encoder_lens.json"
+    results: dict = json.loads(path.read_text()) if path.exists() else {}
+    results = {k: v for k, v in results.items() if isinstance(v, dict)}  # one model's rerun keeps the others
     for name in args.models:
-        rows = encoder_lens(HookedWhisper.from_pretrained(name), DATA / CLIP, reference=reference)
-        plot_encoder_lens(rows, out / f"encoder_lens_{name}.png", title=f"{name}: encoder lens, {CLIP}")
-        results[name] = [
-            {"layer": r.layer, "text": r.text, "wer_vs_final": r.wer_vs_final, "wer_vs_reference": r.wer_vs_reference,
-             "looping": r.loop.looping}
-            for r in rows
-        ]  # fmt: skip
-        lines += [
-            f"- {name} layer {r.layer}: {r.wer_vs_final:.2f} / {r.wer_vs_reference:.2f}"
-            f"{' (loop)' if r.loop.looping else ''}: {r.text[:80]!r}"
-            for r in rows
-        ]
-    (out / "encoder_lens.json").write_text(json.dumps(results, indent=1))
-    (out / "encoder_lens.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        model = HookedWhisper.from_pretrained(name)
+        torch.manual_seed(args.seed)
+        previous = results.get(name, {})
+        lens = lens_study(name, model, items) if items else previous.get("encoder_lens")
+        saturation = saturation_study(name, model, long) if long else previous.get("saturation")
+        lines = markdown(name, lens, saturation)
+        results[name] = {"encoder_lens": lens, "saturation": saturation, "markdown": lines}
+        plot(name, lens, saturation, args.out / f"encoder_lens_{name}.png")
+        print("\n".join(lines))
+        path.write_text(json.dumps(results, indent=1))
+        (args.out / "encoder_lens.md").write_text("\n".join(l for r in results.values() for l in r["markdown"]) + "\n")
 
 
 if __name__ == "__main__":
