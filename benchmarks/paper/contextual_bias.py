@@ -1,31 +1,37 @@
 """Semantic bias in the encoder: does patching encoder components toward a noise reference make
 the model write the word that was said rather than the one the context predicts?
 
-    .venv/bin/python benchmarks/paper/contextual_bias.py DATA_DIR [--models tiny.en,base] [--speech tests/data]
+    .venv/bin/python benchmarks/paper/contextual_bias.py DATA_DIR [--stage all|behaviour|intervene|probe|report]
 
 ``DATA_DIR`` is the synthetic data set (built there by ``contextual_bias_data.py`` when it has
 no ``index.tsv``): sentences whose audio says the acoustic word ("lice") where the context
 predicts the contextual word ("rice"), each with a neutral twin that shares the word's samples.
+Each stage updates ``results/contextual_bias.json`` (``--stage all`` starts it afresh and runs
+every stage); the Markdown and the plot are rewritten from it after each.
 
 1. **Behaviour.** Each clip is transcribed greedily and the transcript classed as writing the
    contextual word, the acoustic word, or neither, in context and in the neutral twin (the twin
    tells a context effect from a mishearing). Beside it, the teacher-forced contrast
    ``log p(acoustic) - log p(contextual)`` after the sentence's own text (``word_contrast``).
-   When small models make few contextual errors on clean speech, the word alone can be masked
-   by white noise at set SNRs (``--snr``); each level is reported.
-2. **Intervention.** On the context clips whose contrast prefers the contextual word ("errors")
-   and as many whose contrast prefers the acoustic word ("correct"), each encoder layer x
-   {self-attention out, MLP out, residual stream} x alpha is moved toward a white-noise run
-   (``Noise("white")``, matched to the clip's length and loudness) on the word's frames, the
-   context's frames or all frames (``word_sites``). Controls beside each: pink noise, another
-   speech clip, the mean activation over other clips, and a random direction with the norm of
-   the white-noise displacement at each position.
+   As small models make few contextual errors on clean speech, the word alone is also masked
+   by white noise at set SNRs (``--snr``, per model); each level is reported.
+2. **Intervention.** On context errors (the contrast prefers the contextual word, the twin's the
+   acoustic one) and as many correct context clips, at the cleanest level with enough errors:
+   each encoder layer x {self-attention out, MLP out, residual stream} x alpha moved toward a
+   white-noise run (``Noise("white")``, the clip's length and loudness) on the word's frames, the
+   context's frames or all frames (``word_sites``); controls: pink noise, another speech clip,
+   the mean activation over other clips, a random direction with the white-noise displacement's
+   norm at each position (``--grid``: full or reduced, per model). Each layer is one sweep, which
+   starts at that layer (``activation_patch`` reuses the unpatched stream below it).
 3. **Outcomes.** Flip rate (errors whose contrast turns positive), break rate (correct items
    whose contrast turns negative), the mean change of the contrast, and the WER cost on real
    speech (``--speech``) of the best setting applied to all frames while transcribing.
-4. **Statistics.** 95% intervals from a bootstrap over sentence templates (the minimal pair:
-   its sentences share the two words), exact McNemar (a paired permutation test of yes/no
-   outcomes) against each control on the same items, Holm over layer x component x alpha.
+4. **Statistics.** 95% intervals from a bootstrap over sentence templates (minimal pairs); a
+   paired permutation test over templates against each control (``cluster_permutation_p``),
+   Holm over layer x component x alpha (``adjust_p_values``).
+5. **Semantic-category probe.** 120 words of 6 categories (``data/semantic_categories.tsv``),
+   each spoken alone by the data set's voices, probed at every encoder layer with words held
+   out, beside the same probe on categories dealt to the words at random.
 
 Writes ``results/contextual_bias.{json,md}`` and ``results/contextual_bias.png``.
 """
@@ -244,8 +250,9 @@ def intervene(model, items, data, snr, layers, grid: list[tuple]) -> list[dict]:
 def summarise(runs: list[dict], controls: list[str]) -> list[dict]:
     """One line per (source, region, layer, component, alpha): flip and break rates with 95%
     intervals from a bootstrap over sentence templates (minimal pairs), the mean contrast change,
-    and for white noise a paired permutation test against each control on the same items
-    (flip = +1, else 0; whole templates swapped together), raw and Holm-adjusted over layer x
+    and for white noise a paired permutation test against each control on the same items and
+    the same layer and component (at the same alpha where the control ran it, else at alpha 1;
+    flip = 1, else 0; whole templates swapped together), raw and Holm-adjusted over layer x
     component x alpha within a region."""
     keyed: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -270,7 +277,12 @@ def summarise(runs: list[dict], controls: list[str]) -> list[dict]:
     for control in controls:
         for region in {l["region"] for l in lines if l["source"] == "white"}:
             family = [l for l in lines if l["source"] == "white" and l["region"] == region]
-            pairs = [(l, index.get((control, region, l["layer"], l["component"], l["alpha"]))) for l in family]
+            # the control at the same alpha where it ran, else its full replacement (alpha 1)
+            pairs = [
+                (l, index.get((control, region, *where, l["alpha"])) or index.get((control, region, *where, 1.0)))
+                for l in family
+                for where in [(l["layer"], l["component"])]
+            ]
             pairs = [(l, c) for l, c in pairs if c is not None and l["flips"]]
             raw = [cluster_permutation_p(l["flips"], c["flips"], l["flip_pairs"], repeats=2000) for l, c in pairs]
             for (l, _), p, adjusted in zip(pairs, raw, holm(raw)):
@@ -549,7 +561,7 @@ def main() -> None:
     parser.add_argument("--stage", default="all", choices=["all", "behaviour", "intervene", "probe", "report"])
     parser.add_argument("--models", default="tiny.en,base")
     parser.add_argument("--voices", default="espeak-us,flite-slt,flite-rms")
-    parser.add_argument("--items", default="24,base=6", help="items per voice (of 489); MODEL=N for one model")
+    parser.add_argument("--items", default="16,base=4", help="items per voice (of 489); MODEL=N for one model")
     parser.add_argument(
         "--snr", default="clean/5/0,base=clean/5", help="'clean' and/or dB of white noise over the word alone"
     )
@@ -564,8 +576,9 @@ def main() -> None:
     torch.manual_seed(0)
     stages = ["behaviour", "intervene", "probe", "report"] if args.stage == "all" else [args.stage]
     json_path = RESULTS / f"{args.out}.json"
-    fresh = args.stage == "all" or not json_path.exists()
-    report: dict = {} if fresh else json.loads(json_path.read_text())
+    report: dict = {} if args.stage == "all" or not json_path.exists() else json.loads(json_path.read_text())
+    if not isinstance(report.get("seconds", {}), dict):  # a results file from before the stages: start afresh
+        report = {}
     report.setdefault("models", {})
     report.setdefault("seconds", {})
     report.update(paper=PAPER)
@@ -658,7 +671,8 @@ def markdown(report: dict) -> str:
                 "prefers the contextual word while the neutral twin's prefers the acoustic word; correct: both "
                 "prefer the acoustic word. Flip: an error's contrast turns positive; break: a correct item's turns "
                 "negative. Alpha 0 is the unpatched run (flip and break 0 by definition). p: paired permutation "
-                "over templates against the control, Holm over layer x component x alpha.",
+                "over templates against the control at the same layer and component (same alpha where it ran, "
+                "else alpha 1), Holm over layer x component x alpha.",
                 "",
                 "| source | region | layer | component | alpha | flip rate [95% CI] | break rate [95% CI] | "
                 f"mean contrast change | p vs {strongest} (Holm) |",
