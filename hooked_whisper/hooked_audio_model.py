@@ -286,6 +286,12 @@ class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
         """What the text side reads of the audio: ``[batch, audio_pos, d_model]``."""
 
     @abstractmethod
+    def encode_from(self, features: Any, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """``encode`` from the residual stream entering encoder block ``layer`` on (``features``:
+        ``to_mel``'s for the same clips): a patch sweep reuses the unpatched stream up to its
+        first patched block."""
+
+    @abstractmethod
     def finish_encoder(self, resid: torch.Tensor) -> torch.Tensor:
         """From the last encoder block's output to what ``encode`` returns (path patching reruns it)."""
 

@@ -133,8 +133,15 @@ class HookedWhisper(HookedAudioModel):
         self, audio: AudioInput | AudioFeatures, sample_rate: int | None = None
     ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
         mel = self.hook_mel(self.to_mel(audio, sample_rate).mel)
-        resid = self.encoder_embed(mel)
-        for block in self.encoder_blocks:
+        return self.encode_from(mel, 0, self.encoder_embed(mel))
+
+    @serialised
+    def encode_from(
+        self, features: torch.Tensor, layer: int, resid: Float[torch.Tensor, "batch audio_pos d_model"]
+    ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
+        """The rest of ``encode`` from the stream entering encoder block ``layer`` (``features``
+        is unused here: Whisper's blocks read every position)."""
+        for block in self.encoder_blocks[layer:]:
             resid, _ = block(resid)
         return self.finish_encoder(resid)
 

@@ -200,12 +200,19 @@ class HookedQwen2Audio(HookedAudioModel):
         """Audio embeddings for every pooled position; a clip's first ``n_audio_tokens`` of them
         are what its placeholders receive."""
         features = self.to_mel(audio, sample_rate)
-        resid = self.encoder_embed(self.hook_mel(features.mel))
+        return self.encode_from(features, 0, self.encoder_embed(self.hook_mel(features.mel)))
+
+    @serialised
+    def encode_from(
+        self, features: AudioFeatures, layer: int, resid: Float[torch.Tensor, "batch audio_pos d_audio"]
+    ) -> Float[torch.Tensor, "batch audio_token d_model"]:
+        """The rest of ``encode`` from the stream entering encoder block ``layer``; ``features``
+        (``to_mel``'s, for the same clips) say which positions are padding."""
         real = encoder_positions(features.n_frames)
         key_mask = None
         if bool((real < resid.shape[1]).any()):
             key_mask = torch.arange(resid.shape[1], device=resid.device)[None, :] < real[:, None]
-        for block in self.encoder_blocks:
+        for block in self.encoder_blocks[layer:]:
             resid, _ = block(resid, key_mask=key_mask)
         return self.finish_encoder(resid)
 

@@ -1,31 +1,37 @@
 """Semantic bias in the encoder: does patching encoder components toward a noise reference make
 the model write the word that was said rather than the one the context predicts?
 
-    .venv/bin/python benchmarks/paper/contextual_bias.py DATA_DIR [--models tiny.en,base] [--speech tests/data]
+    .venv/bin/python benchmarks/paper/contextual_bias.py DATA_DIR [--stage all|behaviour|intervene|probe|report]
 
 ``DATA_DIR`` is the synthetic data set (built there by ``contextual_bias_data.py`` when it has
 no ``index.tsv``): sentences whose audio says the acoustic word ("lice") where the context
 predicts the contextual word ("rice"), each with a neutral twin that shares the word's samples.
+Each stage updates ``results/contextual_bias.json`` (``--stage all`` starts it afresh and runs
+every stage); the Markdown and the plot are rewritten from it after each.
 
 1. **Behaviour.** Each clip is transcribed greedily and the transcript classed as writing the
    contextual word, the acoustic word, or neither, in context and in the neutral twin (the twin
    tells a context effect from a mishearing). Beside it, the teacher-forced contrast
    ``log p(acoustic) - log p(contextual)`` after the sentence's own text (``word_contrast``).
-   When small models make few contextual errors on clean speech, the word alone can be masked
-   by white noise at set SNRs (``--snr``); each level is reported.
-2. **Intervention.** On the context clips whose contrast prefers the contextual word ("errors")
-   and as many whose contrast prefers the acoustic word ("correct"), each encoder layer x
-   {self-attention out, MLP out, residual stream} x alpha is moved toward a white-noise run
-   (``Noise("white")``, matched to the clip's length and loudness) on the word's frames, the
-   context's frames or all frames (``word_sites``). Controls beside each: pink noise, another
-   speech clip, the mean activation over other clips, and a random direction with the norm of
-   the white-noise displacement at each position.
+   As small models make few contextual errors on clean speech, the word alone is also masked
+   by white noise at set SNRs (``--snr``, per model); each level is reported.
+2. **Intervention.** On context errors (the contrast prefers the contextual word, the twin's the
+   acoustic one) and as many correct context clips, at the cleanest level with enough errors:
+   each encoder layer x {self-attention out, MLP out, residual stream} x alpha moved toward a
+   white-noise run (``Noise("white")``, the clip's length and loudness) on the word's frames, the
+   context's frames or all frames (``word_sites``); controls: pink noise, another speech clip,
+   the mean activation over other clips, a random direction with the white-noise displacement's
+   norm at each position (``--grid``: full or reduced, per model). Each layer is one sweep, which
+   starts at that layer (``activation_patch`` reuses the unpatched stream below it).
 3. **Outcomes.** Flip rate (errors whose contrast turns positive), break rate (correct items
    whose contrast turns negative), the mean change of the contrast, and the WER cost on real
    speech (``--speech``) of the best setting applied to all frames while transcribing.
-4. **Statistics.** 95% intervals from a bootstrap over sentence templates (the minimal pair:
-   its sentences share the two words), exact McNemar (a paired permutation test of yes/no
-   outcomes) against each control on the same items, Holm over layer x component x alpha.
+4. **Statistics.** 95% intervals from a bootstrap over sentence templates (minimal pairs); a
+   paired permutation test over templates against each control (``cluster_permutation_p``),
+   Holm over layer x component x alpha (``adjust_p_values``).
+5. **Semantic-category probe.** 120 words of 6 categories (``data/semantic_categories.tsv``),
+   each spoken alone by the data set's voices, probed at every encoder layer with words held
+   out, beside the same probe on categories dealt to the words at random.
 
 Writes ``results/contextual_bias.{json,md}`` and ``results/contextual_bias.png``.
 """
@@ -49,8 +55,8 @@ from hooked_whisper import HookedWhisper, load_audio  # noqa: E402
 from hooked_whisper.audio import SAMPLE_RATE  # noqa: E402
 from hooked_whisper.metrics import (  # noqa: E402
     adjust_p_values,
+    cluster_permutation_p,
     group_bootstrap_interval,
-    mcnemar_p,
     normalize_text,
     read_transcripts,
     word_error_rate,
@@ -178,11 +184,10 @@ def context_errors(results: list[dict], snr) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------- intervention
-def sources_for(model, audio, row, hooks, contrast, others, mean_clips, seed):
+def sources_for(model, audio, hooks, contrast, others, mean_clips, seed):
     """Activations each patch moves toward, by source name: the white-noise run and its controls."""
-    tokens = contrast.tokens[:1]
     mel = model.to_mel(audio, SAMPLE_RATE)
-    first = model.tokens_for(mel, tokens)
+    first = model.tokens_for(mel, contrast.tokens[:1])
 
     def cache_of(clip):
         with torch.no_grad():
@@ -206,51 +211,49 @@ def sources_for(model, audio, row, hooks, contrast, others, mean_clips, seed):
     }
 
 
-def intervene(model, rows, data, snr, layers, grids: dict[str, list[tuple]]) -> list[dict]:
-    """``grids[source]``: (region, components, alphas) blocks to run for that source."""
-    components = {c for grid in grids.values() for _, cs, _ in grid for c in cs}
+def intervene(model, items, data, snr, layers, grid: list[tuple]) -> list[dict]:
+    """``grid``: (source, region, components, alphas) blocks. ``items``: (index row, unpatched
+    contrast, "error" or "correct"). Each layer's sites are one sweep, so it starts at that
+    layer (``activation_patch`` reuses the unpatched stream up to the first patched block)."""
+    components = {c for _, _, cs, _ in grid for c in cs}
     hooks = {model.hook_name("encoder", l, COMPONENTS[c]) for l in layers for c in components}
-    others = [data / r["path"] for r in rows["others"]]
+    others = [data / r["path"] for r in items["others"]]
     with torch.no_grad():
         means = mean_activations(
-            model, [load_audio(p) for p in others[:8]], sorted(hooks), tokens=prompt_of(model), sample_rate=SAMPLE_RATE
+            model, [load_audio(p) for p in others[:4]], sorted(hooks), tokens=prompt_of(model), sample_rate=SAMPLE_RATE
         )
     out = []
-    items = rows["errors"] + rows["correct"]
-    for n, (row, base) in enumerate(tqdm(items, desc="intervention", unit="item")):
+    for n, (row, base, kind) in enumerate(tqdm(items["targets"], desc="intervention", unit="item")):
         audio = with_noisy_word(load_audio(data / row["path"]), row, snr, seed=int(row["id"][2:]))
         contrast = contrast_for(model, row)
-        sources = sources_for(model, audio, row, hooks, contrast, others, means, seed=n)
-        duration = len(audio) / SAMPLE_RATE
-        for name, grid in grids.items():
-            for region, comps, alphas in grid:
-                sites, keys = [], []
-                for l in layers:
-                    for c in comps:
-                        hook = model.hook_name("encoder", l, COMPONENTS[c])
-                        parts = word_sites(model, hook, (float(row["word_start"]), float(row["word_end"])), duration)
-                        sites.append(parts[region])
-                        keys.append((l, c))
+        sources = sources_for(model, audio, hooks, contrast, others, means, seed=n)
+        duration, span = len(audio) / SAMPLE_RATE, (float(row["word_start"]), float(row["word_end"]))
+        for source, region, comps, alphas in grid:
+            for l in layers:
+                hooks_here = [model.hook_name("encoder", l, COMPONENTS[c]) for c in comps]
+                sites = [word_sites(model, hook, span, duration)[region] for hook in hooks_here]
                 values = activation_patch(
-                    model, audio, sources[name], sites, contrast, tokens=contrast, alpha=alphas, progress=False,
-                    sample_rate=SAMPLE_RATE, batch_size=4,
+                    model, audio, sources[source], sites, contrast, tokens=contrast, alpha=alphas, progress=False,
+                    sample_rate=SAMPLE_RATE, batch_size=len(sites) * len(alphas),
                 )  # fmt: skip
                 for a, alpha in enumerate(alphas):
-                    for (l, c), v in zip(keys, values[a].tolist()):
+                    for c, v in zip(comps, values[a].tolist()):
                         out.append(
                             dict(
-                                id=row["id"], pair=row["pair"], voice=row["voice"],
-                                kind="error" if base < 0 else "correct", base=base, source=name, region=region,
-                                layer=l, component=c, alpha=alpha, contrast=v,
+                                id=row["id"], pair=row["pair"], voice=row["voice"], kind=kind, base=base,
+                                source=source, region=region, layer=l, component=c, alpha=alpha, contrast=v,
                             )
                         )  # fmt: skip
     return out
 
 
 def summarise(runs: list[dict], controls: list[str]) -> list[dict]:
-    """One line per (source, region, layer, component, alpha): flip and break rates with
-    intervals, and for white noise p-values against each control (McNemar on flips, raw and
-    Holm-adjusted over layer x component x alpha within a region)."""
+    """One line per (source, region, layer, component, alpha): flip and break rates with 95%
+    intervals from a bootstrap over sentence templates (minimal pairs), the mean contrast change,
+    and for white noise a paired permutation test against each control on the same items and
+    the same layer and component (at the same alpha where the control ran it, else at alpha 1;
+    flip = 1, else 0; whole templates swapped together), raw and Holm-adjusted over layer x
+    component x alpha within a region."""
     keyed: dict[tuple, list[dict]] = {}
     for r in runs:
         keyed.setdefault((r["source"], r["region"], r["layer"], r["component"], r["alpha"]), []).append(r)
@@ -261,6 +264,7 @@ def summarise(runs: list[dict], controls: list[str]) -> list[dict]:
         line = dict(source=source, region=region, layer=layer, component=component, alpha=alpha)
         line["flips"] = [r["contrast"] > 0 for r in errors]
         line["breaks"] = [r["contrast"] < 0 for r in correct]
+        line["flip_pairs"] = [r["pair"] for r in errors]
         line["flip_rate"] = float(np.mean(line["flips"])) if errors else float("nan")
         line["break_rate"] = float(np.mean(line["breaks"])) if correct else float("nan")
         line["flip_interval"] = group_bootstrap_interval(line["flips"], [r["pair"] for r in errors]) if errors else None
@@ -273,9 +277,14 @@ def summarise(runs: list[dict], controls: list[str]) -> list[dict]:
     for control in controls:
         for region in {l["region"] for l in lines if l["source"] == "white"}:
             family = [l for l in lines if l["source"] == "white" and l["region"] == region]
-            pairs = [(l, index.get((control, region, l["layer"], l["component"], l["alpha"]))) for l in family]
-            pairs = [(l, c) for l, c in pairs if c is not None]
-            raw = [mcnemar_p(l["flips"], c["flips"]) for l, c in pairs]
+            # the control at the same alpha where it ran, else its full replacement (alpha 1)
+            pairs = [
+                (l, index.get((control, region, *where, l["alpha"])) or index.get((control, region, *where, 1.0)))
+                for l in family
+                for where in [(l["layer"], l["component"])]
+            ]
+            pairs = [(l, c) for l, c in pairs if c is not None and l["flips"]]
+            raw = [cluster_permutation_p(l["flips"], c["flips"], l["flip_pairs"], repeats=2000) for l, c in pairs]
             for (l, _), p, adjusted in zip(pairs, raw, holm(raw)):
                 l[f"p_vs_{control}"], l[f"p_holm_vs_{control}"] = p, adjusted
     return lines
@@ -306,48 +315,127 @@ def wer_cost(model, speech: Path, setting: dict | None) -> float:
 
 
 # -------------------------------------------------------------------------------------------- plot
-def plot(lines: list[dict], controls: list[str], path: Path, title: str) -> None:
+def plot(panels: list[tuple[str, list[dict], str | None]], path: Path) -> None:
+    """Flip and break rates against alpha (word frames), per layer, with their intervals: one
+    pair of rows per (model, lines, strongest control); the control dotted beside white noise."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    components = sorted({l["component"] for l in lines})
-    fig, axes = plt.subplots(2, len(components), figsize=(4.2 * len(components), 6.5), squeeze=False, sharey=True)
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len({l["layer"] for l in lines})))
-    for col, component in enumerate(components):
-        for row, (rate, interval) in enumerate((("flip_rate", "flip_interval"), ("break_rate", "break_interval"))):
-            ax = axes[row][col]
-            for colour, layer in zip(colours, sorted({l["layer"] for l in lines})):
-                for source, style in (("white", "-"), (controls[0] if controls else None, ":")):
-                    picked = sorted(
-                        (
-                            l
-                            for l in lines
-                            if l["source"] == source
-                            and l["region"] == "target"
-                            and l["layer"] == layer
-                            and l["component"] == component
-                        ),
-                        key=lambda l: l["alpha"],
-                    )
-                    if not picked or not picked[0][interval]:
-                        continue
-                    # alpha 0 is the unpatched run: nothing flips or breaks there, by definition
-                    x = [0.0] + [l["alpha"] for l in picked]
-                    y = [0.0] + [l[rate] for l in picked]
-                    low = [0.0] + [l[rate] - l[interval][0] for l in picked]
-                    high = [0.0] + [l[interval][1] - l[rate] for l in picked]
-                    label = f"layer {layer}" + ("" if source == "white" else f" ({source})")
-                    ax.errorbar(x, y, yerr=[low, high], fmt=style + "o", color=colour, ms=3, capsize=2, label=label)
-            ax.set_title(f"{component}: {'flip' if row == 0 else 'break'} rate")
-            ax.set_xlabel("alpha toward the reference (word frames)")
-            ax.set_ylim(-0.02, 1.02)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    components = sorted({l["component"] for _, lines, _ in panels for l in lines})
+    fig, axes = plt.subplots(
+        2 * len(panels), len(components), figsize=(4.2 * len(components), 3.3 * 2 * len(panels)), squeeze=False
+    )
+    for p, (name, lines, control) in enumerate(panels):
+        layers = sorted({l["layer"] for l in lines})
+        colours = plt.cm.viridis(np.linspace(0, 0.9, len(layers)))
+        for col, component in enumerate(components):
+            for row, (rate, interval) in enumerate((("flip_rate", "flip_interval"), ("break_rate", "break_interval"))):
+                ax = axes[2 * p + row][col]
+                for colour, layer in zip(colours, layers):
+                    for source, style in (("white", "-"), (control, ":")):
+                        picked = sorted(
+                            (
+                                l
+                                for l in lines
+                                if l["source"] == source
+                                and l["region"] == "target"
+                                and l["layer"] == layer
+                                and l["component"] == component
+                            ),
+                            key=lambda l: l["alpha"],
+                        )
+                        if not picked or not picked[0][interval]:
+                            continue
+                        # alpha 0 is the unpatched run: nothing flips or breaks there, by definition
+                        x = [0.0] + [l["alpha"] for l in picked]
+                        y = [0.0] + [l[rate] for l in picked]
+                        low = [0.0] + [l[rate] - l[interval][0] for l in picked]
+                        high = [0.0] + [l[interval][1] - l[rate] for l in picked]
+                        label = f"layer {layer}" + ("" if source == "white" else f" ({source})")
+                        ax.errorbar(x, y, yerr=[low, high], fmt=style + "o", color=colour, ms=3, capsize=2, label=label)
+                ax.set_title(f"{name} {component}: {'flip' if row == 0 else 'break'} rate", fontsize=9)
+                ax.set_xlabel("alpha toward white noise (word frames)")
+                ax.set_ylim(-0.02, 1.02)
+        axes[2 * p][0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------------- probe
+CATEGORIES = Path(__file__).parent / "data" / "semantic_categories.tsv"
+
+
+def read_categories(path: Path = CATEGORIES) -> list[tuple[str, str]]:
+    """(word, category) pairs written for the probe: single common words, 20 per category."""
+    lines = path.read_text().splitlines()[1:]
+    return [(word, category) for category, word in (line.split("\t") for line in lines if line)]
+
+
+def random_categories(pairs: list[tuple[str, str]], seed: int = 0) -> dict[str, str]:
+    """The phonetic-only control: the categories dealt to the words at random (each category
+    keeps its size), so a word's label says nothing about its meaning, only which word it is."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    return {word: pairs[i][1] for (word, _), i in zip(pairs, order)}
+
+
+def spoken_words(words: list[str], voices: list[str], folder: Path) -> list[tuple[str, str, Path, tuple]]:
+    """Each word spoken alone by each voice, with the data set's edges and trimming (built once
+    into ``folder``): (word, voice, path, (start, end) seconds)."""
+    import soundfile
+
+    config = contextual_bias_data.settings()
+    by_name = {v["name"]: v for v in config["voices"]}
+    out = []
+    for voice in voices:
+        (folder / voice).mkdir(parents=True, exist_ok=True)
+        for word in words:
+            path = folder / voice / f"{word}.wav"
+            piece = contextual_bias_data.trim(
+                contextual_bias_data.synthesise(by_name[voice], word, SAMPLE_RATE), config["trim_db"]
+            )
+            audio, span = contextual_bias_data.assemble([piece], 0, 0.0, config["edge_s"], SAMPLE_RATE)
+            if not path.exists():
+                soundfile.write(path, audio, SAMPLE_RATE)
+            out.append((word, voice, path, span))
+    return out
+
+
+def category_probe(model, voices: list[str], folder: Path, seed: int = 0) -> dict:
+    """A ridge probe of the word's category at every encoder layer (the word's frames, mean
+    pooled), words held out (groups = word, so no word is both trained and tested on, in any
+    voice), beside the same probe on categories assigned to the words at random (class sizes
+    kept): what sound and word identity alone would give."""
+    from hooked_whisper.probing import train_probes
+
+    pairs = read_categories()
+    clips = spoken_words([w for w, _ in pairs], voices, folder)
+    hooks = [model.hook_name("encoder", l, "hook_resid_post") for l in range(model.layer_count("encoder"))]
+    pooled: dict[str, list] = {h: [] for h in hooks}
+    for _, _, path, span in tqdm(clips, desc="category probe", unit="word"):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(
+                load_audio(path), prompt_of(model), names_filter=hooks, sample_rate=SAMPLE_RATE
+            )
+        for h in hooks:
+            frames = list(model.hook_layouts[h].positions(*span))
+            pooled[h].append(cache[h][0, frames].mean(0))
+    store = {h: torch.stack(v) for h, v in pooled.items()}
+    category, random_category = dict(pairs), random_categories(pairs, seed)
+    words = [w for w, _, _, _ in clips]
+    out = dict(words=len(pairs), categories=sorted(set(category.values())), voices=voices, clips=len(clips))
+    for name, labels in (("semantic", [category[w] for w in words]), ("random", [random_category[w] for w in words])):
+        report = train_probes(store, labels, hooks, groups=words, permutations=50, seed=seed, progress=False)
+        out[name] = [
+            dict(
+                layer=r.layer, balanced_accuracy=r.balanced_accuracy, interval=(r.ci_low, r.ci_high),
+                chance=r.shuffled, p_holm=r.p_adjusted,
+            )
+            for r in report.results
+        ]  # fmt: skip
+    return out
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -385,130 +473,182 @@ def qwen2_audio_smoke() -> str:
         )
 
 
+def per_model(text: str) -> dict[str, str]:
+    """'DEFAULT,MODEL=VALUE,...' -> {"": DEFAULT, MODEL: VALUE}."""
+    default, *overrides = text.split(",")
+    return {"": default, **dict(o.split("=", 1) for o in overrides)}
+
+
+def levels(text: str) -> list[float | None]:
+    return [None if s == "clean" else float(s) for s in text.split("/")]
+
+
+def level_name(snr) -> str:
+    return "clean" if snr is None else f"{snr:g} dB"
+
+
+def grid_for(preset: str, controls: list[str]) -> list[tuple]:
+    """(source, region, components, alphas) blocks. full: every component at every alpha toward
+    white noise on the word's frames, the residual stream at alpha 1 on the context's and on all
+    frames, the controls on the word's frames at alpha 1 (every component); reduced: the residual
+    stream at alpha 0.5 and 1 toward white noise, the controls at 1, on the word's frames."""
+    if preset == "full":
+        grid = [("white", "target", ["attn", "mlp", "resid"], [0.1, 0.25, 0.5, 0.75, 1.0])]
+        grid += [("white", r, ["resid"], [1.0]) for r in ("context", "all")]
+        return grid + [(c, "target", ["attn", "mlp", "resid"], [1.0]) for c in controls]
+    return [("white", "target", ["resid"], [0.5, 1.0])] + [(c, "target", ["resid"], [1.0]) for c in controls]
+
+
+def choose_items(results: list[dict], rows: list[dict], index: list[dict], snr, n: int) -> dict:
+    """Up to ``n`` context errors (the twin prefers the acoustic word) and ``n`` correct context
+    clips (both prefer it) at ``snr``, spread over the list; other context clips for the speech
+    and mean controls."""
+    by_key = {(r["id"], r["voice"], r["condition"]): r for r in rows}
+    twin = {(r["id"], r["voice"]): r["contrast"] for r in results if r["snr"] == snr and r["condition"] == "neutral"}
+    here = [r for r in results if r["snr"] == snr and r["condition"] == "context"]
+    errors = [(by_key[(r["id"], r["voice"], "context")], r["contrast"], "error") for r in context_errors(results, snr)]
+    correct = [
+        (by_key[(r["id"], r["voice"], "context")], r["contrast"], "correct")
+        for r in here
+        if r["contrast"] > 0 and twin[(r["id"], r["voice"])] > 0
+    ]
+    spread = lambda xs: xs[:: max(1, len(xs) // n)][:n]  # noqa: E731
+    targets = spread(errors) + spread(correct)
+    used = {r["id"] for r, _, _ in targets}
+    others = [r for r in index if r["condition"] == "context" and r["id"] not in used][::37]
+    return dict(targets=targets, others=others, n_errors=len(errors), n_correct=len(correct))
+
+
+def run_intervention(model, name, entry, rows, index, args, controls) -> None:
+    snrs = levels(per_model(args.snr).get(name, per_model(args.snr)[""]))
+    results = entry["clips"]
+    errors_at = {level: len(context_errors(results, level)) for level in snrs}
+    n = int(per_model(args.targets).get(name, per_model(args.targets)[""]))
+    snr = next((level for level in snrs if errors_at[level] >= n), max(snrs, key=lambda s: errors_at[s]))
+    chosen = choose_items(results, rows, index, snr, n)
+    if not chosen["targets"] or not any(k == "error" for _, _, k in chosen["targets"]):
+        entry["intervention_skipped"] = f"{chosen['n_errors']} errors and {chosen['n_correct']} correct items"
+        return
+    preset = per_model(args.grid).get(name, per_model(args.grid)[""])
+    grid = grid_for(preset, controls)
+    layers = list(range(model.layer_count("encoder")))
+    started = time.time()
+    runs = intervene(model, chosen, args.data, snr, layers, grid)
+    lines = summarise(runs, controls)
+    strongest = max(
+        controls,
+        key=lambda c: np.nanmean([l["flip_rate"] for l in lines if l["source"] == c] or [0.0]),
+        default=None,
+    )
+    white = [l for l in lines if l["source"] == "white" and l["region"] == "target"]
+    white = [l for l in white if f"p_vs_{strongest}" in l] or white  # where the controls ran too
+    best = max(white, key=lambda l: (l["flip_rate"] - l["break_rate"], -l["alpha"]))
+    entry["intervention"] = dict(
+        snr=level_name(snr), grid=preset, blocks=[list(map(str, b)) for b in grid], strongest_control=strongest,
+        n_errors=sum(k == "error" for _, _, k in chosen["targets"]),
+        n_correct=sum(k == "correct" for _, _, k in chosen["targets"]),
+        seconds=time.time() - started, lines=lines, runs=runs,
+    )  # fmt: skip
+    entry["best"] = {k: v for k, v in best.items() if k not in ("flips", "breaks", "flip_pairs")}
+    entry["wer"] = dict(
+        none=wer_cost(model, args.speech, None), best_white_all_frames=wer_cost(model, args.speech, best)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="the data set folder (built there if it has no index.tsv)")
+    parser.add_argument("--stage", default="all", choices=["all", "behaviour", "intervene", "probe", "report"])
     parser.add_argument("--models", default="tiny.en,base")
     parser.add_argument("--voices", default="espeak-us,flite-slt,flite-rms")
-    parser.add_argument("--items", default="12,base=6", help="items per voice (of 489); MODEL=N for one model")
-    parser.add_argument("--snr", default="clean,0", help="'clean' and/or dB of white noise over the word alone")
+    parser.add_argument("--items", default="16,base=4", help="items per voice (of 489); MODEL=N for one model")
     parser.add_argument(
-        "--intervene-snr", default="auto", help="level for interventions (auto: the cleanest with --targets errors)"
+        "--snr", default="clean/5/0,base=clean/5", help="'clean' and/or dB of white noise over the word alone"
     )
-    parser.add_argument("--intervene-model", default="tiny.en")
-    parser.add_argument("--targets", type=int, default=4, help="error items (and as many correct ones) to patch")
-    parser.add_argument("--layers", default="all")
-    parser.add_argument("--components", default="attn,mlp,resid")
-    parser.add_argument("--alphas", default="0.5,1", help="white noise on the word's frames")
-    parser.add_argument("--region-alphas", default="1", help="white noise on the context's and on all frames")
-    parser.add_argument("--region-components", default="resid")
-    parser.add_argument("--regions", default="context,all", help="besides the word's frames")
+    parser.add_argument("--targets", default="2", help="error items (and as many correct ones) to patch")
+    parser.add_argument("--grid", default="full,base=reduced", help="full or reduced, per model")
     parser.add_argument("--controls", default="pink,speech,mean,random")
-    parser.add_argument("--control-alphas", default="0.5,1", help="controls, on the word's frames")
+    parser.add_argument("--probe-model", default="tiny.en")
+    parser.add_argument("--probe-voices", default="espeak-us")
     parser.add_argument("--speech", type=Path, default=Path(__file__).parent.parent.parent / "tests" / "data")
     parser.add_argument("--out", default="contextual_bias")
     args = parser.parse_args()
     torch.manual_seed(0)
-    started = time.time()
-    if not (args.data / "index.tsv").exists():
-        contextual_bias_data.build(args.data, args.voices.split(","))
-    index = contextual_bias_data.read_index(args.data)
-    voices = args.voices.split(",")
-    snrs = [None if s == "clean" else float(s) for s in args.snr.split(",")]
-    default_items, *overrides = args.items.split(",")
-    items = {k: int(v) for k, v in (o.split("=") for o in overrides)}
-    floats = lambda text: [float(a) for a in text.split(",") if a]  # noqa: E731
-    components = args.components.split(",")
+    stages = ["behaviour", "intervene", "probe", "report"] if args.stage == "all" else [args.stage]
+    json_path = RESULTS / f"{args.out}.json"
+    report: dict = {} if args.stage == "all" or not json_path.exists() else json.loads(json_path.read_text())
+    if not isinstance(report.get("seconds", {}), dict):  # a results file from before the stages: start afresh
+        report = {}
+    report.setdefault("models", {})
+    report.setdefault("seconds", {})
+    report.update(paper=PAPER)
+    report.setdefault("scale", {})[args.stage] = dict(vars(args), data=str(args.data), speech=str(args.speech))
+    if "behaviour" in stages or "intervene" in stages:
+        if not (args.data / "index.tsv").exists():
+            contextual_bias_data.build(args.data, args.voices.split(","))
+        index = contextual_bias_data.read_index(args.data)
     controls = [c for c in args.controls.split(",") if c]
-    grids = {"white": [("target", components, floats(args.alphas))]}
-    grids["white"] += [
-        (r, args.region_components.split(","), floats(args.region_alphas)) for r in args.regions.split(",") if r
-    ]
-    grids.update({c: [("target", components, floats(args.control_alphas))] for c in controls})
-    report: dict = dict(scale=dict(vars(args), data=str(args.data), speech=str(args.speech)), paper=PAPER)
-    report["qwen2_audio_smoke"] = qwen2_audio_smoke()
-    report["models"] = {}
-    for name in args.models.split(","):
-        model = HookedWhisper.from_pretrained(name)
-        rows = pick_rows(index, voices, items.get(name, int(default_items)))
-        results = behaviour(model, rows, args.data, snrs)
-        entry = dict(items=len({r["id"] for r in rows}), counts=counts(results, snrs), clips=results)
-        if name == args.intervene_model:
-            errors_at = {level: len(context_errors(results, level)) for level in snrs}
-            if args.intervene_snr == "auto":
-                snr = next((level for level in snrs if errors_at[level] >= args.targets), snrs[-1])
+    for stage in stages:
+        started = time.time()
+        if stage == "report":
+            break
+        if stage == "probe":
+            model = HookedWhisper.from_pretrained(args.probe_model)
+            probe = category_probe(model, args.probe_voices.split(","), args.data / "category_words")
+            report["probe"] = dict(probe, model=args.probe_model)
+            report["qwen2_audio_smoke"] = qwen2_audio_smoke()
+        for name in args.models.split(",") if stage in ("behaviour", "intervene") else []:
+            model = HookedWhisper.from_pretrained(name)
+            items = int(per_model(args.items).get(name, per_model(args.items)[""]))
+            rows = pick_rows(index, args.voices.split(","), items)
+            entry = report["models"].setdefault(name, {})
+            if stage == "behaviour":
+                snrs = levels(per_model(args.snr).get(name, per_model(args.snr)[""]))
+                results = behaviour(model, rows, args.data, snrs)
+                entry.clear()
+                entry.update(items=len({r["id"] for r in rows}), counts=counts(results, snrs), clips=results)
             else:
-                snr = None if args.intervene_snr == "clean" else float(args.intervene_snr)
-            by_key = {(r["id"], r["voice"], r["condition"]): r for r in rows}
-            twin = {
-                (r["id"], r["voice"]): r["contrast"] for r in results if r["snr"] == snr and r["condition"] == "neutral"
-            }
-            here = [r for r in results if r["snr"] == snr and r["condition"] == "context"]
-            errors = [(by_key[(r["id"], r["voice"], "context")], r["contrast"]) for r in context_errors(results, snr)]
-            correct = [
-                (by_key[(r["id"], r["voice"], "context")], r["contrast"])
-                for r in here
-                if r["contrast"] > 0 and twin[(r["id"], r["voice"])] > 0
-            ]
-            spread = lambda xs: xs[:: max(1, len(xs) // args.targets)][: args.targets]  # noqa: E731
-            chosen = dict(errors=spread(errors), correct=spread(correct))
-            used = {r["id"] for r, _ in chosen["errors"] + chosen["correct"]}
-            chosen["others"] = [r for r in index if r["condition"] == "context" and r["id"] not in used][::37]
-            if not chosen["errors"] or not chosen["correct"]:
-                entry["intervention_skipped"] = f"{len(errors)} errors and {len(correct)} correct items: too few"
-                report["models"][name] = entry
-                continue
-            layers = range(model.layer_count("encoder")) if args.layers == "all" else map(int, args.layers.split(","))
-            runs = intervene(model, chosen, args.data, snr, list(layers), grids)
-            lines = summarise(runs, controls)
-            strongest = max(
-                controls,
-                key=lambda c: np.nanmean([l["flip_rate"] for l in lines if l["source"] == c]),
-                default=None,
-            )
-            white = [l for l in lines if l["source"] == "white" and l["region"] == "target"]
-            white = [l for l in white if f"p_vs_{strongest}" in l] or white  # where the controls ran too
-            best = max(white, key=lambda l: (l["flip_rate"] - l["break_rate"], -l["alpha"]))
-            level = "clean" if snr is None else f"{snr:g} dB"
-            entry.update(intervention=dict(snr=level, strongest_control=strongest, lines=lines, runs=runs))
-            entry["best"] = {k: v for k, v in best.items() if k not in ("flips", "breaks")}
-            entry["wer"] = dict(
-                none=wer_cost(model, args.speech, None),
-                best_white_all_frames=wer_cost(model, args.speech, best),
-            )
-            plot(
-                lines, [strongest] if strongest else [], RESULTS / f"{args.out}.png", f"{name}, word masked at {snr} dB"
-            )
-        report["models"][name] = entry
-    report["seconds"] = time.time() - started
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=1, default=str))
+                for key in ("intervention", "intervention_skipped", "best", "wer"):
+                    entry.pop(key, None)
+                run_intervention(model, name, entry, rows, index, args, controls)
+        report["seconds"][stage] = time.time() - started
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=1, default=str))
+    panels = [
+        (name, e["intervention"]["lines"], e["intervention"]["strongest_control"])
+        for name, e in report["models"].items()
+        if "intervention" in e
+    ]
+    if panels:
+        plot(panels, RESULTS / f"{args.out}.png")
     (RESULTS / f"{args.out}.md").write_text(markdown(report))
     print(markdown(report))
 
 
+def fmt_p(p) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
 def markdown(report: dict) -> str:
-    s = report["scale"]
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("seconds", {}).items())
     out = [
         "# Contextual bias: behaviour and patching toward white noise",
         "",
-        f"Scale: items per voice {s['items']} (spread over the item list) x voices {s['voices']} x (context, "
-        f"neutral twin), each clean and with the word masked by white noise at {s['snr']} dB; interventions on "
-        f"{s['intervene_model']} on {s['targets']} error and {s['targets']} correct context clips, every encoder "
-        f"layer ({s['layers']}): white noise on the word's frames ({s['components']} x alpha {s['alphas']}), on "
-        f"the context's and all frames ({s['region_components']} x alpha {s['region_alphas']}); controls "
-        f"{s['controls']} on the word's frames ({s['components']} x alpha {s['control_alphas']}). "
-        f"{report['seconds']:.0f} s on one shared CPU core.",
+        f"Settings per stage: see `contextual_bias.json` (`scale`). Time on one shared CPU core: {seconds}.",
         "",
         f"Paper (700 sentences): Qwen2-Audio {PAPER['Qwen2-Audio'][0]}/700 and Whisper large-v3 "
         f"{PAPER['Whisper large-v3'][0]}/700 contextual errors.",
         "",
-        f"Qwen2-Audio path: {report['qwen2_audio_smoke']}",
+        f"Qwen2-Audio path: {report.get('qwen2_audio_smoke', 'not run')}",
         "",
     ]
     for name, entry in report["models"].items():
+        if "counts" not in entry:
+            continue
         out += [
             f"## {name}",
+            "",
+            f"{entry['items']} items x voices x (context, neutral twin); the word clean or masked by white noise.",
             "",
             "| word | condition | n | contextual | acoustic | neither | contrast < 0 | context effect |",
             "|---|---|---|---|---|---|---|---|",
@@ -525,17 +665,21 @@ def markdown(report: dict) -> str:
             strongest = iv["strongest_control"]
             out += [
                 "",
-                f"Interventions with the word {iv['snr']}; strongest control (highest mean flip rate): {strongest}. "
-                "Errors: context clips whose contrast prefers the contextual word while the neutral twin's prefers "
-                "the acoustic word; correct: both prefer the acoustic word. Flip: an error's contrast turns "
-                "positive; break: a correct item's turns negative.",
+                f"Interventions ({iv['grid']} grid: {'; '.join(' '.join(b) for b in iv['blocks'])}) with the word "
+                f"{iv['snr']}, on {iv['n_errors']} errors and {iv['n_correct']} correct items, {iv['seconds']:.0f} s. "
+                f"Strongest control (highest mean flip rate): {strongest}. Errors: context clips whose contrast "
+                "prefers the contextual word while the neutral twin's prefers the acoustic word; correct: both "
+                "prefer the acoustic word. Flip: an error's contrast turns positive; break: a correct item's turns "
+                "negative. Alpha 0 is the unpatched run (flip and break 0 by definition). p: paired permutation "
+                "over templates against the control at the same layer and component (same alpha where it ran, "
+                "else alpha 1), Holm over layer x component x alpha.",
                 "",
                 "| source | region | layer | component | alpha | flip rate [95% CI] | break rate [95% CI] | "
                 f"mean contrast change | p vs {strongest} (Holm) |",
                 "|---|---|---|---|---|---|---|---|---|",
             ]
             for l in sorted(
-                (l for l in iv["lines"] if l["source"] == "white" or l["alpha"] == 1.0),
+                iv["lines"],
                 key=lambda l: (
                     l["source"] != "white",
                     l["source"],
@@ -546,21 +690,42 @@ def markdown(report: dict) -> str:
                 ),
             ):
                 fi, bi = l["flip_interval"] or (math.nan, math.nan), l["break_interval"] or (math.nan, math.nan)
-                p = l.get(f"p_holm_vs_{strongest}")
                 out.append(
                     f"| {l['source']} | {l['region']} | {l['layer']} | {l['component']} | {l['alpha']:g} | "
                     f"{l['flip_rate']:.2f} [{fi[0]:.2f}, {fi[1]:.2f}] | "
                     f"{l['break_rate']:.2f} [{bi[0]:.2f}, {bi[1]:.2f}] | "
-                    f"{l['contrast_shift']:+.2f} | {'-' if p is None else f'{p:.3g}'} |"
+                    f"{l['contrast_shift']:+.2f} | {fmt_p(l.get(f'p_holm_vs_{strongest}'))} |"
                 )
             b = entry["best"]
             out += [
                 "",
                 f"Best (flip - break, word frames): layer {b['layer']} {b['component']} alpha {b['alpha']:g}: flip "
-                f"{b['flip_rate']:.2f} {b['flip_interval']}, break {b['break_rate']:.2f}, Holm p vs {strongest} "
-                f"{b.get(f'p_holm_vs_{strongest}')}. WER on real speech: {entry['wer']['none']:.3f} unpatched, "
-                f"{entry['wer']['best_white_all_frames']:.3f} with that setting on all frames.",
+                f"{b['flip_rate']:.2f} [{b['flip_interval'][0]:.2f}, {b['flip_interval'][1]:.2f}], break "
+                f"{b['break_rate']:.2f}, p vs {strongest} {fmt_p(b.get(f'p_vs_{strongest}'))} (Holm "
+                f"{fmt_p(b.get(f'p_holm_vs_{strongest}'))}). WER on real speech: {entry['wer']['none']:.3f} "
+                f"unpatched, {entry['wer']['best_white_all_frames']:.3f} with that setting on all frames.",
             ]
+        out.append("")
+    if "probe" in report:
+        pr = report["probe"]
+        out += [
+            f"## Semantic-category probe ({pr['model']})",
+            "",
+            f"{pr['words']} words in {len(pr['categories'])} categories ({', '.join(pr['categories'])}), each spoken "
+            f"alone by {', '.join(pr['voices'])} ({pr['clips']} clips); ridge probe on the word's frames (mean over "
+            "them) of each encoder layer's residual stream, 5 folds with words held out. Control: the same probe "
+            "on categories assigned to the words at random (sizes kept). Balanced accuracy [95% interval over "
+            "words], Holm-adjusted permutation p; chance 1/6.",
+            "",
+            "| layer | semantic categories | p (Holm) | random categories (control) | p (Holm) |",
+            "|---|---|---|---|---|",
+        ]
+        for s, r in zip(pr["semantic"], pr["random"]):
+            out.append(
+                f"| {s['layer']} | {s['balanced_accuracy']:.3f} [{s['interval'][0]:.3f}, {s['interval'][1]:.3f}] | "
+                f"{fmt_p(s['p_holm'])} | {r['balanced_accuracy']:.3f} [{r['interval'][0]:.3f}, "
+                f"{r['interval'][1]:.3f}] | {fmt_p(r['p_holm'])} |"
+            )
         out.append("")
     return "\n".join(out)
 

@@ -155,6 +155,10 @@ def _sweep(model: HookedAudioModel, mel, tokens, sites, sources, metric, alpha, 
     if not any(model.hook_layouts[s.hook].is_encoder_side for s in sites):
         with torch.no_grad():
             encoder_out = model.encode(mel)  # shared by every row: the patches are all downstream
+    first, stream = first_patched_block(model, sites), None
+    if first is not None:  # the blocks before it are the same in every row: run them once
+        with torch.no_grad():
+            stream = encoder_stream(model, mel, first)
     # A site on the cross-attention keys and values patches them row by row, so each row needs
     # its own; otherwise one clip's encoder output serves every row (decode shares its K/V).
     rows_own_kv = any(_on_cross_kv(model, s) for s in sites)
@@ -170,13 +174,48 @@ def _sweep(model: HookedAudioModel, mel, tokens, sites, sources, metric, alpha, 
         )
         batch_tokens = tokens.repeat(len(chunk), 1)
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            if encoder_out is None:
+            if stream is not None:
+                enc = model.encode_from(mel.expand(len(chunk), -1, -1), first, stream.expand(len(chunk), -1, -1))
+                enc = enc.repeat_interleave(n_rows, 0) if n_rows > 1 else enc
+            elif encoder_out is None:
                 enc = model.encode(mel.expand(len(chunk), -1, -1))
                 enc = enc.repeat_interleave(n_rows, 0) if n_rows > 1 else enc
             else:
                 enc = encoder_out.expand(len(chunk), -1, -1) if rows_own_kv else encoder_out
             values.append(per_row(metric, model.decode(batch_tokens, enc), rows=len(chunk)))
     return torch.cat(values)
+
+
+def first_patched_block(model: HookedAudioModel, sites: Sequence[Site]) -> int | None:
+    """The first encoder block any of ``sites`` patches, when a sweep can start there: every
+    audio-side site lies in an encoder block (not the front end or the encoder output) and the
+    first of them is past block 0. None otherwise."""
+    layouts = [model.hook_layouts[s.hook] for s in sites]
+    audio_side = [layout for layout in layouts if layout.is_encoder_side]
+    if not audio_side or any(layout.stack != "encoder" or layout.layer is None for layout in audio_side):
+        return None
+    first = min(layout.layer for layout in audio_side)
+    return first if first > 0 else None
+
+
+def encoder_stream(model: HookedAudioModel, features, layer: int) -> torch.Tensor:
+    """The unpatched residual stream entering encoder block ``layer`` (the encoder stops there)."""
+    seen = {}
+
+    def keep_and_stop(x: torch.Tensor, hook) -> None:
+        seen["stream"] = x
+        raise _StreamReached
+
+    try:
+        with model.hooks(fwd_hooks=[(model.hook_name("encoder", layer, "hook_resid_pre"), keep_and_stop)]):
+            model.encode(features)
+    except _StreamReached:
+        pass
+    return seen["stream"]
+
+
+class _StreamReached(Exception):
+    """Ends an encoder pass at the block whose input ``encoder_stream`` wanted."""
 
 
 def _check_rows(model: HookedAudioModel, sites: Sequence[Site], n_rows: int) -> None:

@@ -20,6 +20,8 @@ from hooked_whisper.patching import (
     word_contrast,
     word_sites,
 )
+from hooked_whisper.patching.activation import first_patched_block, patch_hooks
+from tests.support import assert_close
 from tests.toolkit.test_families import SAMPLE_RATE, clip, family, last_logit, run  # noqa: F401 (fixture)
 
 OCTAVE_DB = 10 * math.log10(2)  # pink noise: power halves per octave
@@ -82,6 +84,42 @@ def test_alpha_sweep_toward_noise(family):  # noqa: F811
         model, family.base, Noise("pink"), sites[0], cross_attention_receivers(model)[:1], last_logit, **kw
     )
     assert moved.shape == (1,) and torch.isfinite(moved).all()
+
+
+def test_sweep_from_the_first_patched_block_equals_full_reruns(family):  # noqa: F811
+    """A sweep whose sites all lie past encoder block 0 runs the blocks before the first patched
+    one once, and gets what full reruns with the same hooks get."""
+    model = family.model
+    sites = layer_sites(model, "encoder:hook_attn_out")[1:2] + layer_sites(model, "encoder:hook_resid_post")[-1:]
+    assert first_patched_block(model, sites) == 1
+    assert first_patched_block(model, layer_sites(model, "encoder:hook_mlp_out")) is None  # block 0: nothing to reuse
+    noise = Noise("white").like(family.base, SAMPLE_RATE)
+    calls = []
+    block_0 = (model.hook_name("encoder", 0, "hook_resid_pre"), lambda x, hook: calls.append(x.shape[0]))
+    with model.hooks(fwd_hooks=[block_0]):
+        swept = activation_patch(
+            model, family.base, noise, sites, last_logit, tokens=family.tokens, alpha=0.5, batch_size=2,
+            sample_rate=SAMPLE_RATE, progress=False,
+        )  # fmt: skip
+    assert calls == [1, 1]  # the source run and the shared unpatched stream; the patched batch did not rerun it
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            noise, family.tokens, names_filter=[s.hook for s in sites], sample_rate=SAMPLE_RATE
+        )
+    expected = []
+    for site in sites:
+        with torch.no_grad(), model.hooks(fwd_hooks=patch_hooks(model, [site], [cache[site.hook]], 0.5)):
+            expected.append(last_logit(run(family, family.base))[0])
+    expected = torch.stack(expected)
+    # The only difference is the batch the first blocks ran in: hold the two to the spread of
+    # one plain run batched alone and in two.
+    with torch.no_grad():
+        alone, batched = (
+            run(family, family.base),
+            model([family.base, family.base], family.tokens.expand(2, -1), sample_rate=SAMPLE_RATE)[:1],
+        )
+    spread = float((alone - batched).abs().max() / alone.abs().max())
+    assert_close(swept, expected, max(spread, torch.finfo(torch.float32).eps), "sweep from block 1 vs full reruns")
 
 
 def test_word_contrast_equals_a_plain_forward(family):  # noqa: F811

@@ -32,3 +32,20 @@ def test_classes_and_masking():
     assert torch.equal(noisy[:8000], audio[:8000]) and torch.equal(noisy[24000:], audio[24000:])
     assert torch.isclose(noise.pow(2).mean(), audio[word].pow(2).mean(), rtol=0.05)  # 0 dB; 16000 draws: sd 1.1%
     assert torch.equal(with_noisy_word(audio, row, None, seed=1), audio)
+
+
+def test_category_words_and_their_random_control():
+    from collections import Counter
+
+    from benchmarks.paper.contextual_bias import random_categories, read_categories
+
+    pairs = read_categories()
+    sizes = Counter(c for _, c in pairs)
+    assert len(sizes) >= 6 and min(sizes.values()) >= 20
+    assert len({w for w, _ in pairs}) == len(pairs)  # a word in two categories would leak across held-out folds
+    shuffled = random_categories(pairs, seed=0)
+    assert Counter(shuffled.values()) == sizes  # the control keeps each category's size
+    same = sum(shuffled[w] == c for w, c in pairs) / len(pairs)
+    # Dealt at random, a word keeps its category about 1/6 of the time (binomial sd ~0.034 for 120 words).
+    assert same < 1 / len(sizes) + 4 * 0.034
+    assert random_categories(pairs, seed=0) == shuffled != random_categories(pairs, seed=1)
