@@ -626,7 +626,7 @@ def main() -> None:
                 entry.pop("intervention_skipped", None)
                 for wanted in per_model(args.intervene_snr).get(name, per_model(args.intervene_snr)[""]).split("/"):
                     run_intervention(model, name, entry, rows, index, args, controls, wanted)
-        report["seconds"][stage] = time.time() - started
+        report["seconds"][stage if stage == "probe" else f"{stage} {args.models}"] = time.time() - started
         RESULTS.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1, default=str))
     panels = [
@@ -649,7 +649,8 @@ def markdown(report: dict) -> str:
     out = [
         "# Contextual bias: behaviour and patching toward white noise",
         "",
-        f"Settings per stage: see `contextual_bias.json` (`scale`). Time on one shared CPU core: {seconds}.",
+        f"Settings per stage: see `contextual_bias.json` (`scale`). Time of each stage's latest run on one shared "
+        f"CPU core: {seconds}.",
         "",
         f"Paper (700 sentences): Qwen2-Audio {PAPER['Qwen2-Audio'][0]}/700 and Whisper large-v3 "
         f"{PAPER['Whisper large-v3'][0]}/700 contextual errors.",
