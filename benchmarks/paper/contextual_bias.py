@@ -519,12 +519,22 @@ def choose_items(results: list[dict], rows: list[dict], index: list[dict], snr, 
     return dict(targets=targets, others=others, n_errors=len(errors), n_correct=len(correct))
 
 
-def run_intervention(model, name, entry, rows, index, args, controls) -> None:
+def describe(block: tuple) -> str:
+    source, region, components, alphas = block
+    return f"{source} on {region}: {'/'.join(components)} x alpha {'/'.join(f'{a:g}' for a in alphas)}"
+
+
+def run_intervention(model, name, entry, rows, index, args, controls, wanted: str) -> None:
+    """Interventions at level ``wanted`` ("auto": the cleanest level with enough errors), stored
+    in ``entry["interventions"]`` under that level's name."""
     snrs = levels(per_model(args.snr).get(name, per_model(args.snr)[""]))
     results = entry["clips"]
     errors_at = {level: len(context_errors(results, level)) for level in snrs}
     n = int(per_model(args.targets).get(name, per_model(args.targets)[""]))
-    snr = next((level for level in snrs if errors_at[level] >= n), max(snrs, key=lambda s: errors_at[s]))
+    if wanted == "auto":
+        snr = next((level for level in snrs if errors_at[level] >= n), max(snrs, key=lambda s: errors_at[s]))
+    else:
+        snr = levels(wanted)[0]
     chosen = choose_items(results, rows, index, snr, n)
     if not chosen["targets"] or not any(k == "error" for _, _, k in chosen["targets"]):
         entry["intervention_skipped"] = f"{chosen['n_errors']} errors and {chosen['n_correct']} correct items"
@@ -543,16 +553,14 @@ def run_intervention(model, name, entry, rows, index, args, controls) -> None:
     white = [l for l in lines if l["source"] == "white" and l["region"] == "target"]
     white = [l for l in white if f"p_vs_{strongest}" in l] or white  # where the controls ran too
     best = max(white, key=lambda l: (l["flip_rate"] - l["break_rate"], -l["alpha"]))
-    entry["intervention"] = dict(
-        snr=level_name(snr), grid=preset, blocks=[list(map(str, b)) for b in grid], strongest_control=strongest,
+    entry.setdefault("interventions", {})[level_name(snr)] = dict(
+        snr=level_name(snr), grid=preset, blocks=[describe(block) for block in grid], strongest_control=strongest,
         n_errors=sum(k == "error" for _, _, k in chosen["targets"]),
         n_correct=sum(k == "correct" for _, _, k in chosen["targets"]),
         seconds=time.time() - started, lines=lines, runs=runs,
+        best={k: v for k, v in best.items() if k not in ("flips", "breaks", "flip_pairs")},
+        wer=dict(none=wer_cost(model, args.speech, None), best_white_all_frames=wer_cost(model, args.speech, best)),
     )  # fmt: skip
-    entry["best"] = {k: v for k, v in best.items() if k not in ("flips", "breaks", "flip_pairs")}
-    entry["wer"] = dict(
-        none=wer_cost(model, args.speech, None), best_white_all_frames=wer_cost(model, args.speech, best)
-    )
 
 
 def main() -> None:
@@ -561,12 +569,15 @@ def main() -> None:
     parser.add_argument("--stage", default="all", choices=["all", "behaviour", "intervene", "probe", "report"])
     parser.add_argument("--models", default="tiny.en,base")
     parser.add_argument("--voices", default="espeak-us,flite-slt,flite-rms")
-    parser.add_argument("--items", default="16,base=4", help="items per voice (of 489); MODEL=N for one model")
+    parser.add_argument("--items", default="16,base=12", help="items per voice (of 489); MODEL=N for one model")
     parser.add_argument(
         "--snr", default="clean/5/0,base=clean/5", help="'clean' and/or dB of white noise over the word alone"
     )
     parser.add_argument("--targets", default="2", help="error items (and as many correct ones) to patch")
     parser.add_argument("--grid", default="full,base=reduced", help="full or reduced, per model")
+    parser.add_argument(
+        "--intervene-snr", default="auto,tiny.en=auto/5", help="levels to intervene at, per model (auto: the cleanest)"
+    )
     parser.add_argument("--controls", default="pink,speech,mean,random")
     parser.add_argument("--probe-model", default="tiny.en")
     parser.add_argument("--probe-voices", default="espeak-us")
@@ -579,6 +590,10 @@ def main() -> None:
     report: dict = {} if args.stage == "all" or not json_path.exists() else json.loads(json_path.read_text())
     if not isinstance(report.get("seconds", {}), dict):  # a results file from before the stages: start afresh
         report = {}
+    for entry in report.get("models", {}).values():  # one intervention per model, from before the levels
+        if "intervention" in entry:
+            iv = entry.pop("intervention")
+            entry["interventions"] = {iv["snr"]: dict(iv, best=entry.pop("best"), wer=entry.pop("wer"))}
     report.setdefault("models", {})
     report.setdefault("seconds", {})
     report.update(paper=PAPER)
@@ -608,16 +623,16 @@ def main() -> None:
                 entry.clear()
                 entry.update(items=len({r["id"] for r in rows}), counts=counts(results, snrs), clips=results)
             else:
-                for key in ("intervention", "intervention_skipped", "best", "wer"):
-                    entry.pop(key, None)
-                run_intervention(model, name, entry, rows, index, args, controls)
-        report["seconds"][stage] = time.time() - started
+                entry.pop("intervention_skipped", None)
+                for wanted in per_model(args.intervene_snr).get(name, per_model(args.intervene_snr)[""]).split("/"):
+                    run_intervention(model, name, entry, rows, index, args, controls, wanted)
+        report["seconds"][stage if stage == "probe" else f"{stage} {args.models}"] = time.time() - started
         RESULTS.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1, default=str))
     panels = [
-        (name, e["intervention"]["lines"], e["intervention"]["strongest_control"])
+        (f"{name}, word {iv['snr']}", iv["lines"], iv["strongest_control"])
         for name, e in report["models"].items()
-        if "intervention" in e
+        for iv in e.get("interventions", {}).values()
     ]
     if panels:
         plot(panels, RESULTS / f"{args.out}.png")
@@ -634,7 +649,8 @@ def markdown(report: dict) -> str:
     out = [
         "# Contextual bias: behaviour and patching toward white noise",
         "",
-        f"Settings per stage: see `contextual_bias.json` (`scale`). Time on one shared CPU core: {seconds}.",
+        f"Settings per stage: see `contextual_bias.json` (`scale`). Time of each stage's latest run on one shared "
+        f"CPU core: {seconds}.",
         "",
         f"Paper (700 sentences): Qwen2-Audio {PAPER['Qwen2-Audio'][0]}/700 and Whisper large-v3 "
         f"{PAPER['Whisper large-v3'][0]}/700 contextual errors.",
@@ -660,12 +676,12 @@ def markdown(report: dict) -> str:
             )
         if "intervention_skipped" in entry:
             out += ["", f"No interventions: {entry['intervention_skipped']}."]
-        if "intervention" in entry:
-            iv = entry["intervention"]
+        for iv in entry.get("interventions", {}).values():
             strongest = iv["strongest_control"]
+            blocks = "; ".join(b if isinstance(b, str) else " ".join(b) for b in iv["blocks"])
             out += [
                 "",
-                f"Interventions ({iv['grid']} grid: {'; '.join(' '.join(b) for b in iv['blocks'])}) with the word "
+                f"Interventions ({iv['grid']} grid: {blocks}) with the word "
                 f"{iv['snr']}, on {iv['n_errors']} errors and {iv['n_correct']} correct items, {iv['seconds']:.0f} s. "
                 f"Strongest control (highest mean flip rate): {strongest}. Errors: context clips whose contrast "
                 "prefers the contextual word while the neutral twin's prefers the acoustic word; correct: both "
@@ -696,14 +712,15 @@ def markdown(report: dict) -> str:
                     f"{l['break_rate']:.2f} [{bi[0]:.2f}, {bi[1]:.2f}] | "
                     f"{l['contrast_shift']:+.2f} | {fmt_p(l.get(f'p_holm_vs_{strongest}'))} |"
                 )
-            b = entry["best"]
+            b, wer = iv["best"], iv["wer"]
+            none = " No setting flips any error." if b["flip_rate"] == 0 else ""
             out += [
                 "",
                 f"Best (flip - break, word frames): layer {b['layer']} {b['component']} alpha {b['alpha']:g}: flip "
                 f"{b['flip_rate']:.2f} [{b['flip_interval'][0]:.2f}, {b['flip_interval'][1]:.2f}], break "
                 f"{b['break_rate']:.2f}, p vs {strongest} {fmt_p(b.get(f'p_vs_{strongest}'))} (Holm "
-                f"{fmt_p(b.get(f'p_holm_vs_{strongest}'))}). WER on real speech: {entry['wer']['none']:.3f} "
-                f"unpatched, {entry['wer']['best_white_all_frames']:.3f} with that setting on all frames.",
+                f"{fmt_p(b.get(f'p_holm_vs_{strongest}'))}). WER on real speech: {wer['none']:.3f} "
+                f"unpatched, {wer['best_white_all_frames']:.3f} with that setting on all frames.{none}",
             ]
         out.append("")
     if "probe" in report:
