@@ -10,13 +10,15 @@ clip; Whisper's padding up to 30 s is left out."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from hooked_whisper.hook_layout import POSITIONS_PER_SECOND
 from hooked_whisper.hooked_audio_model import HookedAudioModel
 from hooked_whisper.views.page import MAX_PAGE_CELLS, Axis, Heatmap, bin_time, numbered, time_bins
-from hooked_whisper.views.runs import ClipRun, run_clip
+from hooked_whisper.views.runs import ClipRun, checked_layers, run_clip
 
 
 def cross_attention_view(
@@ -26,30 +28,35 @@ def cross_attention_view(
     sample_rate: int | None = None,
     word_timestamps: bool = True,
     max_cells: int = MAX_PAGE_CELLS,
+    layers: Sequence[int] | None = None,
 ) -> Heatmap:
-    """Run ``model`` on one clip (its greedy transcript, or ``tokens``) and draw every layer's
-    attention from the text to the audio. A page over ``max_cells`` values averages neighbouring
-    audio positions into bins (``binned`` says how many)."""
-    return cross_attention_heatmap(
-        model,
-        run_clip(model, audio, tokens, sample_rate, audio_reading_hooks(model).__contains__),
-        word_timestamps,
-        max_cells,
-    )
+    """Run ``model`` on one clip (its greedy transcript, or ``tokens``) and draw the attention
+    from the text to the audio in every layer (or ``layers``). A page over ``max_cells`` values
+    averages neighbouring audio positions into bins (``binned`` says how many): fewer layers
+    keep finer bins."""
+    layers = checked_layers(model, "decoder", layers)
+    run = run_clip(model, audio, tokens, sample_rate, audio_reading_hooks(model, layers).__contains__)
+    return cross_attention_heatmap(model, run, word_timestamps, max_cells, layers)
 
 
-def audio_reading_hooks(model: HookedAudioModel) -> list[str]:
-    """The attention patterns of the heads that read the audio (and Whisper's encoder output, for word timing)."""
+def audio_reading_hooks(model: HookedAudioModel, layers: Sequence[int]) -> list[str]:
+    """The attention patterns of the heads that read the audio in ``layers`` (and Whisper's
+    encoder output, for word timing)."""
     kind = "cross_attn" if model.has_cross_attention else "attn"
-    names = [model.hook_name("decoder", l, f"{kind}.hook_pattern") for l in range(model.layer_count("decoder"))]
+    names = [model.hook_name("decoder", l, f"{kind}.hook_pattern") for l in layers]
     return names + (["hook_encoder_out"] if model.has_cross_attention else [])
 
 
 def cross_attention_heatmap(
-    model: HookedAudioModel, run: ClipRun, word_timestamps: bool = True, max_cells: int = MAX_PAGE_CELLS
+    model: HookedAudioModel,
+    run: ClipRun,
+    word_timestamps: bool = True,
+    max_cells: int = MAX_PAGE_CELLS,
+    layers: Sequence[int] | None = None,
 ) -> Heatmap:
     rows = list(run.text_positions())
-    names = audio_reading_hooks(model)[: model.layer_count("decoder")]
+    layers = checked_layers(model, "decoder", layers)
+    names = audio_reading_hooks(model, layers)[: len(layers)]
     if model.has_cross_attention:
         unit = "audio_position"
         audio_keys = torch.arange(model.real_position_count(unit, run.wave.shape[0]))
@@ -64,7 +71,7 @@ def cross_attention_heatmap(
         bin_time(patterns, factor, axis=-1).astype(np.float32),
         rows=Axis("token", list(labels)),
         cols=Axis("audio (s)", seconds_per_step=factor / POSITIONS_PER_SECOND[unit]),
-        selectors=[Axis("layer", numbered(patterns.shape[0])), Axis("head", numbered(patterns.shape[1]))],
+        selectors=[Axis("layer", [str(l) for l in layers]), Axis("head", numbered(patterns.shape[1]))],
         title=which,
         value_name="attention",
         marks=word_marks(model, run) if word_timestamps else [],

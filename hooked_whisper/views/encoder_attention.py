@@ -9,6 +9,7 @@ audio LLM's audio tower is Whisper's encoder)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from hooked_whisper.views.page import (
     numbered,
     time_bins,
 )
-from hooked_whisper.views.runs import one_window
+from hooked_whisper.views.runs import checked_layers, one_window
 
 LOCAL_K = 75  # positions (1.5 s): the window of the "encoder attention is local" finding on tiny
 
@@ -56,12 +57,20 @@ def locality(pattern: torch.Tensor, k: int, n_queries: int) -> torch.Tensor:
 
 
 def encoder_attention_view(
-    model: HookedAudioModel, audio, k: int = LOCAL_K, sample_rate: int | None = None, max_cells: int = MAX_PAGE_CELLS
+    model: HookedAudioModel,
+    audio,
+    k: int = LOCAL_K,
+    sample_rate: int | None = None,
+    max_cells: int = MAX_PAGE_CELLS,
+    layers: Sequence[int] | None = None,
 ) -> EncoderAttentionView:
+    """Every encoder layer's (or ``layers``') attention pattern over the clip, averaged into time
+    bins when the page would hold over ``max_cells`` values, and each head's locality at ``k``."""
     if not isinstance(k, int) or k < 0:
         raise ValueError(f"k (positions either side counted as local) must be a whole number >= 0, got {k!r}")
     wave, features, mel = one_window(model, audio, sample_rate)
-    n_layers, n_heads = model.layer_count("encoder"), model.head_count("encoder")
+    layers = checked_layers(model, "encoder", layers)
+    n_layers, n_heads = len(layers), model.head_count("encoder")
     n = model.real_position_count("audio_position", wave.shape[0])
     factor = time_bins(n_layers * n_heads, n, n, 2, max_cells)
     patterns, shares = {}, {}
@@ -74,24 +83,24 @@ def encoder_attention_view(
 
         return hook
 
-    hooks = [(model.hook_name("encoder", l, "attn.hook_pattern"), reduce(l)) for l in range(n_layers)]
+    hooks = [(model.hook_name("encoder", l, "attn.hook_pattern"), reduce(l)) for l in layers]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model.encode(features)
-    layers, heads = numbered(n_layers), numbered(n_heads)
+    names, heads = [str(l) for l in layers], numbered(n_heads)
     step = factor / POSITIONS_PER_SECOND["audio_position"]
     pattern = Heatmap(
-        np.stack([patterns[l] for l in range(n_layers)]).astype(np.float32),
+        np.stack([patterns[l] for l in layers]).astype(np.float32),
         rows=Axis("query (s)", seconds_per_step=step),
         cols=Axis("key (s)", seconds_per_step=step),
-        selectors=[Axis("layer", layers), Axis("head", heads)],
+        selectors=[Axis("layer", names), Axis("head", heads)],
         title="encoder self-attention",
         value_name="attention",
         mel=mel,
         binned=factor,
     )
     local = Heatmap(
-        np.stack([shares[l] for l in range(n_layers)]).astype(np.float32),
-        rows=Axis("layer", layers),
+        np.stack([shares[l] for l in layers]).astype(np.float32),
+        rows=Axis("layer", names),
         cols=Axis("head", heads),
         title=f"encoder locality: share of attention within {k} positions ({k / 50:.2f} s)",
         value_name=f"share within {k}",

@@ -31,6 +31,11 @@ QUANT_LEVELS = 255  # uint8 per value
 # About 5.3 MB of base64 per page: reading the file is most of the time a page takes to open.
 MAX_PAGE_CELLS = 4_000_000
 MEL_PER_SECOND = 100
+# Beyond these the labels would overlap in a 10-inch picture (and each costs matplotlib time).
+MAX_PNG_TICKS = 60
+MAX_PNG_CELL_TEXTS = 150
+CHAR_WIDTH = 0.0075  # of the time axis, per character of a 6-point word label
+TOP_INCHES, BOTTOM_INCHES, GAP_INCHES = 0.4, 0.9, 1.0  # room for titles, rotated labels, axis names
 MEAN_OF_ALL_PANELS = 16  # a page with more panels opens on one layer: averaging them all costs time
 
 
@@ -75,7 +80,10 @@ class Heatmap(Page):
     binned: int = 1  # time steps averaged into each row/column of a time axis (seconds_per_step counts bins)
 
     def __post_init__(self) -> None:
-        want = (*[len(s.labels or []) for s in self.selectors], self.values.shape[-2], self.values.shape[-1])
+        steps = [len(s.labels or []) for s in self.selectors]
+        for axis, n in ((self.rows, self.values.shape[-2]), (self.cols, self.values.shape[-1])):
+            steps.append(n if axis.labels is None else len(axis.labels))
+        want = tuple(steps)
         if self.values.shape != want:
             raise ValueError(f"heatmap values have shape {self.values.shape}; the axes say {want}")
 
@@ -142,19 +150,18 @@ class Heatmap(Page):
         extent = (0, x_end, y_end, 0) if self.cols.seconds_per_step or self.rows.seconds_per_step else None
         image = ax.imshow(grid, aspect="auto", interpolation="nearest", extent=extent, **scale)
         offset = 0.0 if extent is None else 0.5  # cell centres
-        if self.rows.labels is not None and rows <= 80:
+        if self.rows.labels is not None and rows <= MAX_PNG_TICKS:
             ax.set_yticks([r + offset for r in range(rows)], self.rows.labels, fontsize=7)
-        if self.cols.labels is not None and cols <= 80:
+        if self.cols.labels is not None and cols <= MAX_PNG_TICKS:
             ax.set_xticks([c + offset for c in range(cols)], self.cols.labels, fontsize=7, rotation=90)
-        if self.cell_text is not None and rows * cols <= 400:
+        if self.cell_text is not None and rows * cols <= MAX_PNG_CELL_TEXTS:
             for r in range(rows):
                 for c in range(cols):
                     ax.text(c, r, self.cell_text[r][c], ha="center", va="center", fontsize=6, color="#888")
         for r, c in self.outlined:
             ax.add_patch(_frame(r, c))
-        for start, _, word in self.marks:
-            ax.axvline(start, color="white", lw=0.5, alpha=0.6)
-            ax.text(start, y_end, word, fontsize=6, color="#0a0", rotation=90, va="bottom")
+        for start, _, _ in self.marks:  # the words themselves are written on the log-mel strip
+            ax.axvline(start, color="white", lw=0.4, alpha=0.25)
         ax.set_xlabel(self.cols.name)
         ax.set_ylabel(self.rows.name)
         picked = ", ".join(
@@ -184,7 +191,16 @@ def figures_png(path: str | Path, figures: list[tuple[Heatmap, dict]]) -> Path:
         heights.append(min(0.16 * heatmap.values.shape[-2] + 1.6, 7.0))
         if heatmap.mel is not None:
             heights.append(1.0)
-    fig, axes = plt.subplots(len(heights), 1, figsize=(10, sum(heights)), height_ratios=heights, squeeze=False)
+    # Fixed margins in inches instead of tight_layout, which draws every label twice to measure it.
+    total = sum(heights) + GAP_INCHES * (len(heights) - 1) + TOP_INCHES + BOTTOM_INCHES
+    fig, axes = plt.subplots(len(heights), 1, figsize=(10, total), height_ratios=heights, squeeze=False)
+    fig.subplots_adjust(
+        left=0.16,
+        right=0.9,
+        top=1 - TOP_INCHES / total,
+        bottom=BOTTOM_INCHES / total,
+        hspace=GAP_INCHES / (sum(heights) / len(heights)),
+    )
     axes = iter(axes[:, 0])
     for heatmap, selection in figures:
         heatmap.draw(next(axes), **selection)
@@ -194,13 +210,15 @@ def figures_png(path: str | Path, figures: list[tuple[Heatmap, dict]]) -> Path:
             ax.imshow(
                 heatmap.mel, origin="lower", aspect="auto", cmap="gray_r", extent=(0, seconds, 0, len(heatmap.mel))
             )
+            free = 0.0  # a word is written where it does not overlap the previous one
             for start, _, word in heatmap.marks:
-                ax.axvline(start, color="#0a0", lw=0.6)
-                ax.text(start, len(heatmap.mel), word, fontsize=6, color="#060", va="bottom")
+                ax.axvline(start, color="#0a0", lw=0.5, alpha=0.6)
+                if start >= free:
+                    ax.text(start, len(heatmap.mel), word, fontsize=6, color="#060", va="bottom")
+                    free = start + seconds * CHAR_WIDTH * (len(word) + 1)
             ax.set_ylabel("mel")
             ax.set_xlabel("audio (s)")
             ax.figure.colorbar(ax.images[0], ax=ax, fraction=0.04, label="log-mel")  # keeps the time axes aligned
-    fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)
@@ -209,10 +227,17 @@ def figures_png(path: str | Path, figures: list[tuple[Heatmap, dict]]) -> Path:
 def time_bins(n_panels: int, n_rows: int, n_cols: int, time_axes: int, budget: int = MAX_PAGE_CELLS) -> int:
     """How many time steps to average into one, so that every panel together fits ``budget`` values
     (``time_axes``: 1 when only the columns are time, 2 when rows and columns both are)."""
-    cells = n_panels * n_rows * n_cols
-    if cells <= budget:
-        return 1
-    return math.ceil((cells / budget) ** (1 / time_axes))
+
+    def cells(factor: int) -> int:
+        rows = math.ceil(n_rows / factor) if time_axes == 2 else n_rows
+        return n_panels * rows * math.ceil(n_cols / factor)
+
+    factor = max(1, math.ceil((n_panels * n_rows * n_cols / budget) ** (1 / time_axes)))
+    while factor > 1 and cells(factor - 1) <= budget:  # the estimate ignores rounding up: settle it
+        factor -= 1
+    while cells(factor) > budget:
+        factor += 1
+    return factor
 
 
 def bin_time(x: np.ndarray, factor: int, axis: int) -> np.ndarray:

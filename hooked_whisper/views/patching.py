@@ -28,7 +28,8 @@ def sweep_view(
     ``[alphas, sites]`` with ``alphas`` (a selector in the page). Rows: each hook (its layer);
     columns: what varies across a hook's sites (head, time window, position). ``metric`` names
     the colour bar; ``position_labels`` (e.g. the decoder's tokens) label position columns."""
-    sites = [resolve(model, s) for s in sites]
+    # Checked by resolving, but laid out as given: a time window stays in seconds.
+    sites = [s if isinstance(s, Site) else r for s, r in zip(sites, [resolve(model, s) for s in sites])]
     grid = torch.as_tensor(values).detach().float().cpu().numpy()
     grid = grid[None] if alphas is None else grid
     if grid.shape != (1 if alphas is None else len(alphas), len(sites)):

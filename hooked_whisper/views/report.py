@@ -63,7 +63,7 @@ def clip_report(
         for l in range(model.layer_count("decoder"))
         for leaf in ("hook_resid_pre", "hook_resid_post")
     ]
-    wanted = set(audio_reading_hooks(model) + resid)
+    wanted = set(audio_reading_hooks(model, range(model.layer_count("decoder"))) + resid)
     run = run_clip(model, audio, tokens, sample_rate, wanted.__contains__)
     lens = logit_lens_view(model, logit_lens(model, run.cache, k=1), run.tokens)
     name = name or (Path(audio).name if isinstance(audio, (str, Path)) else "clip")

@@ -4,7 +4,7 @@ and the cache of the hooks a view asked for."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,3 +77,11 @@ def one_window(model: HookedAudioModel, audio, sample_rate: int | None = None) -
     # An audio LLM's features carry the mel and its length; Whisper's are the mel itself.
     mel = features.mel if hasattr(features, "mel") else features
     return wave, features, mel_strip(mel[0], wave.shape[0] / SAMPLE_RATE)
+
+
+def checked_layers(model: HookedAudioModel, stack: str, layers: Sequence[int] | None) -> list[int]:
+    n = model.layer_count(stack)
+    layers = list(range(n)) if layers is None else list(layers)
+    if not layers or any(not 0 <= l < n for l in layers):
+        raise ValueError(f"layers must be a non-empty list of {stack} layers in 0..{n - 1}, got {layers}")
+    return layers
