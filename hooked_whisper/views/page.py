@@ -35,7 +35,7 @@ MEL_PER_SECOND = 100
 MAX_PNG_TICKS = 60
 MAX_PNG_CELL_TEXTS = 150
 CHAR_WIDTH = 0.0075  # of the time axis, per character of a 6-point word label
-TOP_INCHES, BOTTOM_INCHES, GAP_INCHES = 0.4, 0.9, 1.0  # room for titles, rotated labels, axis names
+TOP_INCHES, BOTTOM_INCHES, GAP_INCHES = 0.4, 1.1, 1.1  # room for titles, rotated labels, axis names
 MEAN_OF_ALL_PANELS = 16  # a page with more panels opens on one layer: averaging them all costs time
 
 
@@ -153,11 +153,13 @@ class Heatmap(Page):
         if self.rows.labels is not None and rows <= MAX_PNG_TICKS:
             ax.set_yticks([r + offset for r in range(rows)], self.rows.labels, fontsize=7)
         if self.cols.labels is not None and cols <= MAX_PNG_TICKS:
-            ax.set_xticks([c + offset for c in range(cols)], self.cols.labels, fontsize=7, rotation=90)
+            ax.set_xticks(
+                [c + offset for c in range(cols)], [t[:12] for t in self.cols.labels], fontsize=7, rotation=90
+            )
         if self.cell_text is not None and rows * cols <= MAX_PNG_CELL_TEXTS:
             for r in range(rows):
                 for c in range(cols):
-                    ax.text(c, r, self.cell_text[r][c], ha="center", va="center", fontsize=6, color="#888")
+                    ax.text(c, r, self.cell_text[r][c][:8], ha="center", va="center", fontsize=6, color="#888")
         for r, c in self.outlined:
             ax.add_patch(_frame(r, c))
         for start, _, _ in self.marks:  # the words themselves are written on the log-mel strip
@@ -194,8 +196,9 @@ def figures_png(path: str | Path, figures: list[tuple[Heatmap, dict]]) -> Path:
     # Fixed margins in inches instead of tight_layout, which draws every label twice to measure it.
     total = sum(heights) + GAP_INCHES * (len(heights) - 1) + TOP_INCHES + BOTTOM_INCHES
     fig, axes = plt.subplots(len(heights), 1, figsize=(10, total), height_ratios=heights, squeeze=False)
+    longest = max((len(label) for heatmap, _ in figures for label in heatmap.rows.labels or []), default=6)
     fig.subplots_adjust(
-        left=0.16,
+        left=min(0.4, (0.5 + 0.06 * longest) / 10),  # room for the row labels (7 points: ~0.06 inch a character)
         right=0.9,
         top=1 - TOP_INCHES / total,
         bottom=BOTTOM_INCHES / total,

@@ -11,9 +11,10 @@ import pytest
 from tests.support import DATA
 
 
-def test_inspect_prints_transcript_reference_cache_and_lens():
+def test_inspect_prints_transcript_reference_cache_and_lens_and_writes_the_clip_report(tmp_path):
+    report = tmp_path / "report.html"
     done = subprocess.run(
-        [sys.executable, "-m", "hooked_whisper.cli", "inspect", str(DATA / "librivox_0880.wav")],
+        [sys.executable, "-m", "hooked_whisper.cli", "inspect", str(DATA / "librivox_0880.wav"), "--html", str(report)],
         capture_output=True,
         text=True,
         check=True,
@@ -25,6 +26,16 @@ def test_inspect_prints_transcript_reference_cache_and_lens():
     lens_rows = [line for line in out.splitlines() if line.strip().startswith(("embed |", "block "))]
     assert len(lens_rows) == 5  # embedding + 4 decoder blocks of tiny.en
     assert "young" in lens_rows[-1]
+    # The clip report: the cross-attention map's words are the transcript's, in time order, inside the clip.
+    assert f"clip report: {report}" in out
+    page = report.read_text()
+    figures = json.loads(page.split('<script id="figures" type="application/json">')[1].split("</script>")[0])
+    marks = figures[0]["marks"]
+    transcript = out.split("transcript: ")[1].splitlines()[0]
+    assert "".join(word for _, _, word in marks) == transcript.replace(" ", "")  # punctuation is its own mark
+    starts = [start for start, _, _ in marks]
+    assert starts == sorted(starts) and 0 <= starts[0] and marks[-1][1] <= figures[0]["mel"]["frames"] / 100
+    assert 'src="data:audio/wav;base64,' in page and "http" not in page.split("<script")[-1]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

@@ -5,6 +5,7 @@ and the values the page decodes equal the model's activations, computed here fro
 from __future__ import annotations
 
 import copy
+import html
 import json
 from types import SimpleNamespace
 
@@ -215,12 +216,14 @@ def test_patching_maps_and_encoder_lens_lay_out_their_values(tmp_path, open_page
     # Every map's png() is figures_png of its one heatmap: the three maps in one picture here.
     assert figures_png(tmp_path / "maps.png", [(heads, {}), (by_time, {}), (paths, {})]).stat().st_size > 5000
     # Each map's page is the shared template around its figure: the three open together here.
-    for name, html in [("maps", document("maps", [heads, by_time, paths])), ("encoder_lens", lens.page())]:
-        page, errors = open_page(write_page(tmp_path / f"{name}.html", html))
+    for name, text in [("maps", document("maps", [heads, by_time, paths])), ("encoder_lens", lens.page())]:
+        page, errors = open_page(write_page(tmp_path / f"{name}.html", text))
         page.wait_for_selector("body[data-ready='1']")
         page.screenshot(path=str(tmp_path / f"{name}.screenshot.png"))
         assert errors == []
     assert len(page.query_selector_all("tr")) == len(rows)  # the encoder lens: one row per layer
+    for view in (heads, lens):  # Jupyter shows the same page in an iframe
+        assert html.unescape(view._repr_html_().split('srcdoc="')[1].split('" style=')[0]) == view.page()
     with pytest.raises(ValueError, match="expected"):
         path_patching_view(senders, receivers, torch.zeros(3, 4))
     with pytest.raises(ValueError, match="full grid"):
