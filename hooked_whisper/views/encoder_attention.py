@@ -32,28 +32,35 @@ from hooked_whisper.views.page import (
 from hooked_whisper.views.runs import checked_layers, one_window
 
 LOCAL_K = 75  # positions (1.5 s): the window of the "encoder attention is local" finding on tiny
+PROFILE_DISTANCES = (0, 5, 10, 25, 50, 75, 100, 150, 250, 500, 1000, 1500)  # positions either side (1500: all)
 
 
 @dataclass
 class EncoderAttentionView(Page):
     pattern: Heatmap  # [layer, head, query time, key time]
     locality: Heatmap  # [layer, head]: share of attention within k positions
+    profile: Heatmap  # [layer, head, distance]: share within each of PROFILE_DISTANCES
     k: int
 
     def png(self, path: str | Path, layer: int | None = None, head: int | None = None) -> Path:
-        return figures_png(path, [(self.pattern, {"layer": layer, "head": head}), (self.locality, {})])
+        figures = [
+            (self.pattern, {"layer": layer, "head": head}),
+            (self.locality, {}),
+            (self.profile, {"layer": layer}),
+        ]
+        return figures_png(path, figures)
 
     def page(self) -> str:
-        return document("encoder self-attention", [self.pattern, self.locality])
+        return document("encoder self-attention", [self.pattern, self.locality, self.profile])
 
 
-def locality(pattern: torch.Tensor, k: int, n_queries: int) -> torch.Tensor:
-    """Share of attention within ``k`` positions of each query, averaged over the first
-    ``n_queries`` queries: ``pattern [head, query, key]`` -> ``[head]``."""
+def locality(pattern: torch.Tensor, ks: Sequence[int], n_queries: int) -> torch.Tensor:
+    """Share of attention within each of ``ks`` positions of each query, averaged over the first
+    ``n_queries`` queries: ``pattern [head, query, key]`` -> ``[head, len(ks)]``."""
     queries = torch.arange(n_queries, device=pattern.device)[:, None]
-    keys = torch.arange(pattern.shape[-1], device=pattern.device)[None, :]
-    near = ((queries - keys).abs() <= k).to(pattern.dtype)
-    return (pattern[:, :n_queries] * near).sum(-1).mean(-1)
+    distance = (queries - torch.arange(pattern.shape[-1], device=pattern.device)[None, :]).abs()
+    rows = pattern[:, :n_queries]
+    return torch.stack([(rows * (distance <= k).to(pattern.dtype)).sum(-1).mean(-1) for k in ks], dim=-1)
 
 
 def encoder_attention_view(
@@ -77,7 +84,7 @@ def encoder_attention_view(
 
     def reduce(layer: int):
         def hook(pattern: torch.Tensor, hook) -> None:
-            shares[layer] = locality(pattern[0].float(), k, n).cpu().numpy()
+            shares[layer] = locality(pattern[0].float(), [k, *PROFILE_DISTANCES], n).cpu().numpy()
             clip = pattern[0, :, :n, :n].float().cpu().numpy()
             patterns[layer] = bin_time(bin_time(clip, factor, axis=-1), factor, axis=-2)
 
@@ -98,11 +105,20 @@ def encoder_attention_view(
         mel=mel,
         binned=factor,
     )
+    every = np.stack([shares[l] for l in layers]).astype(np.float32)  # [layer, head, 1 + distances]
     local = Heatmap(
-        np.stack([shares[l] for l in layers]).astype(np.float32),
+        every[..., 0],
         rows=Axis("layer", names),
         cols=Axis("head", heads),
         title=f"encoder locality: share of attention within {k} positions ({k / 50:.2f} s)",
         value_name=f"share within {k}",
     )
-    return EncoderAttentionView(pattern, local, k)
+    profile = Heatmap(
+        every[..., 1:],
+        rows=Axis("head", heads),
+        cols=Axis("within (positions either side, 20 ms each)", [str(d) for d in PROFILE_DISTANCES]),
+        selectors=[Axis("layer", names)],
+        title="encoder locality profile: share of attention within each distance",
+        value_name="share within",
+    )
+    return EncoderAttentionView(pattern, local, profile, k)

@@ -164,6 +164,12 @@ def test_encoder_attention_and_locality_equal_the_cache(views, open_page):
 
     share, exact_share = local_share(views.cache), local_share(views.exact)
     assert np.abs(view.locality.values - share).max() <= run_bound(share, exact_share)
+    # The profile at K is the same share; it grows with the distance, up to all of it.
+    profile = view.profile.values
+    assert np.abs(profile[..., view.profile.cols.labels.index(str(K))] - view.locality.values).max() == 0
+    assert (np.diff(profile, axis=-1) >= 0).all() and np.abs(profile[..., -1] - 1).max() <= run_bound(
+        share, exact_share
+    )
     last, exact_last = (c[names[-1]][0, -1, :n, :n].float().numpy() for c in (views.cache, views.exact))
     assert np.abs(view.pattern.values[-1, -1] - last).max() <= run_bound(last, exact_last)  # a short clip: no bins
     if model.has_cross_attention:  # the page and the picture once: both families draw through the same template
