@@ -77,6 +77,12 @@ def inspect(args: argparse.Namespace) -> int:
         "  saturation block per position (-1: the embedding): "
         + " ".join(str(int(s)) for s in lens.saturation_layer[0])
     )
+    if args.html:
+        from hooked_whisper.views import clip_report
+
+        report = clip_report(model, waveform, tokens, sample_rate=SAMPLE_RATE, name=clip.name)
+        size = report.html(args.html).stat().st_size / 2**20
+        print(f"\nclip report: {args.html} ({size:.1f} MiB, self-contained)")
     return 0
 
 
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("inspect", help="transcribe a clip and summarise the activation cache")
     p.add_argument("clip", help="an audio file (its first 30 s are inspected)")
     p.add_argument("--model", default="tiny.en", help=MODEL_HELP)
+    p.add_argument("--html", default=None, metavar="PATH", help="also write the clip report, an interactive page")
     p.set_defaults(run=inspect)
     p = sub.add_parser("transcribe", help="transcribe audio files of any length")
     p.add_argument("files", nargs="+")

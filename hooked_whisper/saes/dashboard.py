@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import struct
-import wave
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from tqdm.auto import tqdm
 
 from hooked_whisper.audio import SAMPLE_RATE, audio_clips
 from hooked_whisper.saes.sae import SparseAutoencoder
+from hooked_whisper.views.page import wav_base64
 
 if TYPE_CHECKING:
     from hooked_whisper.hooked_audio_model import HookedAudioModel
@@ -185,7 +184,7 @@ def _moment_row(model, layout, waves, tokens, column, moment: Moment, clips, con
         where, text = f"{start_s:.2f}-{end_s:.2f} s (peak {centre:.2f} s)", ""
     return (
         f"<tr><td>{label}<br>{where}</td><td>{moment.activation:.3g}</td>"
-        f'<td><audio controls src="data:audio/wav;base64,{_wav(audio)}"></audio>{picture}'
+        f'<td><audio controls src="data:audio/wav;base64,{wav_base64(audio)}"></audio>{picture}'
         f"{_trace(trace_part)}{text}</td></tr>"
     )
 
@@ -200,16 +199,6 @@ def _section(entry: dict, values: torch.Tensor, rows: list[str]) -> str:
         f"<table><tr><th>moment</th><th>activation</th><th>audio, spectrogram, activation</th></tr>"
         f"{''.join(rows) or '<tr><td colspan=3>never fires on this corpus</td></tr>'}</table></section>"
     )
-
-
-def _wav(samples: torch.Tensor) -> str:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(SAMPLE_RATE)
-        f.writeframes((samples.clamp(-1, 1) * 32767).to(torch.int16).numpy().tobytes())
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _png(image: torch.Tensor) -> str:

@@ -19,9 +19,10 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return done.value.code, out, err
 
 
-def test_inspect_prints_transcript_reference_cache_and_lens(capsys):
+def test_inspect_prints_transcript_reference_cache_and_lens_and_writes_the_clip_report(tmp_path, capsys):
     """In this process (the installed ``hooked-whisper`` command runs in tests/toolkit/test_extraction.py)."""
-    code, out, _ = run_cli(["inspect", str(DATA / "librivox_0880.wav")], capsys)
+    report = tmp_path / "report.html"
+    code, out, _ = run_cli(["inspect", str(DATA / "librivox_0880.wav"), "--html", str(report)], capsys)
     assert code == 0
     assert "transcript: He was not an" in out
     assert "reference:  he was not an ill disposed young man" in out
@@ -29,6 +30,16 @@ def test_inspect_prints_transcript_reference_cache_and_lens(capsys):
     lens_rows = [line for line in out.splitlines() if line.strip().startswith(("embed |", "block "))]
     assert len(lens_rows) == 5  # embedding + 4 decoder blocks of tiny.en
     assert "young" in lens_rows[-1]
+    # The clip report: the cross-attention map's words are the transcript's, in time order, inside the clip.
+    assert f"clip report: {report}" in out
+    page = report.read_text()
+    figures = json.loads(page.split('<script id="figures" type="application/json">')[1].split("</script>")[0])
+    marks = figures[0]["marks"]
+    transcript = out.split("transcript: ")[1].splitlines()[0]
+    assert "".join(word for _, _, word in marks) == transcript.replace(" ", "")  # punctuation is its own mark
+    starts = [start for start, _, _ in marks]
+    assert starts == sorted(starts) and 0 <= starts[0] and marks[-1][1] <= figures[0]["mel"]["frames"] / 100
+    assert 'src="data:audio/wav;base64,' in page and "http" not in page.split("<script")[-1]
 
 
 def test_inspect_missing_file_is_a_clear_error(tmp_path, capsys):
