@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import warnings
+import wave
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -302,3 +305,14 @@ def check_mel(mel: torch.Tensor) -> torch.Tensor:
             "spectrogram (scale it into [-1, 1]) or the mel given was damaged; nothing finite can be computed from it"
         )
     return mel
+
+
+def wav_base64(samples: torch.Tensor) -> str:
+    """A 16 kHz mono clip as a base64 16-bit WAV file, for an ``<audio>`` element."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(SAMPLE_RATE)
+        f.writeframes((samples.clamp(-1, 1) * 32767).to(torch.int16).cpu().numpy().tobytes())
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from hooked_whisper.audio import SAMPLE_RATE, audio_clips
+from hooked_whisper.audio import SAMPLE_RATE, audio_clips, wav_base64
 from hooked_whisper.saes.sae import SparseAutoencoder
-from hooked_whisper.views.page import wav_base64
 
 if TYPE_CHECKING:
     from hooked_whisper.hooked_audio_model import HookedAudioModel

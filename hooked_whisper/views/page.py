@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from hooked_whisper.audio import SAMPLE_RATE
 
 QUANT_LEVELS = 255  # uint8 per value
 # About 5.3 MB of base64 per page: reading the file is most of the time a page takes to open.
@@ -259,17 +255,6 @@ def bin_time(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
 def mel_strip(mel: torch.Tensor, seconds: float) -> np.ndarray:
     """One clip's log-mel ``[n_mels, frames]`` cut to its audio, as float32 for the page and the PNG."""
     return mel[:, : max(1, math.ceil(seconds * MEL_PER_SECOND))].float().cpu().numpy()
-
-
-def wav_base64(samples: torch.Tensor) -> str:
-    """A 16 kHz mono clip as a base64 16-bit WAV file, for an ``<audio>`` element."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(SAMPLE_RATE)
-        f.writeframes((samples.clamp(-1, 1) * 32767).to(torch.int16).cpu().numpy().tobytes())
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def document(title: str, figures: list[Heatmap], body: str = "", script: str = "") -> str:

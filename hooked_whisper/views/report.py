@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
+from hooked_whisper.audio import wav_base64
 from hooked_whisper.hooked_audio_model import HookedAudioModel
 from hooked_whisper.lens import logit_lens
 from hooked_whisper.views.cross_attention import audio_reading_hooks, cross_attention_heatmap
 from hooked_whisper.views.lenses import logit_lens_view
-from hooked_whisper.views.page import MAX_PAGE_CELLS, Heatmap, Page, document, figures_png, wav_base64
+from hooked_whisper.views.page import MAX_PAGE_CELLS, Heatmap, Page, document, figures_png
 from hooked_whisper.views.runs import run_clip
 
 

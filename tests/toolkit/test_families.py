@@ -304,10 +304,6 @@ def test_what_a_family_cannot_do_is_refused_in_one_line(family):
         model.transcribe(family.base, sample_rate=SAMPLE_RATE)
     with pytest.raises(ValueError, match="^HookedQwen2Audio.detect_language: .* language tokens"):
         model.detect_language(family.base, sample_rate=SAMPLE_RATE)
-    from hooked_whisper.views import cross_attention_view
-
-    with pytest.raises(ValueError, match=f"^the cross-attention view {needs}"):
-        cross_attention_view(model, family.base)
 
 
 def test_generate_and_prompts_share_one_vocabulary(family):
