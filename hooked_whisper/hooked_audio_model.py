@@ -286,7 +286,7 @@ class HookedAudioModel(HookedRootModule, metaclass=ABCMeta):
         """What the text side reads of the audio: ``[batch, audio_pos, d_model]``."""
 
     @abstractmethod
-    def encode_from(self, features: Any, layer: int, resid: torch.Tensor) -> torch.Tensor:
+    def encode_from(self, features: AudioFeatures, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """``encode`` from the residual stream entering encoder block ``layer`` on (``features``:
         ``to_mel``'s for the same clips): a patch sweep reuses the unpatched stream up to its
         first patched block."""

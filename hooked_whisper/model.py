@@ -132,12 +132,12 @@ class HookedWhisper(HookedAudioModel):
     def encode(
         self, audio: AudioInput | AudioFeatures, sample_rate: int | None = None
     ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
-        mel = self.hook_mel(self.to_mel(audio, sample_rate).mel)
-        return self.encode_from(mel, 0, self.encoder_embed(mel))
+        features = self.to_mel(audio, sample_rate)
+        return self.encode_from(features, 0, self.encoder_embed(self.hook_mel(features.mel)))
 
     @serialised
     def encode_from(
-        self, features: torch.Tensor, layer: int, resid: Float[torch.Tensor, "batch audio_pos d_model"]
+        self, features: AudioFeatures, layer: int, resid: Float[torch.Tensor, "batch audio_pos d_model"]
     ) -> Float[torch.Tensor, "batch audio_pos d_model"]:
         """The rest of ``encode`` from the stream entering encoder block ``layer`` (``features``
         is unused here: Whisper's blocks read every position)."""
@@ -295,12 +295,5 @@ class HookedWhisper(HookedAudioModel):
 
         ckpt = load_checkpoint(name_or_path, tokenizer=tokenizer)
         cfg = HookedWhisperConfig(**{**ckpt.config.to_dict(), **cfg_overrides})
-        return cls.from_state_dict(
-            ckpt.state_dict,
-            cfg,
-            ckpt.tokenizer,
-            ckpt.generation_config,
-            name_or_path=name_or_path,
-            device=device,
-            dtype=dtype,
-        )
+        parts = (ckpt.state_dict, cfg, ckpt.tokenizer, ckpt.generation_config)
+        return cls.from_state_dict(*parts, name_or_path=name_or_path, device=device, dtype=dtype)
