@@ -353,7 +353,7 @@ def test_mean_and_resample_ablation_hooks_while_generating(tiny_en):
         tiny_en.generate(CLEAN, max_new_tokens=8, fwd_hooks=patch_hooks(tiny_en, [site], [short]))
 
 
-def test_a_metric_over_rows_and_empty_sweeps_are_refused():
+def test_a_metric_over_rows_and_empty_sweeps_are_refused(float32_spread):
     """A metric must give one value per row (sweeps carry one site per row): a scalar, even on a
     one-site sweep whose answer would look right, is refused with the fix; so are empty sweeps."""
     model = random_whisper(d_model=64, n_heads=2, d_head=32, n_encoder_layers=1, n_decoder_layers=2, d_vocab=51864)
@@ -363,7 +363,8 @@ def test_a_metric_over_rows_and_empty_sweeps_are_refused():
         with pytest.raises(ValueError, match=r"one value per batch row .*not over rows"):
             ablate(model, CLEAN, [site], lambda logits, r=reduce: r(logits[:, -1, 5]), tokens=tokens, progress=False)
     per_row = ablate(model, CLEAN, [site, site], lambda logits: logits[:, -1, 5], tokens=tokens, progress=False)
-    assert per_row.shape == (2,) and per_row[0] == per_row[1]
+    assert per_row.shape == (2,)  # rows of one batch may split their sums differently across threads
+    assert_close(per_row[0], per_row[1], float32_spread, "one site in two rows")
     for empty in (
         lambda: ablate(model, CLEAN, [], lambda logits: logits[:, -1, 5], tokens=tokens),
         lambda: ablate(model, CLEAN, []),  # hooks for generation that would ablate nothing
