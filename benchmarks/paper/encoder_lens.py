@@ -94,7 +94,7 @@ def bootstrap_mean(values: torch.Tensor, repeats: int = 2000, seed: int = 0) -> 
 def lens_study(name: str, model: HookedWhisper, items: list) -> dict:
     rows = []
     for uid, speaker, audio, reference in tqdm(items, desc=f"{name}: encoder lens", unit="utterance"):
-        for r in encoder_lens(model, audio, reference=reference, max_new_tokens=MAX_NEW_TOKENS):
+        for r in encoder_lens(model, audio, reference=reference, max_new_tokens=MAX_NEW_TOKENS, sample_rate=16000):
             rows.append({"id": uid, "speaker": speaker, "layer": r.layer, "text": r.text,
                          "wer_vs_reference": r.wer_vs_reference, "wer_vs_final": r.wer_vs_final,
                          "looping": r.loop.looping})  # fmt: skip
