@@ -57,31 +57,61 @@ def utterances(prompts: list, n: int, seed: int) -> list[tuple[str, str, torch.T
     return out
 
 
+def split_at_pauses(audio: torch.Tensor, most: int) -> list[torch.Tensor]:
+    """``audio`` cut into pieces of at most ``most`` samples, each cut at the quietest 50 ms of the
+    last third of the piece (a pause between words, not a word cut in two)."""
+    frame, pieces = SR // 20, []
+    while len(audio) > most:
+        start = 2 * most // 3
+        frames = audio[start:most][: (most - start) // frame * frame].reshape(-1, frame)
+        cut = start + int(frames.pow(2).mean(1).argmin()) * frame + frame // 2
+        pieces.append(audio[:cut])
+        audio = audio[cut:]
+    return pieces + [audio]
+
+
 def windows(prompts: list, data: Path | None) -> list[tuple[str, torch.Tensor]]:
-    """Long real speech for the logit lens: the prompts joined (0.3 s apart) into windows of at most
-    25 s; VoxLingua107's English clips joined into 30 s windows."""
+    """Long real speech for the logit lens: the prompts and the clips of tests/data joined (0.3 s apart)
+    into windows of at most 25 s (a prompt longer than that is cut at pauses into pieces of at most
+    25 s); VoxLingua107's English clips joined into 30 s windows, the remainder a last shorter one."""
     out, parts, length = [], [], 0
     gap = torch.zeros(int(0.3 * SR))
-    for p in prompts:
-        audio = load_audio(p.path)
-        if len(audio) > 25 * SR:
-            continue
+    clips = [load_audio(p.path) for p in prompts] + [load_audio(TESTS_DATA / f) for f in read_transcripts(TESTS_DATA)]
+    for audio in (piece for clip in clips for piece in split_at_pauses(clip, 25 * SR)):
         if length + len(audio) > 25 * SR and parts:
-            out.append((f"asterisk-{len(out)}", torch.cat(parts)))
+            out.append((f"prompts-{len(out)}", torch.cat(parts)))
             parts, length = [], 0
         parts += [audio, gap]
         length += len(audio) + len(gap)
     if parts:
-        out.append((f"asterisk-{len(out)}", torch.cat(parts)))
+        out.append((f"prompts-{len(out)}", torch.cat(parts)))
     if data is not None:
         english = [load_audio(row["path"]) for row in read_clips(data) if row["language"] == "en"]
         if english:
             long = torch.cat(english)
             out += [
                 (f"voxlingua-en@{30 * k}s", long[k * 30 * SR : (k + 1) * 30 * SR])
-                for k in range(len(long) // (30 * SR))
+                for k in range(-(-len(long) // (30 * SR)))
+                if len(long) - k * 30 * SR >= SR  # a last window under a second holds no word
             ]
     return out
+
+
+def cached(cache: Path | None, name: str, key: str, compute, *args):
+    """``compute(*args)``, stored as one JSON line per ``key`` in ``cache/name.jsonl`` so an interrupted run
+    resumes where it stopped (no cache: computed every time)."""
+    if cache is None:
+        return compute(*args)
+    path = cache / f"{name}.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["key"] == key:
+                return entry["value"]
+    value = compute(*args)
+    with path.open("a") as f:
+        f.write(json.dumps({"key": key, "value": value}) + "\n")
+    return value
 
 
 def bootstrap_mean(values: torch.Tensor, repeats: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -91,45 +121,71 @@ def bootstrap_mean(values: torch.Tensor, repeats: int = 2000, seed: int = 0) -> 
     return float(means.quantile(0.025)), float(means.quantile(0.975))
 
 
-def lens_study(name: str, model: HookedWhisper, items: list) -> dict:
+def lens_rows(model: HookedWhisper, item: tuple) -> list[dict]:
+    uid, speaker, audio, reference = item
+    return [
+        {"id": uid, "speaker": speaker, "layer": r.layer, "text": r.text,
+         "wer_vs_reference": r.wer_vs_reference, "wer_vs_final": r.wer_vs_final, "looping": r.loop.looping}
+        for r in encoder_lens(model, audio, reference=reference, max_new_tokens=MAX_NEW_TOKENS, sample_rate=16000)
+    ]  # fmt: skip
+
+
+def lens_study(name: str, model: HookedWhisper, items: list, cache: Path | None = None) -> dict:
     rows = []
-    for uid, speaker, audio, reference in tqdm(items, desc=f"{name}: encoder lens", unit="utterance"):
-        for r in encoder_lens(model, audio, reference=reference, max_new_tokens=MAX_NEW_TOKENS, sample_rate=16000):
-            rows.append({"id": uid, "speaker": speaker, "layer": r.layer, "text": r.text,
-                         "wer_vs_reference": r.wer_vs_reference, "wer_vs_final": r.wer_vs_final,
-                         "looping": r.loop.looping})  # fmt: skip
-    layers = []
-    for layer in range(model.cfg.n_encoder_layers):
-        here = [r for r in rows if r["layer"] == layer]
-        summary = {"layer": layer, "n": len(here)}
-        for key in ("wer_vs_reference", "wer_vs_final", "looping"):
-            values = torch.tensor([float(r[key]) for r in here])
-            # WER can exceed 1 (a loop inserts words): capped at 1 for the mean, so a few loops do not dominate it.
-            values = values.clamp(max=1.0) if key != "looping" else values
-            summary[key] = float(values.mean())
-            summary[key + "_ci"] = bootstrap_mean(values)
-        layers.append(summary)
+    for item in tqdm(items, desc=f"{name}: encoder lens", unit="utterance"):
+        rows += cached(cache, f"encoder_lens_{name}", f"{item[0]}:{len(item[2])}", lens_rows, model, item)
     examples = {r["layer"]: r["text"] for r in rows if r["id"] == items[-1][0]}
-    return {"utterances": len(items), "speakers": len({s for _, s, _, _ in items}), "layers": layers,
+    lens = {"utterances": len(items), "speakers": len({s for _, s, _, _ in items}),
             "example": {"id": items[-1][0], "reference": items[-1][3], "texts": examples}, "rows": rows}  # fmt: skip
+    return lens | {"layers": layer_summaries(rows)}
 
 
-def saturation_study(name: str, model: HookedWhisper, items: list[tuple[str, torch.Tensor]]) -> dict:
-    prompt_len = len(model.prompt_tokens(language="en") if model.cfg.is_multilingual else model.prompt_tokens())
-    per_window = []
+def layer_summaries(rows: list[dict]) -> list[dict]:
+    """Per encoder layer read: mean WER (against the reference and the final transcript) and share
+    looping, each with its interval, and the paired difference in WER against the last layer's."""
+    n_layers = 1 + max(r["layer"] for r in rows)
+
+    def values(layer: int, key: str) -> torch.Tensor:  # one per utterance, in the same utterance order for every layer
+        x = torch.tensor([float(r[key]) for r in rows if r["layer"] == layer])
+        # WER can exceed 1 (a loop inserts words): capped at 1 for the mean, so a few loops do not dominate it.
+        return x.clamp(max=1.0) if key != "looping" else x
+
+    layers = []
+    for layer in range(n_layers):
+        summary = {"layer": layer, "n": len(values(layer, "looping"))}
+        for key in ("wer_vs_reference", "wer_vs_final", "looping"):
+            summary[key] = float(values(layer, key).mean())
+            summary[key + "_ci"] = bootstrap_mean(values(layer, key))
+        # Paired over utterances (the same utterances resampled for both layers).
+        difference = values(layer, "wer_vs_reference") - values(n_layers - 1, "wer_vs_reference")
+        summary["minus_last_layer"] = float(difference.mean())
+        summary["minus_last_layer_ci"] = bootstrap_mean(difference)
+        layers.append(summary)
+    return layers
+
+
+def saturation_counts(model: HookedWhisper, audio: torch.Tensor, prompt_len: int) -> list[int]:
+    """Per layer (index 0 the embedding, then blocks 0..n-1), how many predicted tokens saturate there."""
     n_blocks = model.cfg.n_decoder_layers
-    for _, audio in tqdm(items, desc=f"{name}: logit lens", unit="window"):
-        names = [
-            model.hook_name("decoder", l, leaf)
-            for l in range(n_blocks)
-            for leaf in ("hook_resid_pre", "hook_resid_post")
-        ]
-        with torch.no_grad():
-            _, cache = model.run_with_cache(audio, names_filter=names)
-        saturation = logit_lens(model, cache, k=1).saturation_layer[0, prompt_len - 1 :]
-        # Counts per layer: index 0 is the embedding (-1), then blocks 0..n-1.
-        per_window.append(torch.bincount(saturation + 1, minlength=n_blocks + 1))
-    counts = torch.stack(per_window).double()  # [windows, layers]
+    names = [
+        model.hook_name("decoder", l, leaf) for l in range(n_blocks) for leaf in ("hook_resid_pre", "hook_resid_post")
+    ]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(audio, names_filter=names)
+    saturation = logit_lens(model, cache, k=1).saturation_layer[0, prompt_len - 1 :]
+    return torch.bincount(saturation + 1, minlength=n_blocks + 1).tolist()
+
+
+def saturation_study(
+    name: str, model: HookedWhisper, items: list[tuple[str, torch.Tensor]], cache: Path | None = None
+) -> dict:
+    prompt_len = len(model.prompt_tokens(language="en") if model.cfg.is_multilingual else model.prompt_tokens())
+    n_blocks = model.cfg.n_decoder_layers
+    per_window = [
+        cached(cache, f"saturation_{name}", f"{wid}:{len(audio)}", saturation_counts, model, audio, prompt_len)
+        for wid, audio in tqdm(items, desc=f"{name}: logit lens", unit="window")
+    ]
+    counts = torch.tensor(per_window, dtype=torch.float64)  # [windows, layers]
     pick = torch.randint(len(counts), (2000, len(counts)), generator=torch.Generator().manual_seed(0))
     shares = counts[pick].sum(1) / counts[pick].sum((1, 2))[:, None]
     depth = torch.arange(-1, n_blocks, dtype=torch.float64)
@@ -160,13 +216,16 @@ def markdown(name: str, lens: dict | None, saturation: dict | None) -> list[str]
             f"{lens['utterances']} utterances ({lens['speakers']} speakers, most from one: an interval over "
             "utterances, not speakers). Mean WER (capped at 1 per utterance) [95% bootstrap interval over utterances]:",
             "",
-            "| encoder layer read | WER vs reference | WER vs final transcript | looping |",
-            "|---|---|---|---|",
+            "| encoder layer read | WER vs reference | minus the last layer's (paired) | WER vs final transcript "
+            "| looping |",
+            "|---|---|---|---|---|",
         ]
         for x in lens["layers"]:
             lines.append(
                 f"| {x['layer']} | {x['wer_vs_reference']:.3f} [{x['wer_vs_reference_ci'][0]:.3f}-"
-                f"{x['wer_vs_reference_ci'][1]:.3f}] | {x['wer_vs_final']:.3f} [{x['wer_vs_final_ci'][0]:.3f}-"
+                f"{x['wer_vs_reference_ci'][1]:.3f}] | {x['minus_last_layer']:+.3f} "
+                f"[{x['minus_last_layer_ci'][0]:+.3f}, {x['minus_last_layer_ci'][1]:+.3f}] | "
+                f"{x['wer_vs_final']:.3f} [{x['wer_vs_final_ci'][0]:.3f}-"
                 f"{x['wer_vs_final_ci'][1]:.3f}] | {100 * x['looping']:.0f}% [{100 * x['looping_ci'][0]:.0f}-"
                 f"{100 * x['looping_ci'][1]:.0f}] |"
             )
@@ -234,8 +293,13 @@ def main() -> None:
     parser.add_argument("--studies", nargs="+", default=["encoder", "logit"], choices=["encoder", "logit"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--cache", type=Path, help="folder keeping each utterance's and window's result: a rerun resumes"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.cache is not None:
+        args.cache.mkdir(parents=True, exist_ok=True)
     prompts = asterisk_prompts(args.prompts)
     items = utterances(prompts, args.utterances, args.seed) if "encoder" in args.studies else []
     long = windows(prompts, args.data) if "logit" in args.studies else []
@@ -247,8 +311,10 @@ def main() -> None:
         model = HookedWhisper.from_pretrained(name)
         torch.manual_seed(args.seed)
         previous = results.get(name, {})
-        lens = lens_study(name, model, items) if items else previous.get("encoder_lens")
-        saturation = saturation_study(name, model, long) if long else previous.get("saturation")
+        lens = lens_study(name, model, items, args.cache) if items else previous.get("encoder_lens")
+        if lens is not None:  # summaries rebuilt from the stored rows: a rerun of one study keeps the other current
+            lens["layers"] = layer_summaries(lens["rows"])
+        saturation = saturation_study(name, model, long, args.cache) if long else previous.get("saturation")
         lines = markdown(name, lens, saturation)
         results[name] = {"encoder_lens": lens, "saturation": saturation, "markdown": lines}
         plot(name, lens, saturation, args.out / f"encoder_lens_{name}.png")

@@ -47,7 +47,7 @@ import re
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
 from benchmarks.paper.hallucination_speech_data import asterisk_prompts  # noqa: E402
-from benchmarks.paper.probing import debian_sounds, mix, probe_hooks, read_clips, side  # noqa: E402
+from benchmarks.paper.probing import debian_sounds, mix, probe_hooks, read_clips  # noqa: E402
 from hooked_whisper import HookedWhisper, load_audio  # noqa: E402
 from hooked_whisper.decoding.repetition import trailing_repeat  # noqa: E402
 from hooked_whisper.decoding.search import DecodingOptions, WindowResult, decode_window, initial_tokens  # noqa: E402
@@ -71,7 +71,7 @@ from hooked_whisper.metrics import (  # noqa: E402
 )
 from hooked_whisper.patching import Site, patch_hooks  # noqa: E402
 from hooked_whisper.plots import _pyplot, plot_probes  # noqa: E402
-from hooked_whisper.probing import extract_activations, train_probes  # noqa: E402
+from hooked_whisper.probing import ProbeReport, extract_activations, train_probes  # noqa: E402
 
 HERE = Path(__file__).parent
 TESTS_DATA = HERE.parent.parent / "tests" / "data"
@@ -213,6 +213,11 @@ def non_speech_set(sounds: dict[str, list[torch.Tensor]], seed: int = 0) -> Mani
     manifest = Manifest(waves, [None] * len(waves), groups)
     manifest.kinds = kinds  # type: ignore[attr-defined]
     return manifest
+
+
+def side(report: ProbeReport, hooks: list[str], n_layers: int) -> ProbeReport:
+    """The rows of ``report`` for ``hooks`` (one side of the model), depth counted over ``n_layers``."""
+    return replace(report, results=[r for r in report.results if r.hook in hooks], n_layers=n_layers)
 
 
 def prediction_study(name: str, model: HookedWhisper, random_model: HookedWhisper, items: Manifest, args) -> dict:
