@@ -30,7 +30,10 @@ six Debian packages unpacked into one folder::
     for f in *.deb; do dpkg -x "$f" /tmp/sounds; done
 
 (tuxpaint's spoken prompts are skipped by name.) Writes ``results/saes.{md,json}`` and
-``results/saes.png``.
+``results/saes.png`` for tiny.en, ``results/saes_{model}.*`` for another model (``--name`` chooses).
+``--layers`` trains on some encoder layers only (steering uses the last one given): with
+``--layers 3 --stability-seeds`` and another ``--scales`` grid, tiny.en's steering is rerun without
+the rest of the study.
 """
 
 from __future__ import annotations
@@ -156,6 +159,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder with clips.tsv and the clips")
     parser.add_argument("--sounds", type=Path, required=True, help="folder of non-speech sound files (see --help)")
     parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--layers", type=int, nargs="+", help="encoder layers (default: every one)")
+    parser.add_argument("--name", help="results file stem (default: saes for tiny.en, saes_{model} otherwise)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clips-per-language", type=int, default=10)
     parser.add_argument("--pieces-per-track", type=int, default=2)
@@ -178,6 +183,7 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
+    args.name = args.name or ("saes" if args.model == "tiny.en" else f"saes_{args.model}")
     args.out.mkdir(exist_ok=True)
     torch.manual_seed(args.seed)
     model = HookedWhisper.from_pretrained(args.model)
@@ -192,7 +198,9 @@ def main() -> None:
     speech = [load_audio(args.data / r["path"]) for r in rows]
     clips = speech + [c["audio"] for c in ns_train]
     is_speech = torch.tensor([True] * len(speech) + [False] * len(ns_train))
-    hooks = [model.hook_name("encoder", l, "hook_resid_post") for l in range(model.layer_count("encoder"))]
+    layers = args.layers if args.layers is not None else list(range(model.layer_count("encoder")))
+    args.layers = layers
+    hooks = [model.hook_name("encoder", l, "hook_resid_post") for l in layers]
     started = time.perf_counter()
     store = extract_activations(
         model, clips, hooks, pooling="none", sample_rate=SR, out_dir=Path(tempfile.mkdtemp(prefix="sae_frames_"))
@@ -264,11 +272,11 @@ def main() -> None:
         "results": results,
         "steering": steering,
     }  # fmt: skip
-    (args.out / "saes.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1))
     lines = report(summary, args, model)
-    (args.out / "saes.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(results, steering, args.out / "saes.png")
+    plot(results, steering, args.out / f"{args.name}.png")
 
 
 def steer(
@@ -381,8 +389,8 @@ def steer(
 def report(summary: dict, args, model) -> list[str]:
     d, results, s = summary["data"], summary["results"], summary["steering"]
     lines = [
-        f"Sparse autoencoders on {args.model}'s encoder residual stream (hook_resid_post of every block), "
-        f"seed {args.seed}.",
+        f"Sparse autoencoders on {args.model}'s encoder residual stream (hook_resid_post of encoder layers "
+        f"{', '.join(str(r['layer']) for r in results)}), seed {args.seed}.",
         f"Training clips: {d['speech_clips']} VoxLingua107 dev clips ({args.clips_per_language} per language) and "
         f"{d['non_speech_train']} non-speech clips (music pieces and sound-effect sequences from six Debian packages; "
         f"{d['non_speech_sources']} sources, half of them held out for steering); every {args.held_out_every}th clip "
@@ -394,11 +402,12 @@ def report(summary: dict, args, model) -> list[str]:
         f"{args.splice_clips} English clips never trained on (at most {args.max_new_tokens} new tokens) "
         "with the reconstruction in place of the "
         "activation, and the WER of the transcripts generated that way against the clean ones.",
-        "Stability: the share of seed-0 latents that a run from seed 1 / seed 2 finds again (decoder cosine > 0.7), "
+        f"Stability: the share of seed-{args.seed} latents that a run from seed "
+        f"{' / '.join(str(x) for x in args.stability_seeds) or '(none run)'} finds again (decoder cosine > 0.7), "
         "over the live latents (firing on held-out frames) and over all.",
         "",
         "| layer | FVU | L0 | dead (held out) | dead (training) | frames/s | loss clean | loss spliced | WER vs clean "
-        "| matched, live (seed 1 / 2) | matched, all | best non-speech latent AUROC | latents AUROC > 0.95 |",
+        "| matched, live (other seeds) | matched, all | best non-speech latent AUROC | latents AUROC > 0.95 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
