@@ -151,9 +151,12 @@ class HookedQwen2Audio(HookedAudioModel):
     def to_tokens(self, text: str) -> Int[torch.Tensor, "1 pos"]:
         return torch.tensor([self._need_tokenizer().encode(text)], device=self.device)
 
-    def to_string(self, tokens: torch.Tensor | Sequence[int], skip_special: bool = True) -> str:
-        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-        return self._need_tokenizer().decode(ids, skip_special)
+    def to_string(self, tokens: torch.Tensor | Sequence[int], skip_special: bool = True) -> str | list[str]:
+        """The text of ``[pos]`` ids, or one text per row of ``[batch, pos]`` (as HookedWhisper's)."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return [self._need_tokenizer().decode(row.tolist(), skip_special) for row in tokens]
+        return self._need_tokenizer().decode(tokens.tolist(), skip_special)
 
     def to_str_tokens(self, tokens: torch.Tensor | Sequence[int]) -> list[str]:
         """Each token id as text on its own (special tokens included), as HookedWhisper's."""
