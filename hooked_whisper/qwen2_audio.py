@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -185,7 +186,10 @@ class HookedQwen2Audio(HookedAudioModel):
         too: it does not say how many of its frames are audio, which changes the result."""
         if isinstance(audio, AudioFeatures):
             return audio.to(self.device, self.dtype)
-        if isinstance(audio, torch.Tensor) and audio.ndim == 3:
+        if isinstance(audio, (torch.Tensor, np.ndarray)) and (
+            audio.ndim == 3
+            or (audio.ndim == 2 and audio.shape[0] in (80, 128) and audio.shape[1] == 2 * self.cfg.audio.n_audio_ctx)
+        ):  # a [n_mels, 3000] mel would otherwise read as n_mels clips of 3000 samples
             raise ValueError(
                 "a log-mel alone does not say how many of its frames are audio (the encoder hides the "
                 "padding): pass the waveform, or AudioFeatures(mel, n_frames)"

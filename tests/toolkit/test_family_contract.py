@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.toolkit.test_families import tiny_qwen2_audio, tiny_whisper
+from tests.toolkit.test_families import SAMPLE_RATE, clip, tiny_qwen2_audio, tiny_whisper
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +19,11 @@ def test_to_string_of_a_batch_is_one_string_per_row(family, qwen):
     model = tiny_whisper() if family == "whisper" else qwen
     rows = torch.tensor([model.to_tokens("the audio.")[0].tolist()] * 2)
     assert model.to_string(rows) == [model.to_string(rows[0])] * 2
+
+
+def test_a_bare_log_mel_is_refused_by_the_audio_llm_in_any_layout(qwen):
+    """A ``[n_mels, 3000]`` mel is one clip's log-mel, not 128 clips of 0.19 s."""
+    mel = qwen.to_mel(clip(0), SAMPLE_RATE).mel
+    for bare in (mel, mel[0], mel.numpy(), mel[0].numpy()):
+        with pytest.raises(ValueError, match="a log-mel alone does not say how many of its frames are audio"):
+            qwen.to_mel(bare, SAMPLE_RATE)
