@@ -82,6 +82,12 @@ class Heatmap(Page):
         want = tuple(steps)
         if self.values.shape != want:
             raise ValueError(f"heatmap values have shape {self.values.shape}; the axes say {want}")
+        bad = np.argwhere(~np.isfinite(self.values))
+        if len(bad):  # it would set its panel's quantisation range and blank every cell of the panel
+            raise ValueError(
+                f"heatmap values are not finite at {bad[0].tolist()} ({len(bad)} cells, NaN or inf): "
+                "find where the metric is undefined and drop or replace those values before drawing"
+            )
 
     def grid(self, **selection: int | None) -> np.ndarray:
         """One panel ``[rows, cols]``: a selector given by name picks one index, one left out is averaged."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hooked_whisper.views import cross_attention_view
+from hooked_whisper.views import Axis, Heatmap, cross_attention_view
 from tests.toolkit.test_families import SAMPLE_RATE, clip, tiny_qwen2_audio
 
 
@@ -33,3 +33,12 @@ def test_the_audio_llm_view_lays_out_a_callers_prompt_and_keeps_generated_placeh
     np.testing.assert_array_equal(views[0].values, views[1].values)  # the same run
     with pytest.raises(ValueError, match="1 clips but 2 token sequences"):
         cross_attention_view(qwen, audio, torch.cat([expanded, answer], 1).expand(2, -1), sample_rate=SAMPLE_RATE)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_value_the_metric_left_undefined_is_refused_not_drawn(bad):
+    """One NaN or inf would set the panel's quantisation range and blank every cell of it."""
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    values[1, 2] = bad
+    with pytest.raises(ValueError, match=r"not finite at \[1, 2\]"):
+        Heatmap(values, rows=Axis("layer", ["0", "1"]), cols=Axis("head", ["0", "1", "2"]))
