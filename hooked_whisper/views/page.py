@@ -172,7 +172,8 @@ class Heatmap(Page):
             f"{s.name} {'mean' if selection.get(s.name) is None else s.labels[selection[s.name]]}"  # type: ignore[index]
             for s in self.selectors
         )
-        ax.set_title(f"{self.title} ({picked})" if picked else self.title, fontsize=9)
+        binned = f" (time: means of {self.binned} steps)" if self.binned > 1 else ""  # as the page's title
+        ax.set_title((f"{self.title} ({picked})" if picked else self.title) + binned, fontsize=9)
         ax.figure.colorbar(image, ax=ax, label=self.value_name, fraction=0.04)
 
     def png(self, path: str | Path, **selection: int | None) -> Path:

@@ -42,3 +42,17 @@ def test_a_value_the_metric_left_undefined_is_refused_not_drawn(bad):
     values[1, 2] = bad
     with pytest.raises(ValueError, match=r"not finite at \[1, 2\]"):
         Heatmap(values, rows=Axis("layer", ["0", "1"]), cols=Axis("head", ["0", "1", "2"]))
+
+
+def test_a_picture_of_binned_time_says_so_as_the_page_does():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.ones((2, 4), dtype=np.float32)
+    heatmap = Heatmap(values, rows=Axis("token", ["a", "b"]), cols=Axis("audio (s)", seconds_per_step=0.06), binned=3)
+    fig, ax = plt.subplots()
+    heatmap.draw(ax)
+    plt.close(fig)
+    assert "time: means of 3 steps" in ax.get_title()
