@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -151,9 +152,12 @@ class HookedQwen2Audio(HookedAudioModel):
     def to_tokens(self, text: str) -> Int[torch.Tensor, "1 pos"]:
         return torch.tensor([self._need_tokenizer().encode(text)], device=self.device)
 
-    def to_string(self, tokens: torch.Tensor | Sequence[int], skip_special: bool = True) -> str:
-        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-        return self._need_tokenizer().decode(ids, skip_special)
+    def to_string(self, tokens: torch.Tensor | Sequence[int], skip_special: bool = True) -> str | list[str]:
+        """The text of ``[pos]`` ids, or one text per row of ``[batch, pos]`` (as HookedWhisper's)."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return [self._need_tokenizer().decode(row.tolist(), skip_special) for row in tokens]
+        return self._need_tokenizer().decode(tokens.tolist(), skip_special)
 
     def to_str_tokens(self, tokens: torch.Tensor | Sequence[int]) -> list[str]:
         """Each token id as text on its own (special tokens included), as HookedWhisper's."""
@@ -182,7 +186,10 @@ class HookedQwen2Audio(HookedAudioModel):
         too: it does not say how many of its frames are audio, which changes the result."""
         if isinstance(audio, AudioFeatures):
             return audio.to(self.device, self.dtype)
-        if isinstance(audio, torch.Tensor) and audio.ndim == 3:
+        if isinstance(audio, (torch.Tensor, np.ndarray)) and (
+            audio.ndim == 3
+            or (audio.ndim == 2 and audio.shape[0] in (80, 128) and audio.shape[1] == 2 * self.cfg.audio.n_audio_ctx)
+        ):  # a [n_mels, 3000] mel would otherwise read as n_mels clips of 3000 samples
             raise ValueError(
                 "a log-mel alone does not say how many of its frames are audio (the encoder hides the "
                 "padding): pass the waveform, or AudioFeatures(mel, n_frames)"
@@ -227,11 +234,18 @@ class HookedQwen2Audio(HookedAudioModel):
         return self.hook_audio_embeds(encoder_out @ self.W_audio_proj + self.b_audio_proj)
 
     # ------------------------------------------------------------------ the language model
+    def audio_slot(self, tokens: Int[torch.Tensor, "batch pos"]) -> torch.Tensor:
+        """``[batch, pos]`` bool: each row's audio slot, its first run of placeholders. A placeholder
+        after it is one the model generated: it reads its own embedding, as in ``generate``."""
+        placeholder = tokens == self.cfg.audio_token_id
+        ended = (placeholder.cummax(-1).values & ~placeholder).cummax(-1).values
+        return placeholder & ~ended
+
     def _insert_audio(self, embeds: torch.Tensor, tokens: torch.Tensor, audio_embeds: torch.Tensor) -> torch.Tensor:
-        """Each row's placeholder positions, in order, take that row's first audio embeddings
+        """Each row's audio slot (``audio_slot``), in order, takes that row's first audio embeddings
         (one clip's serve every row)."""
         audio_embeds = audio_embeds.expand(tokens.shape[0], -1, -1) if audio_embeds.shape[0] == 1 else audio_embeds
-        slots = tokens == self.cfg.audio_token_id
+        slots = self.audio_slot(tokens)
         counts = slots.sum(-1)
         if int(counts.max()) > audio_embeds.shape[1]:
             raise ValueError(
@@ -277,14 +291,15 @@ class HookedQwen2Audio(HookedAudioModel):
         self, features: AudioFeatures, tokens: Any, audio_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``tokens`` (ids or prompt text; default: the transcription prompt) laid out for these
-        clips: one placeholder per audio position. A prompt with a single placeholder is
-        expanded; any other count that does not match the clip is an error."""
+        clips: one placeholder per audio position in its audio slot (``audio_slot``; placeholders
+        generated after it are text). A slot of a single placeholder is expanded; any other count
+        that does not match the clip is an error."""
         if tokens is None:
             tokens = self.chat_prompt()
         tokens = rows_per_clip(self.check_tokens(tokens), features.shape[0])
         rows = []
-        for row, want in zip(tokens, features.n_audio_tokens.tolist()):
-            slots = (row == self.cfg.audio_token_id).nonzero().flatten()
+        for row, slot, want in zip(tokens, self.audio_slot(tokens), features.n_audio_tokens.tolist()):
+            slots = slot.nonzero().flatten()
             if len(slots) == 1 and want != 1:
                 at = int(slots[0])
                 row = torch.cat([row[:at], row[at : at + 1].expand(want), row[at + 1 :]])
@@ -407,7 +422,7 @@ class HookedQwen2Audio(HookedAudioModel):
         row is all prompt (a model without a tokenizer cannot tell)."""
         if self.tokenizer is None:
             return tokens.shape[-1]
-        prompt = self.prompt_tokens(n_audio_tokens=int((tokens == self.cfg.audio_token_id).sum()))
+        prompt = self.prompt_tokens(n_audio_tokens=int(self.audio_slot(tokens[None]).sum()))
         starts = len(prompt) <= tokens.shape[-1] and tokens[: len(prompt)].tolist() == prompt
         return len(prompt) if starts else tokens.shape[-1]
 

@@ -82,6 +82,12 @@ class Heatmap(Page):
         want = tuple(steps)
         if self.values.shape != want:
             raise ValueError(f"heatmap values have shape {self.values.shape}; the axes say {want}")
+        bad = np.argwhere(~np.isfinite(self.values))
+        if len(bad):  # it would set its panel's quantisation range and blank every cell of the panel
+            raise ValueError(
+                f"heatmap values are not finite at {bad[0].tolist()} ({len(bad)} cells, NaN or inf): "
+                "find where the metric is undefined and drop or replace those values before drawing"
+            )
 
     def grid(self, **selection: int | None) -> np.ndarray:
         """One panel ``[rows, cols]``: a selector given by name picks one index, one left out is averaged."""
@@ -166,7 +172,8 @@ class Heatmap(Page):
             f"{s.name} {'mean' if selection.get(s.name) is None else s.labels[selection[s.name]]}"  # type: ignore[index]
             for s in self.selectors
         )
-        ax.set_title(f"{self.title} ({picked})" if picked else self.title, fontsize=9)
+        binned = f" (time: means of {self.binned} steps)" if self.binned > 1 else ""  # as the page's title
+        ax.set_title((f"{self.title} ({picked})" if picked else self.title) + binned, fontsize=9)
         ax.figure.colorbar(image, ax=ax, label=self.value_name, fraction=0.04)
 
     def png(self, path: str | Path, **selection: int | None) -> Path:

@@ -54,12 +54,16 @@ def run_clip(
         first_text = model.prompt_length(read)
     else:
         prompt = model.tokens_for(features, None)[0]
-        read = model.generate(wave, sample_rate=SAMPLE_RATE)[0] if tokens is None else model.check_tokens(tokens)[0]
+        # A caller's tokens laid out as the model reads them: one row, its audio slot expanded to the clip.
+        read = (
+            model.generate(wave, sample_rate=SAMPLE_RATE)[0]
+            if tokens is None
+            else model.tokens_for(features, tokens)[0]
+        )
         if len(read) >= len(prompt) and torch.equal(read[: len(prompt)], prompt):
             first_text = len(prompt)
-        else:  # a prompt of the caller's: the text starts after the audio
-            slots = (read == model.cfg.audio_token_id).nonzero().flatten()
-            first_text = int(slots[-1]) + 2 if len(slots) else 1
+        else:  # a prompt of the caller's: the text starts after the audio (and its closing token)
+            first_text = int(model.audio_slot(read[None])[0].nonzero().max()) + 2
         _, cache = model.run_with_cache(wave, read[None], names_filter=keep, sample_rate=SAMPLE_RATE)
     if first_text >= len(read):
         raise ValueError("the tokens hold no generated text after the prompt: nothing to show per token")
