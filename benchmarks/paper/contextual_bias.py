@@ -21,7 +21,7 @@ every stage); the Markdown and the plot are rewritten from it after each.
    white-noise run (``Noise("white")``, the clip's length and loudness) on the word's frames, the
    context's frames or all frames (``word_sites``); controls: pink noise, another speech clip,
    the mean activation over other clips, a random direction with the white-noise displacement's
-   norm at each position (``--grid``: full or reduced, per model). Each layer is one sweep, which
+   norm at each position (``--grid``: full, reduced or focused, per model). Each layer is one sweep, which
    starts at that layer (``activation_patch`` reuses the unpatched stream below it).
 3. **Outcomes.** Flip rate (errors whose contrast turns positive), break rate (correct items
    whose contrast turns negative), the mean change of the contrast, and the WER cost on real
@@ -491,12 +491,30 @@ def grid_for(preset: str, controls: list[str]) -> list[tuple]:
     """(source, region, components, alphas) blocks. full: every component at every alpha toward
     white noise on the word's frames, the residual stream at alpha 1 on the context's and on all
     frames, the controls on the word's frames at alpha 1 (every component); reduced: the residual
-    stream at alpha 0.5 and 1 toward white noise, the controls at 1, on the word's frames."""
+    stream at alpha 0.5 and 1 toward white noise, the controls at 1, on the word's frames;
+    focused: every component at alpha 0.25, 0.5 and 1 toward white noise on the word's frames
+    (``control_blocks`` adds the controls at the best of those alphas once it is known)."""
+    if preset == "focused":
+        return [("white", "target", ["attn", "mlp", "resid"], [0.25, 0.5, 1.0])]
     if preset == "full":
         grid = [("white", "target", ["attn", "mlp", "resid"], [0.1, 0.25, 0.5, 0.75, 1.0])]
         grid += [("white", r, ["resid"], [1.0]) for r in ("context", "all")]
         return grid + [(c, "target", ["attn", "mlp", "resid"], [1.0]) for c in controls]
     return [("white", "target", ["resid"], [0.5, 1.0])] + [(c, "target", ["resid"], [1.0]) for c in controls]
+
+
+def control_blocks(controls: list[str], alpha: float) -> list[tuple]:
+    """The controls on the word's frames at ``alpha``, every component (the focused grid's second
+    pass)."""
+    return [(c, "target", ["attn", "mlp", "resid"], [alpha]) for c in controls]
+
+
+def best_white(lines: list[dict], strongest: str | None = None) -> dict:
+    """The white-noise line on the word's frames with the highest flip rate minus break rate
+    (the smaller alpha on a tie), among those tested against ``strongest`` where any were."""
+    white = [l for l in lines if l["source"] == "white" and l["region"] == "target"]
+    white = [l for l in white if f"p_vs_{strongest}" in l] or white  # where the controls ran too
+    return max(white, key=lambda l: (l["flip_rate"] - l["break_rate"], -l["alpha"]))
 
 
 def choose_items(results: list[dict], rows: list[dict], index: list[dict], snr, n: int) -> dict:
@@ -544,15 +562,17 @@ def run_intervention(model, name, entry, rows, index, args, controls, wanted: st
     layers = list(range(model.layer_count("encoder")))
     started = time.time()
     runs = intervene(model, chosen, args.data, snr, layers, grid)
+    if preset == "focused":  # the controls at the alpha where white noise did best, on the same items
+        extra = control_blocks(controls, best_white(summarise(runs, []))["alpha"])
+        grid += extra
+        runs += intervene(model, chosen, args.data, snr, layers, extra)
     lines = summarise(runs, controls)
     strongest = max(
         controls,
         key=lambda c: np.nanmean([l["flip_rate"] for l in lines if l["source"] == c] or [0.0]),
         default=None,
     )
-    white = [l for l in lines if l["source"] == "white" and l["region"] == "target"]
-    white = [l for l in white if f"p_vs_{strongest}" in l] or white  # where the controls ran too
-    best = max(white, key=lambda l: (l["flip_rate"] - l["break_rate"], -l["alpha"]))
+    best = best_white(lines, strongest)
     entry.setdefault("interventions", {})[level_name(snr)] = dict(
         snr=level_name(snr), grid=preset, blocks=[describe(block) for block in grid], strongest_control=strongest,
         n_errors=sum(k == "error" for _, _, k in chosen["targets"]),
@@ -574,12 +594,12 @@ def main() -> None:
         "--snr", default="clean/5/0,base=clean/5", help="'clean' and/or dB of white noise over the word alone"
     )
     parser.add_argument("--targets", default="2", help="error items (and as many correct ones) to patch")
-    parser.add_argument("--grid", default="full,base=reduced", help="full or reduced, per model")
+    parser.add_argument("--grid", default="full,base=reduced", help="full, reduced or focused, per model")
     parser.add_argument(
         "--intervene-snr", default="auto,tiny.en=auto/5", help="levels to intervene at, per model (auto: the cleanest)"
     )
     parser.add_argument("--controls", default="pink,speech,mean,random")
-    parser.add_argument("--probe-model", default="tiny.en")
+    parser.add_argument("--probe-model", default="tiny.en", help="models to probe, comma-separated")
     parser.add_argument("--probe-voices", default="espeak-us")
     parser.add_argument("--speech", type=Path, default=Path(__file__).parent.parent.parent / "tests" / "data")
     parser.add_argument("--out", default="contextual_bias")
@@ -594,6 +614,9 @@ def main() -> None:
         if "intervention" in entry:
             iv = entry.pop("intervention")
             entry["interventions"] = {iv["snr"]: dict(iv, best=entry.pop("best"), wer=entry.pop("wer"))}
+    if "probe" in report:  # one probe, from before a probe per model
+        probe = report.pop("probe")
+        report.setdefault("probes", {})[probe["model"]] = probe
     report.setdefault("models", {})
     report.setdefault("seconds", {})
     report.update(paper=PAPER)
@@ -608,9 +631,10 @@ def main() -> None:
         if stage == "report":
             break
         if stage == "probe":
-            model = HookedWhisper.from_pretrained(args.probe_model)
-            probe = category_probe(model, args.probe_voices.split(","), args.data / "category_words")
-            report["probe"] = dict(probe, model=args.probe_model)
+            for name in args.probe_model.split(","):
+                model = HookedWhisper.from_pretrained(name)
+                probe = category_probe(model, args.probe_voices.split(","), args.data / "category_words")
+                report.setdefault("probes", {})[name] = dict(probe, model=name)
             report["qwen2_audio_smoke"] = qwen2_audio_smoke()
         for name in args.models.split(",") if stage in ("behaviour", "intervene") else []:
             model = HookedWhisper.from_pretrained(name)
@@ -626,7 +650,7 @@ def main() -> None:
                 entry.pop("intervention_skipped", None)
                 for wanted in per_model(args.intervene_snr).get(name, per_model(args.intervene_snr)[""]).split("/"):
                     run_intervention(model, name, entry, rows, index, args, controls, wanted)
-        report["seconds"][stage if stage == "probe" else f"{stage} {args.models}"] = time.time() - started
+        report["seconds"][f"{stage} {args.probe_model if stage == 'probe' else args.models}"] = time.time() - started
         RESULTS.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1, default=str))
     panels = [
@@ -688,7 +712,7 @@ def markdown(report: dict) -> str:
                 "prefer the acoustic word. Flip: an error's contrast turns positive; break: a correct item's turns "
                 "negative. Alpha 0 is the unpatched run (flip and break 0 by definition). p: paired permutation "
                 "over templates against the control at the same layer and component (same alpha where it ran, "
-                "else alpha 1), Holm over layer x component x alpha.",
+                "else alpha 1; none where neither ran), Holm over the rows with a p (layer x component x alpha).",
                 "",
                 "| source | region | layer | component | alpha | flip rate [95% CI] | break rate [95% CI] | "
                 f"mean contrast change | p vs {strongest} (Holm) |",
@@ -723,8 +747,7 @@ def markdown(report: dict) -> str:
                 f"unpatched, {wer['best_white_all_frames']:.3f} with that setting on all frames.{none}",
             ]
         out.append("")
-    if "probe" in report:
-        pr = report["probe"]
+    for pr in report.get("probes", {}).values():
         out += [
             f"## Semantic-category probe ({pr['model']})",
             "",

@@ -49,3 +49,28 @@ def test_category_words_and_their_random_control():
     # Dealt at random, a word keeps its category about 1/6 of the time (binomial sd ~0.034 for 120 words).
     assert same < 1 / len(sizes) + 4 * 0.034
     assert random_categories(pairs, seed=0) == shuffled != random_categories(pairs, seed=1)
+
+
+def test_best_white_setting_and_the_controls_at_its_alpha():
+    from benchmarks.paper.contextual_bias import best_white, control_blocks, grid_for
+
+    def line(source, alpha, flip, broke, region="target", tested=False):
+        out = dict(source=source, region=region, layer=0, component="attn", alpha=alpha)
+        out.update(flip_rate=flip, break_rate=broke, **({"p_vs_pink": 0.5} if tested else {}))
+        return out
+
+    lines = [
+        line("white", 0.25, 0.5, 0.0),  # ties with alpha 0.5 on flip - break: the smaller alpha wins
+        line("white", 0.5, 0.75, 0.25),
+        line("white", 1.0, 0.9, 0.8, tested=True),
+        line("white", 1.0, 1.0, 0.0, region="all"),  # not the word's frames
+        line("pink", 0.25, 1.0, 0.0),  # a control is never the best white-noise setting
+    ]
+    assert best_white(lines)["alpha"] == 0.25
+    assert best_white(lines, "pink")["alpha"] == 1.0  # only the lines tested against that control
+    assert best_white(lines, "speech")["alpha"] == 0.25  # none tested against it: every white line
+    assert grid_for("focused", ["pink"]) == [("white", "target", ["attn", "mlp", "resid"], [0.25, 0.5, 1.0])]
+    assert control_blocks(["pink", "mean"], 0.5) == [
+        ("pink", "target", ["attn", "mlp", "resid"], [0.5]),
+        ("mean", "target", ["attn", "mlp", "resid"], [0.5]),
+    ]
