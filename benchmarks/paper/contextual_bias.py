@@ -479,6 +479,13 @@ def per_model(text: str) -> dict[str, str]:
     return {"": default, **dict(o.split("=", 1) for o in overrides)}
 
 
+def setting(text: str, name: str, level: str) -> str:
+    """A per-model option's value for one intervention level: 'MODEL@LEVEL=VALUE' before
+    'MODEL=VALUE' before the default."""
+    values = per_model(text)
+    return values.get(f"{name}@{level}", values.get(name, values[""]))
+
+
 def levels(text: str) -> list[float | None]:
     return [None if s == "clean" else float(s) for s in text.split("/")]
 
@@ -548,7 +555,7 @@ def run_intervention(model, name, entry, rows, index, args, controls, wanted: st
     snrs = levels(per_model(args.snr).get(name, per_model(args.snr)[""]))
     results = entry["clips"]
     errors_at = {level: len(context_errors(results, level)) for level in snrs}
-    n = int(per_model(args.targets).get(name, per_model(args.targets)[""]))
+    n = int(setting(args.targets, name, wanted))
     if wanted == "auto":
         snr = next((level for level in snrs if errors_at[level] >= n), max(snrs, key=lambda s: errors_at[s]))
     else:
@@ -557,7 +564,7 @@ def run_intervention(model, name, entry, rows, index, args, controls, wanted: st
     if not chosen["targets"] or not any(k == "error" for _, _, k in chosen["targets"]):
         entry["intervention_skipped"] = f"{chosen['n_errors']} errors and {chosen['n_correct']} correct items"
         return
-    preset = per_model(args.grid).get(name, per_model(args.grid)[""])
+    preset = setting(args.grid, name, wanted)
     grid = grid_for(preset, controls)
     layers = list(range(model.layer_count("encoder")))
     started = time.time()
@@ -593,14 +600,18 @@ def main() -> None:
     parser.add_argument(
         "--snr", default="clean/5/0,base=clean/5", help="'clean' and/or dB of white noise over the word alone"
     )
-    parser.add_argument("--targets", default="2", help="error items (and as many correct ones) to patch")
-    parser.add_argument("--grid", default="full,base=reduced", help="full, reduced or focused, per model")
+    parser.add_argument(
+        "--targets", default="2,tiny.en@5=20", help="error items (and as many correct ones) to patch; MODEL@LEVEL=N"
+    )
+    parser.add_argument(
+        "--grid", default="full,base=reduced,tiny.en@5=focused", help="full, reduced or focused; MODEL=, MODEL@LEVEL="
+    )
     parser.add_argument(
         "--intervene-snr", default="auto,tiny.en=auto/5", help="levels to intervene at, per model (auto: the cleanest)"
     )
     parser.add_argument("--controls", default="pink,speech,mean,random")
-    parser.add_argument("--probe-model", default="tiny.en", help="models to probe, comma-separated")
-    parser.add_argument("--probe-voices", default="espeak-us")
+    parser.add_argument("--probe-model", default="tiny.en,base", help="models to probe, comma-separated")
+    parser.add_argument("--probe-voices", default="espeak-us,flite-slt,flite-rms")
     parser.add_argument("--speech", type=Path, default=Path(__file__).parent.parent.parent / "tests" / "data")
     parser.add_argument("--out", default="contextual_bias")
     args = parser.parse_args()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.paper.contextual_bias import classify, holm, with_noisy_word
+from benchmarks.paper.contextual_bias import classify, holm, setting, with_noisy_word
 
 
 def test_holm_controls_the_family_wise_error_and_keeps_a_real_effect():
@@ -74,3 +74,10 @@ def test_best_white_setting_and_the_controls_at_its_alpha():
         ("pink", "target", ["attn", "mlp", "resid"], [0.5]),
         ("mean", "target", ["attn", "mlp", "resid"], [0.5]),
     ]
+
+
+def test_a_setting_for_one_model_and_level_comes_before_the_model_and_the_default():
+    text = "2,base=4,tiny.en@5=20"
+    assert setting(text, "tiny.en", "5") == "20"
+    assert setting(text, "tiny.en", "auto") == "2"
+    assert setting(text, "base", "5") == "4"
