@@ -153,6 +153,9 @@ def parameter_mib(model: torch.nn.Module) -> float:
 def resident_mib() -> float:
     """Resident memory now, after handing freed heap back to the system."""
     gc.collect()
+    # Later collections skip what survived this one: in a process holding many objects (a test
+    # worker, a notebook) a full collection per measurement costs a fifth of a second or more.
+    gc.freeze()
     _LIBC.malloc_trim(0)
     return proc_status_mib("VmRSS")
 
