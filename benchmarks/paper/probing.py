@@ -502,7 +502,14 @@ def main() -> None:
         "between_dropped": sum(LOW_HZ <= f <= HIGH_HZ for f in vox["f0"]),
         "median_voiced_share": float(torch.tensor(vox["voiced"]).median()),
     }  # fmt: skip
-    results["models"] = {}
+    # Results merge into what an earlier run with the same settings wrote, so one model can be
+    # rerun alone; a run with other settings starts afresh.
+    out = HERE / "results"
+    earlier = json.loads((out / "probing.json").read_text()) if (out / "probing.json").exists() else {}
+    same = {k: v for k, v in earlier.get("settings", {}).items() if k not in ("models", "cache")} == {
+        k: v for k, v in results["settings"].items() if k not in ("models", "cache")
+    }
+    results["models"] = {k: v for k, v in earlier.get("models", {}).items() if same and k not in args.models}
     for name in args.models:
         model = HookedWhisper.from_pretrained(name)
         layers, inputs = probe_hooks(model)
@@ -512,7 +519,6 @@ def main() -> None:
             random_model = HookedWhisper(model.cfg, model.tokenizer, model.generation_config).eval()
             stores[f"random {s}"] = extract(random_model, f"{name}-random{s}", sets, layers, args.cache)
         results["models"][name] = analyse(stores, specs, layers, inputs, args)
-        out = HERE / "results"
         out.mkdir(exist_ok=True)
         (out / "probing.json").write_text(json.dumps(results, indent=1))
         (out / "probing.md").write_text(markdown(results))
