@@ -221,7 +221,9 @@ def side(report: ProbeReport, hooks: list[str], n_layers: int) -> ProbeReport:
     return replace(report, results=[r for r in report.results if r.hook in hooks], n_layers=n_layers)
 
 
-def prediction_study(name: str, model: HookedWhisper, random_model: HookedWhisper, items: Manifest, args) -> dict:
+def prediction_study(name: str, model: HookedWhisper, randoms: list[HookedWhisper], items: Manifest, args) -> dict:
+    """``randoms``: random-init models of several seeds; the first gets the full per-layer table,
+    every one its layer chosen the same way for the paired difference (their average)."""
     results = decode(model, encode(model, items.clips), [], max_new_tokens=64)
     labels = ["words" if not skipped(r) and writes_words(r.text) else "no words" for r in results]
     layers, inputs = probe_hooks(model)
@@ -236,32 +238,45 @@ def prediction_study(name: str, model: HookedWhisper, random_model: HookedWhispe
     # skipping rule, so the baseline a probe has to beat.
     no_speech = torch.tensor([[r.no_speech_prob, math.log(max(r.no_speech_prob, 1e-9))] for r in results])
     reports, chosen = {}, {}
-    for label, m in ((name, model), (f"{name} (random init)", random_model)):
+    runs = [(name, model), (f"{name} (random init)", randoms[0])]
+    runs += [(f"{name} (random init, seed {s})", m) for s, m in enumerate(randoms[1:], start=1)]
+    for label, m in runs:
         store = extract_activations(
             m, items, hooks, decoder_pooling="prompt_end", out_dir=args.cache / f"hallucination-{label}",
             batch_size=8, shard_size=64, sample_rate=SR,
         )  # fmt: skip
         features = {h: store[h] for h in hooks}
         common = dict(groups=items.groups, folds=len(set(items.groups)), nuisance={"no_speech_prob": no_speech})
+        # The headline: the layer chosen inside the training folds among the model's layers (not
+        # the log-mel, which is a baseline), scored on the held-out track.
+        chosen[label] = train_probes({h: features[h] for h in layers}, labels, permutations=0, **common)
+        if "seed" in label:
+            continue
         report = train_probes(features, labels, permutations=args.permutations, **common)
         reports[label] = {
             "encoder": side(report, hooks[: 2 + n_enc], n_enc),
             "decoder": side(report, hooks[2 + n_enc :], model.cfg.n_decoder_layers),
             "no_speech_prob": report.nuisance,
         }
-        # The headline: the layer chosen inside the training folds among the model's layers (not
-        # the log-mel, which is a baseline), scored on the held-out track.
-        chosen[label] = (train_probes({h: features[h] for h in layers}, labels, permutations=0, **common), report)
-    layers_report, report = chosen[name]
+        if label == name:
+            report_of_model = report
+    layers_report, report = chosen[name], report_of_model
     selected, y = layers_report.selected, layers_report.labels
     comparisons = {
         "log-mel input": layers_report.compare(selected, report.result("hook_mel")),
-        "random init": layers_report.compare(selected, chosen[f"{name} (random init)"][0].selected),
+        f"random init ({len(randoms)} seeds)": layers_report.compare(
+            selected, [chosen[label].selected for label, _ in runs[1:]]
+        ),
         "own P(no speech)": paired_difference(
             selected.predictions, layers_report.nuisance_predictions, y, items.groups, len(layers_report.classes)
         ),
     }
     adjusted = adjust_p_values([d.p_value for d in comparisons.values()], "holm")
+    random_selected = {label: chosen[label].selected for label, _ in runs[1:]}
+    out["random_init_selected"] = [
+        {"model": label, "hook": sel.hook, "balanced_accuracy": sel.balanced_accuracy}
+        for label, sel in random_selected.items()
+    ]
     out["selected"] = {
         "hook": selected.hook, "per_fold": selected.hooks, "balanced_accuracy": selected.balanced_accuracy,
         "ci": [selected.ci_low, selected.ci_high],
@@ -770,6 +785,7 @@ def main() -> None:
     parser.add_argument("--no-heads", action="store_true", help="skip the single-head sweep (time)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--permutations", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=5, help="random-init models for the prediction study")
     parser.add_argument("--studies", nargs="+", default=["prediction", "loops"], choices=["prediction", "loops"])
     parser.add_argument("--cache", type=Path, default=HERE / "activations", help="activation shards and sounds")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -795,9 +811,11 @@ def main() -> None:
     for name in args.models:
         model = HookedWhisper.from_pretrained(name)
         if items is not None:
-            torch.manual_seed(0)
-            random_model = HookedWhisper(model.cfg, model.tokenizer, model.generation_config).eval()
-            r = prediction_study(name, model, random_model, items, args)
+            randoms = []
+            for seed in range(args.seeds):
+                torch.manual_seed(seed)
+                randoms.append(HookedWhisper(model.cfg, model.tokenizer, model.generation_config).eval())
+            r = prediction_study(name, model, randoms, items, args)
             plot_probes(
                 {label: rep["decoder"] for label, rep in r["reports"].items()},
                 args.out / f"hallucination_prediction_{name}.png",
