@@ -519,6 +519,7 @@ def main() -> None:
             random_model = HookedWhisper(model.cfg, model.tokenizer, model.generation_config).eval()
             stores[f"random {s}"] = extract(random_model, f"{name}-random{s}", sets, layers, args.cache)
         results["models"][name] = analyse(stores, specs, layers, inputs, args)
+        results["settings"]["models"] = str(list(results["models"]))
         out.mkdir(exist_ok=True)
         (out / "probing.json").write_text(json.dumps(results, indent=1))
         (out / "probing.md").write_text(markdown(results))
