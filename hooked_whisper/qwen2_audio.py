@@ -234,9 +234,10 @@ class HookedQwen2Audio(HookedAudioModel):
         return self.hook_audio_embeds(encoder_out @ self.W_audio_proj + self.b_audio_proj)
 
     # ------------------------------------------------------------------ the language model
-    def audio_slot(self, tokens: Int[torch.Tensor, "batch pos"]) -> torch.Tensor:
-        """``[batch, pos]`` bool: each row's audio slot, its first run of placeholders. A placeholder
-        after it is one the model generated: it reads its own embedding, as in ``generate``."""
+    def audio_slot(self, tokens: Int[torch.Tensor, "*batch pos"]) -> torch.Tensor:
+        """Bool, the shape of ``tokens`` (``[pos]`` or ``[batch, pos]``): each row's audio slot, its
+        first run of placeholders. A placeholder after it is one the model generated: it reads its
+        own embedding, as in ``generate``."""
         placeholder = tokens == self.cfg.audio_token_id
         ended = (placeholder.cummax(-1).values & ~placeholder).cummax(-1).values
         return placeholder & ~ended
@@ -422,7 +423,7 @@ class HookedQwen2Audio(HookedAudioModel):
         row is all prompt (a model without a tokenizer cannot tell)."""
         if self.tokenizer is None:
             return tokens.shape[-1]
-        prompt = self.prompt_tokens(n_audio_tokens=int(self.audio_slot(tokens[None]).sum()))
+        prompt = self.prompt_tokens(n_audio_tokens=int(self.audio_slot(tokens).sum()))
         starts = len(prompt) <= tokens.shape[-1] and tokens[: len(prompt)].tolist() == prompt
         return len(prompt) if starts else tokens.shape[-1]
 

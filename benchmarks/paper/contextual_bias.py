@@ -479,11 +479,13 @@ def per_model(text: str) -> dict[str, str]:
     return {"": default, **dict(o.split("=", 1) for o in overrides)}
 
 
-def setting(text: str, name: str, level: str) -> str:
-    """A per-model option's value for one intervention level: 'MODEL@LEVEL=VALUE' before
-    'MODEL=VALUE' before the default."""
+def setting(text: str, name: str, level: str | None = None) -> str:
+    """A per-model option's value for model ``name`` (and, given, one intervention level):
+    'MODEL@LEVEL=VALUE' before 'MODEL=VALUE' before the default."""
     values = per_model(text)
-    return values.get(f"{name}@{level}", values.get(name, values[""]))
+    if level is not None and f"{name}@{level}" in values:
+        return values[f"{name}@{level}"]
+    return values.get(name, values[""])
 
 
 def levels(text: str) -> list[float | None]:
@@ -552,7 +554,7 @@ def describe(block: tuple) -> str:
 def run_intervention(model, name, entry, rows, index, args, controls, wanted: str) -> None:
     """Interventions at level ``wanted`` ("auto": the cleanest level with enough errors), stored
     in ``entry["interventions"]`` under that level's name."""
-    snrs = levels(per_model(args.snr).get(name, per_model(args.snr)[""]))
+    snrs = levels(setting(args.snr, name))
     results = entry["clips"]
     errors_at = {level: len(context_errors(results, level)) for level in snrs}
     n = int(setting(args.targets, name, wanted))
@@ -649,17 +651,17 @@ def main() -> None:
             report["qwen2_audio_smoke"] = qwen2_audio_smoke()
         for name in args.models.split(",") if stage in ("behaviour", "intervene") else []:
             model = HookedWhisper.from_pretrained(name)
-            items = int(per_model(args.items).get(name, per_model(args.items)[""]))
+            items = int(setting(args.items, name))
             rows = pick_rows(index, args.voices.split(","), items)
             entry = report["models"].setdefault(name, {})
             if stage == "behaviour":
-                snrs = levels(per_model(args.snr).get(name, per_model(args.snr)[""]))
+                snrs = levels(setting(args.snr, name))
                 results = behaviour(model, rows, args.data, snrs)
                 entry.clear()
                 entry.update(items=len({r["id"] for r in rows}), counts=counts(results, snrs), clips=results)
             else:
                 entry.pop("intervention_skipped", None)
-                for wanted in per_model(args.intervene_snr).get(name, per_model(args.intervene_snr)[""]).split("/"):
+                for wanted in setting(args.intervene_snr, name).split("/"):
                     run_intervention(model, name, entry, rows, index, args, controls, wanted)
         report["seconds"][f"{stage} {args.probe_model if stage == 'probe' else args.models}"] = time.time() - started
         RESULTS.mkdir(parents=True, exist_ok=True)

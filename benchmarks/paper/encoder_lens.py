@@ -150,14 +150,15 @@ def layer_summaries(rows: list[dict]) -> list[dict]:
         # WER can exceed 1 (a loop inserts words): capped at 1 for the mean, so a few loops do not dominate it.
         return x.clamp(max=1.0) if key != "looping" else x
 
+    last = values(n_layers - 1, "wer_vs_reference")
     layers = []
     for layer in range(n_layers):
-        summary = {"layer": layer, "n": len(values(layer, "looping"))}
+        summary = {"layer": layer}
         for key in ("wer_vs_reference", "wer_vs_final", "looping"):
-            summary[key] = float(values(layer, key).mean())
-            summary[key + "_ci"] = bootstrap_mean(values(layer, key))
+            x = values(layer, key)
+            summary |= {"n": len(x), key: float(x.mean()), key + "_ci": bootstrap_mean(x)}
         # Paired over utterances (the same utterances resampled for both layers).
-        difference = values(layer, "wer_vs_reference") - values(n_layers - 1, "wer_vs_reference")
+        difference = values(layer, "wer_vs_reference") - last
         summary["minus_last_layer"] = float(difference.mean())
         summary["minus_last_layer_ci"] = bootstrap_mean(difference)
         layers.append(summary)

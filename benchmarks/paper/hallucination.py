@@ -237,10 +237,11 @@ def prediction_study(name: str, model: HookedWhisper, randoms: list[HookedWhispe
     # The model's own P(no speech), read at the same position before any text: half of the
     # skipping rule, so the baseline a probe has to beat.
     no_speech = torch.tensor([[r.no_speech_prob, math.log(max(r.no_speech_prob, 1e-9))] for r in results])
-    reports, chosen = {}, {}
-    runs = [(name, model), (f"{name} (random init)", randoms[0])]
-    runs += [(f"{name} (random init, seed {s})", m) for s, m in enumerate(randoms[1:], start=1)]
-    for label, m in runs:
+    # (label, model, whether it gets the full per-layer table with permutations)
+    runs = [(name, model, True), (f"{name} (random init)", randoms[0], True)]
+    runs += [(f"{name} (random init, seed {s})", m, False) for s, m in enumerate(randoms[1:], start=1)]
+    reports, chosen, full = {}, {}, {}
+    for label, m, with_table in runs:
         store = extract_activations(
             m, items, hooks, decoder_pooling="prompt_end", out_dir=args.cache / f"hallucination-{label}",
             batch_size=8, shard_size=64, sample_rate=SR,
@@ -250,29 +251,25 @@ def prediction_study(name: str, model: HookedWhisper, randoms: list[HookedWhispe
         # The headline: the layer chosen inside the training folds among the model's layers (not
         # the log-mel, which is a baseline), scored on the held-out track.
         chosen[label] = train_probes({h: features[h] for h in layers}, labels, permutations=0, **common)
-        if "seed" in label:
+        if not with_table:
             continue
-        report = train_probes(features, labels, permutations=args.permutations, **common)
+        report = full[label] = train_probes(features, labels, permutations=args.permutations, **common)
         reports[label] = {
             "encoder": side(report, hooks[: 2 + n_enc], n_enc),
             "decoder": side(report, hooks[2 + n_enc :], model.cfg.n_decoder_layers),
             "no_speech_prob": report.nuisance,
         }
-        if label == name:
-            report_of_model = report
-    layers_report, report = chosen[name], report_of_model
+    layers_report = chosen[name]
     selected, y = layers_report.selected, layers_report.labels
+    random_selected = {label: chosen[label].selected for label, _, _ in runs[1:]}
     comparisons = {
-        "log-mel input": layers_report.compare(selected, report.result("hook_mel")),
-        f"random init ({len(randoms)} seeds)": layers_report.compare(
-            selected, [chosen[label].selected for label, _ in runs[1:]]
-        ),
+        "log-mel input": layers_report.compare(selected, full[name].result("hook_mel")),
+        f"random init ({len(randoms)} seeds)": layers_report.compare(selected, list(random_selected.values())),
         "own P(no speech)": paired_difference(
             selected.predictions, layers_report.nuisance_predictions, y, items.groups, len(layers_report.classes)
         ),
     }
     adjusted = adjust_p_values([d.p_value for d in comparisons.values()], "holm")
-    random_selected = {label: chosen[label].selected for label, _ in runs[1:]}
     out["random_init_selected"] = [
         {"model": label, "hook": sel.hook, "balanced_accuracy": sel.balanced_accuracy}
         for label, sel in random_selected.items()

@@ -198,9 +198,9 @@ def main() -> None:
     speech = [load_audio(args.data / r["path"]) for r in rows]
     clips = speech + [c["audio"] for c in ns_train]
     is_speech = torch.tensor([True] * len(speech) + [False] * len(ns_train))
-    layers = args.layers if args.layers is not None else list(range(model.layer_count("encoder")))
-    args.layers = layers
-    hooks = [model.hook_name("encoder", l, "hook_resid_post") for l in layers]
+    if args.layers is None:
+        args.layers = list(range(model.layer_count("encoder")))
+    hooks = [model.hook_name("encoder", l, "hook_resid_post") for l in args.layers]
     started = time.perf_counter()
     store = extract_activations(
         model, clips, hooks, pooling="none", sample_rate=SR, out_dir=Path(tempfile.mkdtemp(prefix="sae_frames_"))

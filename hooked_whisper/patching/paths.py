@@ -68,7 +68,7 @@ def _audio_llm_receiver_hooks(model, r: Receiver, row: int, base_out: torch.Tens
     """Hooks giving language-model key/value group ``r`` (in batch row ``row``) the patched
     audio embeddings through its keys and/or values only: the group's own copy of the block
     input (``use_split_qkv_input``), changed at the audio positions."""
-    slots = model.audio_slot(tokens[:1])[0].nonzero().flatten()
+    slots = model.audio_slot(tokens[0]).nonzero().flatten()
     change = torch.zeros(1, tokens.shape[1], base_out.shape[-1], dtype=base_out.dtype, device=base_out.device)
     change[0, slots] = (patched_out - base_out)[0, : len(slots)]
     return [

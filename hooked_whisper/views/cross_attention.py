@@ -62,7 +62,7 @@ def cross_attention_heatmap(
         audio_keys = torch.arange(model.real_position_count(unit, run.wave.shape[0]))
     else:
         unit = "audio_token"
-        audio_keys = model.audio_slot(run.tokens[None])[0].nonzero().flatten()  # not placeholders it generated
+        audio_keys = model.audio_slot(run.tokens).nonzero().flatten()  # not placeholders it generated
     patterns = np.stack([run.cache[name][0][:, rows][:, :, audio_keys].float().cpu().numpy() for name in names])
     factor = time_bins(patterns.shape[0] * patterns.shape[1], len(rows), len(audio_keys), 1, max_cells)
     labels = model.to_str_tokens(run.tokens[run.first_text :])

@@ -63,7 +63,7 @@ def run_clip(
         if len(read) >= len(prompt) and torch.equal(read[: len(prompt)], prompt):
             first_text = len(prompt)
         else:  # a prompt of the caller's: the text starts after the audio (and its closing token)
-            first_text = int(model.audio_slot(read[None])[0].nonzero().max()) + 2
+            first_text = int(model.audio_slot(read).nonzero().max()) + 2
         _, cache = model.run_with_cache(wave, read[None], names_filter=keep, sample_rate=SAMPLE_RATE)
     if first_text >= len(read):
         raise ValueError("the tokens hold no generated text after the prompt: nothing to show per token")
