@@ -185,6 +185,12 @@ def main() -> None:
     args = parser.parse_args()
     args.name = args.name or ("saes" if args.model == "tiny.en" else f"saes_{args.model}")
     args.out.mkdir(exist_ok=True)
+    # The frames store runs to hundreds of MB: it lives only as long as the run, even one that fails.
+    with tempfile.TemporaryDirectory(prefix="sae_frames_") as frames:
+        study(args, Path(frames))
+
+
+def study(args: argparse.Namespace, frames_dir: Path) -> None:
     torch.manual_seed(args.seed)
     model = HookedWhisper.from_pretrained(args.model)
     rows, spare_english = read_clips(args.data, args.clips_per_language, 29.5)
@@ -202,9 +208,7 @@ def main() -> None:
         args.layers = list(range(model.layer_count("encoder")))
     hooks = [model.hook_name("encoder", l, "hook_resid_post") for l in args.layers]
     started = time.perf_counter()
-    store = extract_activations(
-        model, clips, hooks, pooling="none", sample_rate=SR, out_dir=Path(tempfile.mkdtemp(prefix="sae_frames_"))
-    )
+    store = extract_activations(model, clips, hooks, pooling="none", sample_rate=SR, out_dir=frames_dir)
     extraction_s = time.perf_counter() - started
     config = TrainConfig(
         expansion_factor=args.expansion_factor,
