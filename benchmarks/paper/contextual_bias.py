@@ -523,7 +523,8 @@ def best_white(lines: list[dict], strongest: str | None = None) -> dict:
     (the smaller alpha on a tie), among those tested against ``strongest`` where any were."""
     white = [l for l in lines if l["source"] == "white" and l["region"] == "target"]
     white = [l for l in white if f"p_vs_{strongest}" in l] or white  # where the controls ran too
-    return max(white, key=lambda l: (l["flip_rate"] - l["break_rate"], -l["alpha"]))
+    # No correct items chosen: every break rate is NaN, and NaN would make every comparison false.
+    return max(white, key=lambda l: (l["flip_rate"] - float(np.nan_to_num(l["break_rate"])), -l["alpha"]))
 
 
 def choose_items(results: list[dict], rows: list[dict], index: list[dict], snr, n: int) -> dict:
@@ -562,11 +563,15 @@ def run_intervention(model, name, entry, rows, index, args, controls, wanted: st
         snr = next((level for level in snrs if errors_at[level] >= n), max(snrs, key=lambda s: errors_at[s]))
     else:
         snr = levels(wanted)[0]
+    # From here on, the settings of the level it came to: "auto" that lands on 5 dB, or "5.0",
+    # runs as "MODEL@5" says, so that it rewrites the "5 dB" results with the same design.
+    level = "clean" if snr is None else f"{snr:g}"
+    n = int(setting(args.targets, name, level))
     chosen = choose_items(results, rows, index, snr, n)
     if not chosen["targets"] or not any(k == "error" for _, _, k in chosen["targets"]):
         entry["intervention_skipped"] = f"{chosen['n_errors']} errors and {chosen['n_correct']} correct items"
         return
-    preset = setting(args.grid, name, wanted)
+    preset = setting(args.grid, name, level)
     grid = grid_for(preset, controls)
     layers = list(range(model.layer_count("encoder")))
     started = time.time()

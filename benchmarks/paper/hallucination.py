@@ -165,7 +165,9 @@ def skipped(r: WindowResult) -> bool:
 def non_speech_set(sounds: dict[str, list[torch.Tensor]], seed: int = 0) -> Manifest:
     """Music pieces, sound sequences and the two mixed, 1-20 s, RMS 0.001-0.1 (log-uniform).
     Groups: the music track (pieces of it, and sounds played over it); one of eight disjoint
-    subsets of the sounds (played alone). Leaving one group out per fold leaves a track out."""
+    subsets of the sounds (played alone). Leaving one group out per fold leaves a track out; a mix's
+    sounds also come from a subset, so ``--without-mixes`` drops the mixes from the probes to keep
+    every source on one side of a fold."""
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(low: float, high: float) -> float:
@@ -221,17 +223,31 @@ def side(report: ProbeReport, hooks: list[str], n_layers: int) -> ProbeReport:
     return replace(report, results=[r for r in report.results if r.hook in hooks], n_layers=n_layers)
 
 
+def prediction_settings(args) -> dict:
+    """What a prediction result depends on besides the model: results of other models are set
+    side by side only when these agree."""
+    return {"without_mixes": args.without_mixes, "permutations": args.permutations, "seeds": args.seeds}
+
+
 def prediction_study(name: str, model: HookedWhisper, randoms: list[HookedWhisper], items: Manifest, args) -> dict:
     """``randoms``: random-init models of several seeds; the first gets the full per-layer table,
     every one its layer chosen the same way for the paired difference (their average)."""
-    results = decode(model, encode(model, items.clips), [], max_new_tokens=64)
+    # A sound played over music belongs to its sounds' group and to its track's: holding out either
+    # leaves the other source in training. --without-mixes leaves those inputs out of the probes, so
+    # that no source is on both sides of a fold (activations are still extracted for the whole set,
+    # which keeps an earlier run's shards usable).
+    kinds: list[str] = items.kinds  # type: ignore[attr-defined]
+    kept = [i for i, k in enumerate(kinds) if not (args.without_mixes and k == "sounds over music")]
+    kinds, groups = [kinds[i] for i in kept], [items.groups[i] for i in kept]
+    results = decode(model, encode(model, [items.clips[i] for i in kept]), [], max_new_tokens=64)
     labels = ["words" if not skipped(r) and writes_words(r.text) else "no words" for r in results]
     layers, inputs = probe_hooks(model)
     hooks = inputs + layers  # the log-mel, the conv stem, the encoder blocks, then the decoder blocks
     n_enc = model.cfg.n_encoder_layers
     out = {"n": len(labels), "words": labels.count("words"), "by kind": {}, "folds": "leave one group out"}
-    for kind in sorted(set(items.kinds)):  # type: ignore[attr-defined]
-        rows = [i for i, k in enumerate(items.kinds) if k == kind]  # type: ignore[attr-defined]
+    out["settings"] = prediction_settings(args)
+    for kind in sorted(set(kinds)):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
         out["by kind"][kind] = (sum(labels[i] == "words" for i in rows), len(rows))
     out["examples"] = sorted({r.text.strip() for r, label in zip(results, labels) if label == "words"})[:12]
     # The model's own P(no speech), read at the same position before any text: half of the
@@ -246,8 +262,8 @@ def prediction_study(name: str, model: HookedWhisper, randoms: list[HookedWhispe
             m, items, hooks, decoder_pooling="prompt_end", out_dir=args.cache / f"hallucination-{label}",
             batch_size=8, shard_size=64, sample_rate=SR,
         )  # fmt: skip
-        features = {h: store[h] for h in hooks}
-        common = dict(groups=items.groups, folds=len(set(items.groups)), nuisance={"no_speech_prob": no_speech})
+        features = {h: store[h][kept] for h in hooks}
+        common = dict(groups=groups, folds=len(set(groups)), nuisance={"no_speech_prob": no_speech})
         # The headline: the layer chosen inside the training folds among the model's layers (not
         # the log-mel, which is a baseline), scored on the held-out track.
         chosen[label] = train_probes({h: features[h] for h in layers}, labels, permutations=0, **common)
@@ -266,7 +282,7 @@ def prediction_study(name: str, model: HookedWhisper, randoms: list[HookedWhispe
         "log-mel input": layers_report.compare(selected, full[name].result("hook_mel")),
         f"random init ({len(randoms)} seeds)": layers_report.compare(selected, list(random_selected.values())),
         "own P(no speech)": paired_difference(
-            selected.predictions, layers_report.nuisance_predictions, y, items.groups, len(layers_report.classes)
+            selected.predictions, layers_report.nuisance_predictions, y, groups, len(layers_report.classes)
         ),
     }
     adjusted = adjust_p_values([d.p_value for d in comparisons.values()], "holm")
@@ -783,6 +799,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=5, help="random-init models for the prediction study")
+    parser.add_argument(
+        "--without-mixes", action="store_true", help="prediction: leave the sounds played over music out of the probes"
+    )
     parser.add_argument("--studies", nargs="+", default=["prediction", "loops"], choices=["prediction", "loops"])
     parser.add_argument("--cache", type=Path, default=HERE / "activations", help="activation shards and sounds")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -798,6 +817,10 @@ def main() -> None:
     results = {"paper": PAPER, "prediction": results.get("prediction", {}), "loops": results.get("loops", {})}
     # Results of an earlier design (folds within a track; loops without clusters) are not comparable: dropped.
     results["prediction"] = {k: r for k, r in results["prediction"].items() if r.get("folds") == "leave one group out"}
+    if "prediction" in args.studies:  # another model's result made with other settings would sit beside this one
+        results["prediction"] = {
+            k: r for k, r in results["prediction"].items() if r.get("settings") == prediction_settings(args)
+        }
     results["loops"] = {k: r for k, r in results["loops"].items() if "natural_screened" in r}
 
     def write() -> None:

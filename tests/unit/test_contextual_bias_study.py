@@ -3,6 +3,8 @@ adjustment, the transcript classes and the word masked at a set SNR."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from benchmarks.paper.contextual_bias import classify, holm, setting, with_noisy_word
@@ -69,6 +71,9 @@ def test_best_white_setting_and_the_controls_at_its_alpha():
     assert best_white(lines)["alpha"] == 0.25
     assert best_white(lines, "pink")["alpha"] == 1.0  # only the lines tested against that control
     assert best_white(lines, "speech")["alpha"] == 0.25  # none tested against it: every white line
+    # No correct items: every break rate is NaN, and the flip rate alone decides.
+    no_correct = [line("white", a, flip, math.nan) for a, flip in ((0.25, 0.0), (0.5, 0.1), (1.0, 0.6))]
+    assert best_white(no_correct)["alpha"] == 1.0
     assert grid_for("focused", ["pink"]) == [("white", "target", ["attn", "mlp", "resid"], [0.25, 0.5, 1.0])]
     assert control_blocks(["pink", "mean"], 0.5) == [
         ("pink", "target", ["attn", "mlp", "resid"], [0.5]),
