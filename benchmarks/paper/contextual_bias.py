@@ -558,9 +558,9 @@ def run_intervention(model, name, entry, rows, index, args, controls, wanted: st
     snrs = levels(setting(args.snr, name))
     results = entry["clips"]
     errors_at = {level: len(context_errors(results, level)) for level in snrs}
-    n = int(setting(args.targets, name, wanted))
-    if wanted == "auto":
-        snr = next((level for level in snrs if errors_at[level] >= n), max(snrs, key=lambda s: errors_at[s]))
+    if wanted == "auto":  # the cleanest level with as many errors as "auto" asks for, else the most errors
+        enough = int(setting(args.targets, name, wanted))
+        snr = next((level for level in snrs if errors_at[level] >= enough), max(snrs, key=lambda s: errors_at[s]))
     else:
         snr = levels(wanted)[0]
     # From here on, the settings of the level it came to: "auto" that lands on 5 dB, or "5.0",

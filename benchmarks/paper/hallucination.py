@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent.parent.parent))
 from benchmarks.paper.hallucination_speech_data import asterisk_prompts  # noqa: E402
-from benchmarks.paper.probing import debian_sounds, mix, probe_hooks, read_clips  # noqa: E402
+from benchmarks.paper.probing import debian_sounds, mix, probe_hooks, random_init, read_clips  # noqa: E402
 from hooked_whisper import HookedWhisper, load_audio  # noqa: E402
 from hooked_whisper.decoding.repetition import trailing_repeat  # noqa: E402
 from hooked_whisper.decoding.search import DecodingOptions, WindowResult, decode_window, initial_tokens  # noqa: E402
@@ -815,12 +815,14 @@ def main() -> None:
     path = args.out / "hallucination.json"
     results: dict = json.loads(path.read_text()) if path.exists() else {}
     results = {"paper": PAPER, "prediction": results.get("prediction", {}), "loops": results.get("loops", {})}
-    # Results of an earlier design (folds within a track; loops without clusters) are not comparable: dropped.
-    results["prediction"] = {k: r for k, r in results["prediction"].items() if r.get("folds") == "leave one group out"}
-    if "prediction" in args.studies:  # another model's result made with other settings would sit beside this one
-        results["prediction"] = {
-            k: r for k, r in results["prediction"].items() if r.get("settings") == prediction_settings(args)
-        }
+
+    # Results of an earlier design (folds within a track; loops without clusters) are not comparable,
+    # nor, beside this run's, another model's prediction made with other settings: dropped.
+    def comparable(r: dict) -> bool:
+        same = "prediction" not in args.studies or r.get("settings") == prediction_settings(args)
+        return r.get("folds") == "leave one group out" and same
+
+    results["prediction"] = {k: r for k, r in results["prediction"].items() if comparable(r)}
     results["loops"] = {k: r for k, r in results["loops"].items() if "natural_screened" in r}
 
     def write() -> None:
@@ -831,10 +833,7 @@ def main() -> None:
     for name in args.models:
         model = HookedWhisper.from_pretrained(name)
         if items is not None:
-            randoms = []
-            for seed in range(args.seeds):
-                torch.manual_seed(seed)
-                randoms.append(HookedWhisper(model.cfg, model.tokenizer, model.generation_config).eval())
+            randoms = [random_init(model, seed) for seed in range(args.seeds)]
             r = prediction_study(name, model, randoms, items, args)
             plot_probes(
                 {label: rep["decoder"] for label, rep in r["reports"].items()},

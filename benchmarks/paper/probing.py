@@ -277,6 +277,13 @@ def probe_hooks(model: HookedWhisper) -> tuple[list[str], list[str]]:
     return ["encoder_embed.hook_conv2", *enc, *dec], ["hook_mel"]
 
 
+def random_init(model: HookedWhisper, seed: int) -> HookedWhisper:
+    """The same architecture, tokenizer and decoding settings with freshly initialised weights
+    (``seed`` sets them): the baseline that says what the architecture alone makes readable."""
+    torch.manual_seed(seed)
+    return HookedWhisper(model.cfg, model.tokenizer, model.generation_config).eval()
+
+
 def extract(model: HookedWhisper, folder: str, sets: dict[str, dict], hooks: list[str], cache: Path) -> dict:
     stores = {}
     for set_name, spec in sets.items():
@@ -515,9 +522,7 @@ def main() -> None:
         layers, inputs = probe_hooks(model)
         stores = {"trained": extract(model, name, sets, layers + inputs, args.cache)}
         for s in range(args.seeds):
-            torch.manual_seed(s)
-            random_model = HookedWhisper(model.cfg, model.tokenizer, model.generation_config).eval()
-            stores[f"random {s}"] = extract(random_model, f"{name}-random{s}", sets, layers, args.cache)
+            stores[f"random {s}"] = extract(random_init(model, s), f"{name}-random{s}", sets, layers, args.cache)
         results["models"][name] = analyse(stores, specs, layers, inputs, args)
         results["settings"]["models"] = str(list(results["models"]))
         out.mkdir(exist_ok=True)
